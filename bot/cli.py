@@ -1,0 +1,75 @@
+"""The ``blossom`` command line. Each command only parses options and calls the
+module that does the work, so the logic stays testable without click."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from bot import __version__
+from bot.clock import SystemClock
+from bot.scenario import ScenarioError, load_scenario_file
+from bot.scenario.plan import build_plan, plan_json, plan_table
+from bot.scenario.schema import schema_json
+from bot.scenario.validate import validate_paths
+
+
+@click.group()
+@click.version_option(__version__, prog_name="blossom")
+def main() -> None:
+    """Blossom: staged flash-mob dispatch over Matrix."""
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.pass_context
+def validate(ctx: click.Context, files: tuple[Path, ...]) -> None:
+    """Check scenario FILES; print FILE:LINE:COL: message for every problem.
+
+    Exit status: 0 all valid, 1 any invalid or unreadable, 2 usage error.
+    """
+    ctx.exit(validate_paths(files, click.echo))
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+)
+@click.option("--city", "city_id", metavar="ID", help="Only this city's dispatches.")
+@click.option("--reveal", is_flag=True, help="Show stage text and places (secret until release).")
+@click.pass_context
+def plan(
+    ctx: click.Context, file: Path, output_format: str, city_id: str | None, reveal: bool
+) -> None:
+    """List every dispatch of FILE in release order, content masked unless --reveal."""
+    try:
+        scenario = load_scenario_file(file)
+    except ScenarioError as exc:
+        for diagnostic in exc.diagnostics:
+            click.echo(str(diagnostic), err=True)
+        ctx.exit(1)
+    if city_id is not None and city_id not in {c.id for c in scenario.cities}:
+        known = ", ".join(c.id for c in scenario.cities)
+        raise click.BadParameter(f"no city '{city_id}' (cities: {known})", param_hint="--city")
+    rows = build_plan(scenario, SystemClock().now(), city=city_id, reveal=reveal)
+    if output_format == "json":
+        click.echo(json.dumps(plan_json(rows, reveal=reveal), indent=2, ensure_ascii=False))
+        return
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # piped: do not squeeze the table into 80 columns
+    console.print(plan_table(scenario, rows, reveal=reveal))
+
+
+@main.command()
+def schema() -> None:
+    """Print the JSON Schema of the scenario format (for editors)."""
+    click.echo(schema_json())

@@ -1,0 +1,249 @@
+"""The typed scenario model (format version 1).
+
+These pydantic models check each value's shape and syntax. Rules that relate
+values to each other (unique ids, stage order, places every city defines,
+template placeholders, ...) live in :mod:`bot.scenario.semantics`, so that their
+errors can point at the exact YAML node; :func:`bot.scenario.load.load_scenario_text`
+runs both. A ``Scenario`` built in code is only checked for shape.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictBool,
+    StrictInt,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
+
+from bot.scenario.fields import (
+    At,
+    Duration,
+    Geo,
+    Instant,
+    LocalTime,
+    NonBlank,
+    PlaceId,
+    RoomId,
+    Slug,
+    Text,
+    TimeZoneName,
+    fail,
+)
+
+FORMAT_VERSION = 1
+
+
+# Every model: unknown keys are errors (a typo must not silently drop a stage's
+# gate), and a loaded scenario never changes under the bot's feet.
+_CONFIG = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+def _place_schema(schema: dict[str, Any]) -> None:
+    # In the file a place's id is its key under ``places``; the model carries it
+    # as a field for convenience, so editors must not ask for it.
+    schema.get("properties", {}).pop("id", None)
+    required = schema.get("required", [])
+    if "id" in required:
+        required.remove("id")
+
+
+class Place(BaseModel):
+    """A named place in one city. Its name, geo and note are secret until released."""
+
+    model_config = ConfigDict(**_CONFIG, json_schema_extra=_place_schema)
+
+    id: str
+    name: NonBlank
+    geo: Geo | None = None
+    note: str | None = None
+
+    def geo_uri(self) -> str | None:
+        """The place as an RFC 5870 ``geo:lat,lon`` URI, or ``None`` without geo."""
+        if self.geo is None:
+            return None
+        lat, lon = self.geo
+        return f"geo:{format_coordinate(lat)},{format_coordinate(lon)}"
+
+    def geo_text(self) -> str | None:
+        """The coordinates as ``lat,lon`` text, or ``None`` without geo."""
+        if self.geo is None:
+            return None
+        lat, lon = self.geo
+        return f"{format_coordinate(lat)},{format_coordinate(lon)}"
+
+
+def format_coordinate(value: float) -> str:
+    """Plain decimal notation (a geo URI may not use exponents), at most 7 places (~1 cm)."""
+    text = f"{value:.7f}".rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+def _inject_place_ids(value: Any) -> Any:
+    # ``places: {square: {name: ...}}``: give each place its key as id. Anything
+    # not shaped like that is passed on untouched for pydantic to reject.
+    if not isinstance(value, dict):
+        return value
+    return {
+        key: ({"id": key, **place} if isinstance(place, dict) and "id" not in place else place)
+        for key, place in value.items()
+    }
+
+
+class City(BaseModel):
+    """One city: where its stages go (rooms) and how its clock reads."""
+
+    model_config = _CONFIG
+
+    id: Slug
+    name: NonBlank
+    # Field order matters: ``start`` is checked against an already valid ``timezone``.
+    timezone: TimeZoneName
+    rooms: tuple[RoomId, ...] = Field(min_length=1)
+    start: LocalTime | None = None
+    places: Annotated[dict[PlaceId, Place], BeforeValidator(_inject_place_ids)] = Field(
+        default_factory=dict
+    )
+    direct: StrictBool = False
+    direct_limit: StrictInt | None = Field(default=None, ge=1)
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @field_validator("start")
+    @classmethod
+    def _start_exists_once(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        zone = info.data.get("timezone")
+        if value is None or zone is None:
+            return value
+        problem = wall_clock_problem(value, ZoneInfo(zone))
+        if problem:
+            raise fail(problem)
+        return value
+
+    @field_validator("places")
+    @classmethod
+    def _ids_match_keys(cls, value: dict[str, Place]) -> dict[str, Place]:
+        for key, place in value.items():
+            if place.id != key:
+                raise fail(f"place '{key}' has id '{place.id}'; a place's id is its key")
+        return value
+
+
+def wall_clock_problem(local: datetime, zone: ZoneInfo) -> str | None:
+    """Why the naive wall-clock time ``local`` does not name exactly one instant in ``zone``."""
+    early = local.replace(tzinfo=zone, fold=0)
+    late = local.replace(tzinfo=zone, fold=1)
+    if early.utcoffset() == late.utcoffset():
+        return None
+    # The two readings differ: either the clock skipped this time (a gap; it
+    # does not survive a round trip through UTC) or showed it twice (a fold).
+    back = early.astimezone(ZoneInfo("UTC")).astimezone(zone).replace(tzinfo=None)
+    when = local.isoformat(timespec="minutes")
+    if back != local:
+        return f"{when} does not exist in {zone.key} (the clocks skip it: daylight saving gap)"
+    return f"{when} happens twice in {zone.key} (daylight saving fold); pick another time"
+
+
+class Gate(BaseModel):
+    """A quorum gate: the stage waits for ``checkins`` check-ins, else ``otherwise``."""
+
+    model_config = _CONFIG
+
+    checkins: StrictInt = Field(ge=1)
+    otherwise: Literal["hold", "skip", "abort"] = Field(default="hold", alias="else")
+
+
+class LatePolicy(BaseModel):
+    """What to do when a stage could not go out on time. ``skip_after=None`` means send anyway."""
+
+    model_config = _CONFIG
+
+    skip_after: Duration | None = None
+
+
+def _late_shorthand(value: Any) -> Any:
+    if value == "send":
+        return {"skip_after": None}
+    if isinstance(value, str):
+        raise fail("expected 'send' or a mapping {skip_after: DURATION}")
+    return value
+
+
+Late = Annotated[
+    LatePolicy,
+    BeforeValidator(_late_shorthand),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"const": "send"},
+                {
+                    "type": "object",
+                    "properties": {"skip_after": {"type": "string"}},
+                    "required": ["skip_after"],
+                    "additionalProperties": False,
+                },
+            ]
+        }
+    ),
+]
+
+
+class Stage(BaseModel):
+    """One release: a message (and optionally a place) sent to every city at its time."""
+
+    model_config = _CONFIG
+
+    id: Slug
+    at: At
+    text: Text
+    place: Slug | None = None
+    require: Gate | None = None
+    late: Late = LatePolicy()
+
+
+def _check_version(value: Any) -> int:
+    if isinstance(value, bool) or value != FORMAT_VERSION:
+        raise fail(f"unsupported version; this Blossom reads version {FORMAT_VERSION}")
+    return FORMAT_VERSION
+
+
+class Scenario(BaseModel):
+    """A whole scenario file."""
+
+    model_config = ConfigDict(**_CONFIG, title="Blossom scenario (format version 1)")
+
+    version: Annotated[
+        int, PlainValidator(_check_version), WithJsonSchema({"const": FORMAT_VERSION})
+    ]
+    id: Slug
+    title: NonBlank
+    start: Instant
+    cities: tuple[City, ...] = Field(min_length=1)
+    stages: tuple[Stage, ...] = Field(min_length=1)
+    abort_text: NonBlank | None = None
+
+    def city(self, city_id: str) -> City:
+        """The city with this id; ``KeyError`` if there is none."""
+        for city in self.cities:
+            if city.id == city_id:
+                return city
+        raise KeyError(city_id)
+
+    def stage(self, stage_id: str) -> Stage:
+        """The stage with this id; ``KeyError`` if there is none."""
+        for stage in self.stages:
+            if stage.id == stage_id:
+                return stage
+        raise KeyError(stage_id)
