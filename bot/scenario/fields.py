@@ -95,9 +95,12 @@ NonBlank = Annotated[
 # A room id (``!opaque:server``) or alias (``#name:server``). The server name is
 # a DNS name, IPv4 or bracketed IPv6 address with an optional port (Matrix spec,
 # "Server names").
+# Room version 12 (Synapse's default) room ids carry no server name: they are
+# ``!`` and the create event's hash, unpadded URL-safe base64 (MSC4291).
 ROOM_PATTERN = (
-    r"^[!#][^\s:]+:(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)"
-    r"(?::[0-9]{1,5})?$"
+    r"^(?:![A-Za-z0-9_-]{20,}|"
+    r"[!#][^\s:]+:(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)"
+    r"(?::[0-9]{1,5})?)$"
 )
 _ROOM_RE = re.compile(ROOM_PATTERN)
 _MAX_ROOM_BYTES = 255  # the spec's limit on identifiers
@@ -106,7 +109,8 @@ _MAX_ROOM_BYTES = 255  # the spec's limit on identifiers
 def _check_room(value: str) -> str:
     if not _ROOM_RE.match(value) or len(value.encode()) > _MAX_ROOM_BYTES:
         raise fail(
-            f"'{value}' is not a room id or alias (expected !localpart:server or #alias:server)"
+            f"'{value}' is not a room id or alias "
+            "(expected !id, !localpart:server or #alias:server)"
         )
     return value
 
@@ -197,7 +201,7 @@ def _parse_at(value: object) -> timedelta | datetime:
     if isinstance(value, datetime):
         return _parse_instant(value)
     if not isinstance(value, str):
-        raise fail(f"expected {OFFSET_HINT} (quoted or not), or {_INSTANT_HINT}")
+        raise fail(f"expected {OFFSET_HINT}, or {_INSTANT_HINT}")
     if value[:1] in "+-" or value[-1:] in "dhms":
         try:
             return parse_offset(value)

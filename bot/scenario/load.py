@@ -99,7 +99,12 @@ def _load(text: str | bytes, filename: str) -> Scenario:
     try:
         scenario = Scenario.model_validate(document.data)
     except ValidationError as exc:
-        diagnostics += _shape_diagnostics(exc, document, filename)
+        # A value the YAML layer already refused (and replaced with null) also
+        # fails the model; one message per place is enough.
+        refused = {(d.line, d.col) for d in diagnostics}
+        diagnostics += [
+            d for d in _shape_diagnostics(exc, document, filename) if (d.line, d.col) not in refused
+        ]
         raise ScenarioError(sorted(set(diagnostics))) from None
     if diagnostics:
         raise ScenarioError(sorted(set(diagnostics)))

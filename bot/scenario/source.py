@@ -105,18 +105,18 @@ def compose(text: str) -> Document:
 
     Raises :class:`SourceError` when the text is not YAML this loader accepts.
     """
-    loader = _BoundedLoader(text)
+    loader: _BoundedLoader | None = None
     try:
         try:
+            # The reader checks every character as it is constructed.
+            loader = _BoundedLoader(text)
             root = loader.get_single_node()
         except yaml.MarkedYAMLError as exc:
             line, col = _pos(exc.problem_mark or exc.context_mark)
-            # Only problem and context: the snippet PyYAML adds would quote the
+            # Only context and problem: the snippet PyYAML adds would quote the
             # file, and the file holds secrets.
-            message = exc.problem or "invalid YAML"
-            if exc.context:
-                message += f" ({exc.context})"
-            raise SourceError(line, col, f"invalid YAML: {message}") from None
+            parts = [p for p in (exc.context, exc.problem) if p]
+            raise SourceError(line, col, "invalid YAML: " + ", ".join(parts)) from None
         except yaml.reader.ReaderError as exc:
             line, col = _line_col(text, exc.position)
             raise SourceError(
@@ -131,7 +131,8 @@ def compose(text: str) -> Document:
         document.data = walker.build(root, (), 1)
         return document
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 class _Walker:
@@ -152,6 +153,8 @@ class _Walker:
         self._count += 1
         line, col = _pos(node.start_mark)
         if self._count > MAX_NODES:
+            # Blame the top-level entry being expanded, not a deep shared node.
+            line, col = self._doc.values.get(path[:1], (line, col))
             raise SourceError(
                 line, col, f"the file expands to more than {MAX_NODES} values (alias bomb?)"
             )
