@@ -21,6 +21,11 @@ class Clock(Protocol):
         """Return at (not before) ``instant`` on this clock."""
         ...
 
+    def to_wall(self, instant: datetime) -> datetime:
+        """The real (wall-clock) moment at which this clock will read ``instant``;
+        what an OS-level timer such as APScheduler must be set to."""
+        ...
+
 
 # A sleep is cut into slices no longer than this so a wall-clock jump
 # (NTP step, suspended laptop) is noticed within this many seconds.
@@ -33,6 +38,9 @@ class SystemClock:
 
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+    def to_wall(self, instant: datetime) -> datetime:
+        return instant
 
     async def sleep_until(self, instant: datetime) -> None:
         while True:
@@ -55,10 +63,14 @@ class ScaledClock:
         self.epoch = epoch
         self.speed = speed
         self._start_mono = time.monotonic()
+        self._start_wall = datetime.now(UTC)
 
     def now(self) -> datetime:
         elapsed = time.monotonic() - self._start_mono
         return self.epoch + timedelta(seconds=elapsed * self.speed)
+
+    def to_wall(self, instant: datetime) -> datetime:
+        return self._start_wall + (instant - self.epoch) / self.speed
 
     async def sleep_until(self, instant: datetime) -> None:
         while True:
@@ -77,6 +89,9 @@ class ManualClock:
 
     def now(self) -> datetime:
         return self._now
+
+    def to_wall(self, instant: datetime) -> datetime:
+        return instant
 
     def set(self, instant: datetime) -> None:
         self._now = instant

@@ -1,0 +1,195 @@
+"""Wire the bot together and run it until told to stop. The imperative shell.
+
+Everything is built here and passed in explicitly; nothing is a module-level
+singleton. ``run_bot`` is what ``blossom run`` (and the demo) call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+from nio import AsyncClient, MatrixRoom, RoomMemberEvent, RoomMessageText, SyncResponse
+
+from bot.clock import Clock
+from bot.config import Config
+from bot.control.commands import Controller
+from bot.dispatch import Dispatcher
+from bot.library import ScenarioLibrary
+from bot.matrix.rooms import RoomRegistry
+from bot.matrix.sender import MatrixSender
+from bot.matrix.session import open_session
+from bot.matrix.sync import SyncLoop
+from bot.notify import Notifier
+from bot.runs import RunManager
+from bot.schedule import Timers
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+
+DB_FILE = "blossom.db"
+SHUTDOWN_GRACE_S = 10.0
+
+
+class Bot:
+    """One running bot: its client, store, timers and the pieces between them."""
+
+    def __init__(self, config: Config, clock: Clock, client: AsyncClient, store: Store) -> None:
+        self.config = config
+        self.clock = clock
+        self.client = client
+        self.store = store
+        self.sender = MatrixSender(client)
+        self.sync = SyncLoop(client, on_sync=self._on_sync)
+        self.notifier = Notifier(self.sender, clock, config.control.rooms)
+        self.rooms = RoomRegistry(
+            client,
+            store,
+            clock,
+            control_rooms=config.control.rooms,
+            min_control_power=config.control.min_power_level,
+        )
+        self.library = ScenarioLibrary(config.scenarios.dir)
+        self.dispatcher = Dispatcher(
+            store, self.sender, clock, max_in_flight=config.dispatch.max_in_flight
+        )
+        self.timers = Timers()
+        self.runs = RunManager(
+            store=store,
+            library=self.library,
+            rooms=self.rooms,
+            dispatcher=self.dispatcher,
+            timers=self.timers,
+            notifier=self.notifier,
+            clock=clock,
+            ready=self.sync.ready,
+            prepare_seconds=config.dispatch.prepare_seconds,
+        )
+        self.controller = Controller(
+            store=store, runs=self.runs, rooms=self.rooms, notifier=self.notifier, clock=clock
+        )
+        # Room events are handled one at a time, in order, off the sync path:
+        # nio runs callbacks inside sync, and a slow command must not stall it.
+        self._inbox: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
+        self.participant_handlers: list[
+            Callable[[MatrixRoom, RoomMessageText], Awaitable[None]]
+        ] = []
+        client.add_event_callback(self._on_message, RoomMessageText)
+
+    # -- events ------------------------------------------------------------------------
+
+    def _taking_commands(self) -> bool:
+        return self.sync.synced_once or not self.sync.first_sync_ever
+
+    async def _on_message(self, room: MatrixRoom, event: RoomMessageText) -> None:
+        if event.sender == self.client.user_id or not self._taking_commands():
+            return
+        if room.room_id in self.rooms.control_rooms:
+            body = event.body if isinstance(event.body, str) else ""
+            self._inbox.put_nowait(
+                lambda: self.controller.handle(room.room_id, event.event_id, event.sender, body)
+            )
+            return
+        for handler in self.participant_handlers:
+            self._inbox.put_nowait(lambda h=handler: h(room, event))  # type: ignore[misc]
+
+    async def _report(self, text: str) -> None:
+        await self.notifier.report(None, text)
+
+    async def _on_sync(self, resp: SyncResponse) -> None:
+        me = self.client.user_id
+        for room_id, info in resp.rooms.invite.items():
+            inviter = None
+            for ev in info.invite_state:
+                if (
+                    getattr(ev, "state_key", None) == me
+                    and getattr(ev, "membership", "") == "invite"
+                ):
+                    inviter = ev.sender
+            if inviter is None:
+                continue
+            listed = self.library.rooms_listed()
+
+            async def handle(
+                room_id: str = room_id, inviter: str = inviter, listed: set[str] = listed
+            ) -> None:
+                await self.rooms.on_invite(
+                    room_id, inviter, [], listed_rooms=listed, report=self._report
+                )
+
+            self._inbox.put_nowait(handle)
+        for room_id, left in resp.rooms.leave.items():
+            by: str | None = None
+            membership = "leave"
+            for ev in left.timeline.events:
+                if isinstance(ev, RoomMemberEvent) and ev.state_key == me:
+                    by, membership = ev.sender, ev.membership
+            if by == me:
+                continue  # our own leave (a declined invite, a failed power check)
+
+            async def removed(
+                room_id: str = room_id, by: str | None = by, membership: str = membership
+            ) -> None:
+                await self.rooms.on_removed(room_id, by, membership, self._report)
+
+            self._inbox.put_nowait(removed)
+
+    async def _work_inbox(self) -> None:
+        while True:
+            job = await self._inbox.get()
+            try:
+                await job()
+            except Exception:
+                # One bad event must never stop the bot; log the kind, not content.
+                log.exception("handling a room event failed")
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.timers.start()
+        await self.runs.restore()
+        tasks = [
+            asyncio.create_task(self.sync.run(), name="sync"),
+            asyncio.create_task(self._work_inbox(), name="inbox"),
+        ]
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            if t is not stopper and t.exception() is not None:
+                log.error("task %s died: %r", t.get_name(), t.exception())
+        log.info("stopping")
+        self.timers.shutdown()
+        self.dispatcher.stop()
+        await self.runs.wait_idle(SHUTDOWN_GRACE_S)
+        for t in [*tasks, stopper]:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+
+async def run_bot(config: Config, clock: Clock, stop: asyncio.Event | None = None) -> None:
+    """Run until ``stop`` is set, or until SIGTERM/SIGINT when ``stop`` is None."""
+    own_stop = stop is None
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if own_stop:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    config.storage.path.mkdir(parents=True, exist_ok=True)
+    store = await Store.open(config.storage.path / DB_FILE)
+    client: AsyncClient | None = None
+    try:
+        client = await open_session(config)
+        bot = Bot(config, clock, client, store)
+        await bot.run(stop)
+    finally:
+        if client is not None:
+            await client.close()
+        await store.close()
+        if own_stop:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)

@@ -1,0 +1,127 @@
+"""The bot's configuration file, validated, with secrets from the environment.
+
+A bad config is one :class:`ConfigError` naming the key; the CLI turns it into
+one line on stderr and exit code 2. Secrets are ``SecretStr`` so they never
+appear in a repr, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+ENV_PASSWORD = "BLOSSOM_PASSWORD"
+ENV_ACCESS_TOKEN = "BLOSSOM_ACCESS_TOKEN"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used. The message names the key, never a secret."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MatrixConfig(_Strict):
+    homeserver: str = Field(pattern=r"^https?://[^\s/]+(/.*)?$")
+    user_id: str = Field(pattern=r"^@[^:\s]+:[^\s]+$")
+    password: SecretStr | None = None
+    access_token: SecretStr | None = None
+    device_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    device_name: str = "Blossom"
+
+
+class StorageConfig(_Strict):
+    path: Path
+
+
+class ControlConfig(_Strict):
+    rooms: tuple[str, ...] = Field(min_length=1)
+    min_power_level: int = 50
+
+    @field_validator("rooms")
+    @classmethod
+    def _room_ids(cls, rooms: tuple[str, ...]) -> tuple[str, ...]:
+        for room in rooms:
+            # v12 room ids have no server part (MSC4291): "!" and an opaque id.
+            if not (room.startswith("!") and len(room) > 1 and not any(c.isspace() for c in room)):
+                raise ValueError(f"{room!r} is not a room id (!id or !id:server)")
+        return rooms
+
+
+class ScenariosConfig(_Strict):
+    dir: Path
+
+
+class DispatchConfig(_Strict):
+    """Tuning for the fan-out; the defaults suit a single Synapse."""
+
+    max_in_flight: int = Field(default=32, ge=1, le=512)
+    prepare_seconds: float = Field(default=3.0, ge=0, le=300)
+
+
+class Config(_Strict):
+    matrix: MatrixConfig
+    storage: StorageConfig
+    control: ControlConfig
+    scenarios: ScenariosConfig
+    dispatch: DispatchConfig = DispatchConfig()
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    # pydantic's message never includes the input value for these types, but
+    # we build our own line anyway so a secret can never be echoed.
+    return f"{key}: {first['msg']}"
+
+
+def parse_config(data: Any, *, base_dir: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Validate config data; relative paths are resolved against ``base_dir``."""
+    env = os.environ if environ is None else environ
+    if not isinstance(data, dict):
+        raise ConfigError("the config file must be a YAML mapping")
+    matrix = data.get("matrix")
+    if isinstance(matrix, dict):
+        matrix = dict(matrix)
+        if env.get(ENV_PASSWORD):
+            matrix["password"] = env[ENV_PASSWORD]
+        if env.get(ENV_ACCESS_TOKEN):
+            matrix["access_token"] = env[ENV_ACCESS_TOKEN]
+        data = {**data, "matrix": matrix}
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+    if config.matrix.password is None and config.matrix.access_token is None:
+        raise ConfigError(
+            f"matrix.password: set a password or access_token (or {ENV_PASSWORD} / "
+            f"{ENV_ACCESS_TOKEN} in the environment)"
+        )
+    return config.model_copy(
+        update={
+            "storage": StorageConfig(path=(base_dir / config.storage.path).resolve()),
+            "scenarios": ScenariosConfig(dir=(base_dir / config.scenarios.dir).resolve()),
+        }
+    )
+
+
+def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read: {err.__class__.__name__}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML") from None
+    return parse_config(data, base_dir=path.parent, environ=environ)

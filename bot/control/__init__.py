@@ -1,0 +1,1 @@
+"""Commands from the core group and events from participants."""

@@ -1,0 +1,315 @@
+"""Release a stage: fan out to every served room, exactly once, with retries.
+
+The dispatcher owns the ledger transitions of deliveries. For each room the
+parts go in order (text, then location) and a room's later stage waits for its
+earlier one (a per-room FIFO lock), so every room sees stages in order. Rooms
+are independent: a bounded number of requests are in flight, a room waiting
+out a 429 or a backoff holds no slot, and one slow room holds up no other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from bot import DISPATCH_KEY
+from bot.clock import Clock
+from bot.ledger import TERMINAL, DeliveryKey, DeliveryState, Part
+from bot.matrix.sender import Sender, SendFailed
+from bot.retry import GiveUp, RetryPolicy
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One part of a stage, rendered, without the dispatch tag (added per room)."""
+
+    part: Part
+    event_type: str
+    content: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Release:
+    """Everything needed to deliver one (run, city, stage), prepared before its instant."""
+
+    run_id: int
+    scenario_id: str
+    city_id: str
+    stage_id: str
+    due_at: datetime
+    rooms: tuple[str, ...]
+    messages: tuple[Message, ...]
+    # Retries stop here (the late policy's skip_after); None: keep trying.
+    deadline: datetime | None = None
+
+    def keys(self) -> list[DeliveryKey]:
+        return [
+            DeliveryKey(self.run_id, self.scenario_id, self.city_id, self.stage_id, room, m.part)
+            for room in self.rooms
+            for m in self.messages
+        ]
+
+
+@dataclass
+class Outcome:
+    """What happened to one release, room by room (for the control-room report)."""
+
+    release: Release
+    delivered: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    first_sent: datetime | None = None
+    last_sent: datetime | None = None
+
+
+def interleave(releases: Sequence[Release]) -> list[tuple[Release, str]]:
+    """(release, room) pairs, round-robin across releases, so cities due at the
+    same instant share the fan-out instead of one always going last."""
+    pairs: list[tuple[Release, str]] = []
+    longest = max((len(r.rooms) for r in releases), default=0)
+    for i in range(longest):
+        for r in releases:
+            if i < len(r.rooms):
+                pairs.append((r, r.rooms[i]))
+    return pairs
+
+
+class Cancelled(Exception):
+    """The release was cancelled (abort/disarm) before this delivery was sent."""
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        sender: Sender,
+        clock: Clock,
+        *,
+        policy: RetryPolicy | None = None,
+        max_in_flight: int = 32,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._sender = sender
+        self._clock = clock
+        self._policy = policy or RetryPolicy()
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._room_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._rng = rng or random.Random()
+        # (run_id, city_id) -> set when that city's pending deliveries must stop.
+        self._cancel: dict[tuple[int, str], asyncio.Event] = {}
+        self._stopping = asyncio.Event()
+
+    # -- control -----------------------------------------------------------------
+
+    def _cancel_event(self, run_id: int, city_id: str) -> asyncio.Event:
+        return self._cancel.setdefault((run_id, city_id), asyncio.Event())
+
+    def cancel(self, run_id: int, city_ids: Iterable[str]) -> None:
+        """Stop pending deliveries of these cities: requests already in flight
+        finish; nothing new leaves. Abort and disarm use this."""
+        for city in city_ids:
+            self._cancel_event(run_id, city).set()
+
+    def uncancel(self, run_id: int, city_ids: Iterable[str]) -> None:
+        for city in city_ids:
+            self._cancel.pop((run_id, city), None)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def stop(self) -> None:
+        """Shutdown: nothing new leaves; rows not yet SENDING stay PENDING."""
+        self._stopping.set()
+
+    # -- preparation ---------------------------------------------------------------
+
+    async def prepare(self, releases: Sequence[Release]) -> None:
+        """Before the instant: create ledger rows and share encryption keys, so
+        the instant itself only sends."""
+        now = self._clock.now()
+        for r in releases:
+            await self._store.ensure_deliveries(r.keys(), r.due_at, now)
+        rooms = {room for r in releases for room in r.rooms}
+        await asyncio.gather(*(self._sender.prepare(room) for room in sorted(rooms)))
+
+    # -- release -------------------------------------------------------------------
+
+    async def release(self, releases: Sequence[Release]) -> list[Outcome]:
+        """Deliver every release; returns when each delivery is terminal (or the
+        bot is stopping). Safe to call again for the same releases: rows already
+        SENT are not sent again."""
+        now = self._clock.now()
+        for r in releases:
+            await self._store.ensure_deliveries(r.keys(), r.due_at, now)
+        outcomes = {id(r): Outcome(r) for r in releases}
+        await asyncio.gather(
+            *(self._deliver_room(r, room, outcomes[id(r)]) for r, room in interleave(releases))
+        )
+        return [outcomes[id(r)] for r in releases]
+
+    async def _deliver_room(self, release: Release, room: str, outcome: Outcome) -> None:
+        async with self._room_locks[room]:
+            for message in release.messages:
+                key = DeliveryKey(
+                    release.run_id,
+                    release.scenario_id,
+                    release.city_id,
+                    release.stage_id,
+                    room,
+                    message.part,
+                )
+                try:
+                    state, detail = await self._deliver(release, key, message)
+                except Cancelled:
+                    await self._skip(key, "cancelled")
+                    outcome.skipped[room] = "cancelled"
+                    return
+                if state is DeliveryState.SENT:
+                    continue
+                if state is DeliveryState.PENDING:
+                    return  # stopping: the rest stays pending for the restart
+                if state is DeliveryState.FAILED:
+                    outcome.failed[room] = detail
+                elif state is DeliveryState.SKIPPED:
+                    outcome.skipped[room] = detail
+                # A later part is pointless (and out of order) without the first.
+                for rest in release.messages[release.messages.index(message) + 1 :]:
+                    await self._skip(
+                        DeliveryKey(
+                            key.run_id, key.scenario_id, key.city_id, key.stage_id, room, rest.part
+                        ),
+                        f"{message.part} part not delivered",
+                    )
+                return
+            if not self._stopping.is_set():
+                outcome.delivered.append(room)
+                sent = self._clock.now()
+                outcome.first_sent = outcome.first_sent or sent
+                outcome.last_sent = sent
+
+    async def _skip(self, key: DeliveryKey, reason: str) -> None:
+        row = await self._store.delivery(key)
+        if row is not None and row.state is DeliveryState.PENDING:
+            await self._store.transition(
+                key, DeliveryState.SKIPPED, now=self._clock.now(), error=reason
+            )
+
+    def _check_cancelled(self, key: DeliveryKey) -> None:
+        event = self._cancel.get((key.run_id, key.city_id))
+        if event is not None and event.is_set():
+            raise Cancelled()
+
+    async def _wait(self, delay: timedelta, key: DeliveryKey) -> None:
+        """Sleep for a retry, waking early if the release is cancelled or the bot stops."""
+        waiters = [
+            asyncio.ensure_future(self._cancel_event(key.run_id, key.city_id).wait()),
+            asyncio.ensure_future(self._stopping.wait()),
+        ]
+        try:
+            await asyncio.wait(waiters, timeout=delay.total_seconds())
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    async def _deliver(
+        self, release: Release, key: DeliveryKey, message: Message
+    ) -> tuple[DeliveryState, str]:
+        row = await self._store.delivery(key)
+        assert row is not None, "prepare/release creates the rows first"
+        if row.state in TERMINAL:
+            return row.state, row.last_error or ""
+        content = {**message.content, DISPATCH_KEY: key.content_tag()}
+        if row.state is DeliveryState.SENDING:
+            # Left SENDING by a crash: the request may have landed. Look before
+            # resending (the txn id would dedup within the homeserver's window
+            # anyway; this covers a resend after that window, or another device).
+            try:
+                found = await self._sender.find_dispatch(key.room_id, key.content_tag())
+            except SendFailed:
+                found = None
+            if found is not None:
+                await self._store.transition(
+                    key, DeliveryState.SENT, now=self._clock.now(), event_id=found
+                )
+                return DeliveryState.SENT, ""
+            await self._store.transition(
+                key, DeliveryState.PENDING, now=self._clock.now(), error="unconfirmed after restart"
+            )
+        attempts = row.attempts
+        while True:
+            self._check_cancelled(key)
+            if self._stopping.is_set():
+                return DeliveryState.PENDING, "bot stopping"
+            async with self._slots:
+                self._check_cancelled(key)
+                if self._stopping.is_set():
+                    return DeliveryState.PENDING, "bot stopping"
+                await self._store.transition(
+                    key, DeliveryState.SENDING, now=self._clock.now(), count_attempt=True
+                )
+                attempts += 1
+                try:
+                    event_id = await self._sender.send(
+                        key.room_id, message.event_type, content, key.txn_id()
+                    )
+                except SendFailed as err:
+                    failure = err.failure
+                else:
+                    await self._store.transition(
+                        key, DeliveryState.SENT, now=self._clock.now(), event_id=event_id
+                    )
+                    log.info(
+                        "sent %s/%s/%s part=%s to %s as %s",
+                        key.scenario_id,
+                        key.city_id,
+                        key.stage_id,
+                        key.part,
+                        key.room_id,
+                        event_id,
+                    )
+                    return DeliveryState.SENT, ""
+            decision = self._policy.decide(
+                failure,
+                attempt=attempts,
+                now=self._clock.now(),
+                deadline=release.deadline,
+                rng=self._rng,
+            )
+            if isinstance(decision, GiveUp):
+                await self._store.transition(
+                    key, DeliveryState.FAILED, now=self._clock.now(), error=decision.reason
+                )
+                log.warning(
+                    "gave up %s/%s/%s part=%s to %s: %s",
+                    key.scenario_id,
+                    key.city_id,
+                    key.stage_id,
+                    key.part,
+                    key.room_id,
+                    decision.reason,
+                )
+                return DeliveryState.FAILED, decision.reason
+            await self._store.transition(
+                key, DeliveryState.PENDING, now=self._clock.now(), error=decision.reason
+            )
+            log.info(
+                "retrying %s/%s/%s to %s in %.1fs: %s",
+                key.scenario_id,
+                key.city_id,
+                key.stage_id,
+                key.room_id,
+                decision.delay.total_seconds(),
+                decision.reason,
+            )
+            await self._wait(decision.delay, key)

@@ -1,0 +1,1 @@
+"""The Matrix side: session, sync, power rules, sending, room opt-in."""

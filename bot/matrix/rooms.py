@@ -1,0 +1,262 @@
+"""Which rooms this bot serves: opt-in by invite, membership, alias resolution.
+
+This is the one place that decides where stage messages may go
+(:meth:`RoomRegistry.served_rooms`): a room is served for a city when the city
+lists it (by id or alias), the bot is joined, and the room opted in (a member
+with power >= 50 invited the bot). A future multi-bot setup changes only this.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import ClientError
+from nio import (
+    AsyncClient,
+    JoinError,
+    RoomGetStateEventError,
+    RoomGetStateEventResponse,
+    RoomResolveAliasResponse,
+)
+
+from bot.clock import Clock
+from bot.matrix.power import user_power
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+
+OPT_IN_POWER = 50
+
+Report = Callable[[str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class InviteDecision:
+    accept: bool
+    reason: str
+
+
+def decide_invite(
+    *,
+    room_id: str,
+    inviter: str,
+    listed: bool,
+    is_control_room: bool,
+    inviter_is_core: bool,
+) -> InviteDecision:
+    """Pure first cut on an invite, before the inviter's power in the room is known."""
+    if is_control_room:
+        return InviteDecision(True, "control room")
+    if listed:
+        return InviteDecision(True, "listed by a scenario")
+    if inviter_is_core:
+        return InviteDecision(True, "invited by a member of the core group")
+    return InviteDecision(False, "not a control room, not listed by any scenario")
+
+
+class RoomRegistry:
+    def __init__(
+        self,
+        client: AsyncClient,
+        store: Store,
+        clock: Clock,
+        *,
+        control_rooms: Iterable[str],
+        min_control_power: int,
+    ) -> None:
+        self._client = client
+        self._store = store
+        self._clock = clock
+        self.control_rooms = frozenset(control_rooms)
+        self._min_control_power = min_control_power
+        self._aliases: dict[str, str] = {}
+        self._create_events: dict[str, dict[str, Any]] = {}
+
+    # -- power -----------------------------------------------------------------------
+
+    async def _state_event(self, room_id: str, event_type: str) -> dict[str, Any] | None:
+        try:
+            resp = await self._client.room_get_state_event(room_id, event_type)
+        except (ClientError, TimeoutError, ConnectionError):
+            return None
+        if isinstance(resp, RoomGetStateEventResponse):
+            return dict(resp.content)
+        if isinstance(resp, RoomGetStateEventError):
+            return None
+        return None
+
+    async def _create_event(self, room_id: str) -> dict[str, Any] | None:
+        """``m.room.create`` as {sender, content}; it never changes, so it is cached."""
+        if room_id in self._create_events:
+            return self._create_events[room_id]
+        content = await self._state_event(room_id, "m.room.create")
+        if content is None:
+            return None
+        # The state-event endpoint returns content only; the creator is the
+        # content's `creator` (v1-10) or the event's sender (v11+).
+        sender = content.get("creator") or await self._create_sender(room_id)
+        event = {"sender": sender, "content": content}
+        self._create_events[room_id] = event
+        return event
+
+    async def _create_sender(self, room_id: str) -> str | None:
+        # /state returns whole events, with senders.
+        try:
+            resp = await self._client.room_get_state(room_id)
+        except (ClientError, TimeoutError, ConnectionError):
+            return None
+        for ev in getattr(resp, "events", []) or []:
+            if isinstance(ev, Mapping) and ev.get("type") == "m.room.create":
+                sender = ev.get("sender")
+                return str(sender) if sender else None
+        return None
+
+    async def power_of(self, room_id: str, user_id: str) -> float:
+        create = await self._create_event(room_id)
+        levels = await self._state_event(room_id, "m.room.power_levels")
+        return user_power(user_id, power_levels=levels, create_event=create)
+
+    async def is_core(self, user_id: str, room_id: str | None = None) -> bool:
+        """Core group: power >= control.min_power_level in a control room
+        (``room_id``, or any control room when None)."""
+        rooms = [room_id] if room_id is not None else sorted(self.control_rooms)
+        for room in rooms:
+            if room not in self.control_rooms:
+                continue
+            if await self.power_of(room, user_id) >= self._min_control_power:
+                return True
+        return False
+
+    # -- invites -------------------------------------------------------------------
+
+    async def on_invite(
+        self,
+        room_id: str,
+        inviter: str,
+        stripped_state: list[dict[str, Any]],
+        *,
+        listed_rooms: set[str],
+        report: Report,
+    ) -> bool:
+        """Handle one invite of the bot. Returns whether the bot is now joined."""
+        now = self._clock.now()
+        listed = room_id in await self.resolve_all(listed_rooms)
+        is_control = room_id in self.control_rooms
+        inviter_is_core = (not is_control) and (not listed) and await self.is_core(inviter)
+        first = decide_invite(
+            room_id=room_id,
+            inviter=inviter,
+            listed=listed,
+            is_control_room=is_control,
+            inviter_is_core=inviter_is_core,
+        )
+        if not first.accept:
+            await self._client.room_leave(room_id)  # rejects the invite
+            await self._store.set_room(room_id, "declined", now=now, note=first.reason)
+            log.info("declined invite to %s from %s: %s", room_id, inviter, first.reason)
+            return False
+        # The inviter's power: stripped state carries m.room.create (so creators
+        # are known before joining); power levels are only readable after joining.
+        create = next((e for e in stripped_state if e.get("type") == "m.room.create"), None)
+        power = user_power(inviter, power_levels=None, create_event=create) if create else 0.0
+        joined_to_check = False
+        if power < OPT_IN_POWER:
+            resp = await self._client.join(room_id)
+            if isinstance(resp, JoinError):
+                log.warning("could not join %s to check power: %s", room_id, resp.status_code)
+                return False
+            joined_to_check = True
+            power = await self.power_of(room_id, inviter)
+        if power < OPT_IN_POWER:
+            await self._client.room_leave(room_id)
+            await self._client.room_forget(room_id)
+            reason = f"inviter {inviter} has power {power:g} < {OPT_IN_POWER}"
+            await self._store.set_room(room_id, "declined", now=now, note=reason)
+            log.info("left %s: %s", room_id, reason)
+            await report(
+                f"Did not opt in room {room_id}: the invite came from {inviter}, "
+                f"who has power {power:g} there; a member with power ≥ {OPT_IN_POWER} must invite."
+            )
+            return False
+        if not joined_to_check:
+            resp = await self._client.join(room_id)
+            if isinstance(resp, JoinError):
+                log.warning("could not join %s: %s", room_id, resp.status_code)
+                return False
+        await self._store.set_room(
+            room_id, "joined", now=now, opted_in_by=inviter, note=first.reason
+        )
+        log.info("joined %s (opted in by %s: %s)", room_id, inviter, first.reason)
+        if not is_control:
+            await report(f"Joined {room_id}: opted in by {inviter} ({first.reason}).")
+        return True
+
+    async def on_removed(
+        self, room_id: str, by: str | None, membership: str, report: Report
+    ) -> None:
+        """The bot was kicked or banned (or the room went away): drop it."""
+        was = await self._store.room_membership(room_id)
+        await self._store.set_room(
+            room_id, "left", now=self._clock.now(), note=f"{membership} by {by or 'unknown'}"
+        )
+        self._create_events.pop(room_id, None)
+        if was == "joined" and room_id not in self.control_rooms:
+            verb = "banned" if membership == "ban" else "removed"
+            await report(
+                f"The bot was {verb} from {room_id} by {by or 'someone'}; "
+                "it will send nothing more there."
+            )
+
+    # -- aliases and served rooms ------------------------------------------------------
+
+    async def resolve(self, room: str, *, refresh: bool = False) -> str | None:
+        if room.startswith("!"):
+            return room
+        if room in self._aliases and not refresh:
+            return self._aliases[room]
+        try:
+            resp = await self._client.room_resolve_alias(room)
+        except (ClientError, TimeoutError, ConnectionError):
+            return self._aliases.get(room)
+        if isinstance(resp, RoomResolveAliasResponse):
+            self._aliases[room] = resp.room_id
+            return str(resp.room_id)
+        return None
+
+    async def resolve_all(self, rooms: Iterable[str]) -> set[str]:
+        found: set[str] = set()
+        for room in rooms:
+            rid = await self.resolve(room)
+            if rid is not None:
+                found.add(rid)
+        return found
+
+    async def served_rooms(self, listed: Iterable[str], *, refresh: bool = False) -> list[str]:
+        """The rooms, of those a city lists, that get its stages now: resolved,
+        joined (known to the client) and opted in. Order follows the listing."""
+        opted = await self._store.opted_in_rooms()
+        served: list[str] = []
+        for room in listed:
+            rid = await self.resolve(room, refresh=refresh)
+            if rid is None or rid in served:
+                continue
+            if rid in opted and rid in self._client.rooms:
+                served.append(rid)
+        return served
+
+    async def missing_rooms(self, listed: Iterable[str]) -> dict[str, str]:
+        """Listed rooms that will not be served, with why (for !arm's reply)."""
+        opted = await self._store.opted_in_rooms()
+        missing: dict[str, str] = {}
+        for room in listed:
+            rid = await self.resolve(room)
+            if rid is None:
+                missing[room] = "alias does not resolve"
+            elif rid not in opted or rid not in self._client.rooms:
+                missing[room] = (
+                    "the bot is not in this room (invite it from an account with power ≥ 50)"
+                )
+        return missing

@@ -1,0 +1,101 @@
+"""The sync loop: long-polls the homeserver, with backoff when it is away.
+
+The first sync of a session asks for full state so that every joined room is
+known to the client (nio keeps no room state across restarts) before any
+stage is sent; ``ready`` is set when it is done. After each sync the
+encryption keys are kept current (upload, query, claim), as nio's
+``sync_forever`` would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import ClientError
+from nio import AsyncClient, SyncError, SyncResponse
+
+log = logging.getLogger(__name__)
+
+SYNC_FILTER: dict[str, Any] = {
+    "room": {
+        "state": {"lazy_load_members": True},
+        "timeline": {"limit": 100, "lazy_load_members": True},
+    },
+    "presence": {"not_types": ["*"]},
+}
+
+
+class SyncLoop:
+    def __init__(
+        self,
+        client: AsyncClient,
+        *,
+        on_sync: Callable[[SyncResponse], Awaitable[None]] | None = None,
+        poll_ms: int = 30_000,
+    ) -> None:
+        self._client = client
+        # nio runs response callbacks only inside sync_forever; ours is called here.
+        self._on_sync = on_sync
+        self._poll_ms = poll_ms
+        self.ready = asyncio.Event()
+        # Whether this is the account's first sync ever on this device: its
+        # timeline holds old history, which is never taken as commands.
+        self.first_sync_ever = client.loaded_sync_token is None
+        self.synced_once = False
+        self._rng = random.Random()
+
+    async def _keys(self) -> None:
+        client = self._client
+        if client.olm is None:
+            return
+        if client.should_upload_keys:
+            await client.keys_upload()
+        if client.should_query_keys:
+            await client.keys_query()
+        if client.should_claim_keys:
+            users = client.get_users_for_key_claiming()
+            if users:
+                await client.keys_claim(users)
+        # Answer other devices' key requests and share keys sent to-device.
+        await client.send_to_device_messages()
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                resp = await self._client.sync(
+                    timeout=self._poll_ms if self.synced_once else 0,
+                    sync_filter=SYNC_FILTER,
+                    full_state=not self.synced_once,
+                )
+            except (ClientError, TimeoutError, ConnectionError) as err:
+                resp = None
+                why = err.__class__.__name__
+            else:
+                why = str(getattr(resp, "status_code", "")) if isinstance(resp, SyncError) else ""
+            if not isinstance(resp, SyncResponse):
+                failures += 1
+                delay = min(30.0, 0.5 * 2 ** min(failures, 6)) * self._rng.uniform(0.5, 1.0)
+                retry_after = getattr(resp, "retry_after_ms", None)
+                if retry_after:
+                    delay = max(delay, retry_after / 1000)
+                log.warning("sync failed (%s); retrying in %.1fs", why or "error", delay)
+                await asyncio.sleep(delay)
+                continue
+            if failures:
+                log.info("sync recovered after %d failures", failures)
+            failures = 0
+            self.synced_once = True
+            if self._on_sync is not None:
+                await self._on_sync(resp)
+            try:
+                await self._keys()
+            except (ClientError, TimeoutError, ConnectionError) as err:
+                log.warning("key maintenance failed: %s", err.__class__.__name__)
+            if not self.ready.is_set():
+                self.ready.set()
+                log.info("first sync done; %d rooms joined", len(self._client.rooms))

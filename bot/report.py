@@ -1,0 +1,85 @@
+"""Control-room texts: plans, stage summaries, problems. Pure; ids, never content."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from bot.dispatch import Outcome
+from bot.policy import LATE_REPORT_THRESHOLD, format_duration
+
+
+@dataclass(frozen=True)
+class PlanLine:
+    at: datetime
+    city_id: str
+    timezone: str
+    stage_id: str
+    rooms: int
+    state: str = "scheduled"
+
+
+def plan_table(lines: Sequence[PlanLine], now: datetime) -> str:
+    """A masked plan: when, where, which stage, how many rooms; no text, no place."""
+    rows = [("UTC", "local", "city", "stage", "rooms", "in")]
+    for line in lines:
+        local = line.at.astimezone(ZoneInfo(line.timezone))
+        until = line.at - now
+        rows.append(
+            (
+                line.at.strftime("%Y-%m-%d %H:%M:%SZ"),
+                local.strftime("%H:%M %Z"),
+                line.city_id,
+                line.stage_id,
+                str(line.rooms),
+                line.state
+                if line.state != "scheduled"
+                else (format_duration(until) if until > timedelta(0) else "past"),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+def stage_summary(
+    scenario_id: str,
+    stage_id: str,
+    outcomes: Sequence[Outcome],
+    *,
+    late_by: Mapping[str, timedelta] | None = None,
+    drill: bool = False,
+) -> str:
+    """One report per stage: delivered / failed rooms per city, and why."""
+    total = sum(len(o.release.rooms) for o in outcomes)
+    delivered = sum(len(o.delivered) for o in outcomes)
+    prefix = "[drill] " if drill else ""
+    mark = "✅" if delivered == total else "⚠️"
+    per_city = ", ".join(
+        f"{o.release.city_id} {len(o.delivered)}/{len(o.release.rooms)}" for o in outcomes
+    )
+    lines = [
+        f"{mark} {prefix}{scenario_id}: stage {stage_id} delivered to {delivered} of {total} "
+        f"rooms ({per_city})."
+    ]
+    if total == 0:
+        lines[0] = (
+            f"⚠️ {prefix}{scenario_id}: stage {stage_id} had no room to go to "
+            f"(no opted-in room for {', '.join(o.release.city_id for o in outcomes)})."
+        )
+    late = {c: d for c, d in (late_by or {}).items() if d >= LATE_REPORT_THRESHOLD}
+    if late:
+        lines.append(
+            "Released late: "
+            + ", ".join(f"{c} by {format_duration(d)}" for c, d in sorted(late.items()))
+            + " (its instant passed while the bot or the homeserver was unavailable)."
+        )
+    for o in outcomes:
+        for room, why in sorted(o.failed.items()):
+            lines.append(f"  failed {o.release.city_id} {room}: {why}")
+        for room, why in sorted(o.skipped.items()):
+            lines.append(f"  not sent {o.release.city_id} {room}: {why}")
+    return "\n".join(lines)

@@ -1,0 +1,91 @@
+"""Pure retry policy for sends: what an error means and how long to wait.
+
+Modelled on matrix-hookshot's retry filter: only errors that can succeed later
+are retried. 429 waits as the server says; 5xx and network errors back off
+exponentially with full jitter, capped; any other 4xx fails the room at once.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+
+@dataclass(frozen=True)
+class SendFailure:
+    """What went wrong with one request, in transport-neutral terms."""
+
+    http_status: int | None  # None: no HTTP answer (connection refused, timeout)
+    errcode: str | None = None
+    retry_after_ms: int | None = None
+    message: str = ""
+
+    def describe(self) -> str:
+        if self.http_status is None:
+            return f"network error ({self.message or 'no answer'})"
+        code = f" {self.errcode}" if self.errcode else ""
+        return f"HTTP {self.http_status}{code}"
+
+
+@dataclass(frozen=True)
+class RetryAfter:
+    delay: timedelta
+    reason: str
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    reason: str
+
+
+Decision = RetryAfter | GiveUp
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    base_s: float = 0.5
+    cap_s: float = 10.0
+    # 429 without a retry_after_ms: wait this long.
+    default_rate_limit_s: float = 2.0
+
+    def decide(
+        self,
+        failure: SendFailure,
+        *,
+        attempt: int,
+        now: datetime,
+        deadline: datetime | None,
+        rng: random.Random,
+    ) -> Decision:
+        """``attempt`` counts the failed attempts so far (1 after the first)."""
+        if is_rate_limited(failure):
+            delay_s = (
+                failure.retry_after_ms / 1000
+                if failure.retry_after_ms is not None
+                else self.default_rate_limit_s
+            )
+            reason = "rate limited"
+        elif is_transient(failure):
+            # Full jitter (AWS architecture blog): spreads retries of many rooms.
+            ceiling = min(self.cap_s, self.base_s * 2 ** max(0, attempt - 1))
+            delay_s = rng.uniform(0, ceiling)
+            reason = failure.describe()
+        else:
+            return GiveUp(failure.describe())
+        delay = timedelta(seconds=max(0.0, delay_s))
+        if deadline is not None and now + delay > deadline:
+            return GiveUp(f"{failure.describe()}; gave up at the late policy's deadline")
+        return RetryAfter(delay, reason)
+
+
+def is_rate_limited(failure: SendFailure) -> bool:
+    return failure.http_status == 429 or failure.errcode == "M_LIMIT_EXCEEDED"
+
+
+def is_transient(failure: SendFailure) -> bool:
+    if failure.http_status is None:
+        return True
+    # 408 request timeout and 5xx (incl. 502/503 from a proxy in front of a
+    # restarting homeserver) can succeed later.
+    return failure.http_status >= 500 or failure.http_status == 408

@@ -1,0 +1,85 @@
+"""Schema migrations, applied in order, each once, inside one transaction.
+
+Append new migrations; never edit one that has shipped. ``PRAGMA user_version``
+records how many have been applied.
+
+Secret until release: no table holds a stage's text or a place. Runs keep the
+scenario file's path and SHA-256; the text is re-read from the file.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: runs, dispatches, deliveries, rooms, audit, meta
+    """
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        scenario_id TEXT NOT NULL,
+        source_path TEXT NOT NULL,
+        source_sha256 TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('armed', 'disarmed', 'aborted', 'finished')),
+        armed_by TEXT NOT NULL,
+        armed_at TEXT NOT NULL,
+        control_room TEXT NOT NULL,
+        ended_at TEXT
+    );
+    CREATE UNIQUE INDEX runs_one_armed ON runs (scenario_id) WHERE state = 'armed';
+
+    CREATE TABLE dispatches (
+        run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        city_id TEXT NOT NULL,
+        stage_id TEXT NOT NULL,
+        stage_index INTEGER NOT NULL,
+        due_at TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN
+            ('scheduled', 'held', 'releasing', 'released', 'skipped', 'cancelled')),
+        note TEXT,
+        released_at TEXT,
+        reported INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (run_id, city_id, stage_id)
+    );
+
+    CREATE TABLE deliveries (
+        run_id INTEGER NOT NULL,
+        scenario_id TEXT NOT NULL,
+        city_id TEXT NOT NULL,
+        stage_id TEXT NOT NULL,
+        room_id TEXT NOT NULL,
+        part TEXT NOT NULL CHECK (part IN ('text', 'location')),
+        state TEXT NOT NULL CHECK (state IN ('pending', 'sending', 'sent', 'failed', 'skipped')),
+        txn_id TEXT NOT NULL UNIQUE,
+        event_id TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        due_at TEXT NOT NULL,
+        sent_at TEXT,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (run_id, city_id, stage_id, room_id, part),
+        FOREIGN KEY (run_id, city_id, stage_id)
+            REFERENCES dispatches (run_id, city_id, stage_id) ON DELETE CASCADE
+    );
+    CREATE INDEX deliveries_by_state ON deliveries (state);
+
+    CREATE TABLE rooms (
+        room_id TEXT PRIMARY KEY,
+        membership TEXT NOT NULL CHECK (membership IN ('joined', 'left', 'declined')),
+        opted_in_by TEXT,
+        note TEXT,
+        updated_at TEXT NOT NULL
+    );
+
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        room_id TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        command TEXT NOT NULL,
+        result TEXT NOT NULL
+    );
+
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
+)

@@ -1,0 +1,491 @@
+"""Async SQLite store (aiosqlite) for runs, dispatches, deliveries, rooms and audit.
+
+One connection, serialised by aiosqlite's worker thread. Every state change is
+its own committed transaction, written *before* the action it records is taken
+(a delivery is SENDING before its request leaves), so a crash at any point
+leaves a row that says what to check.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import aiosqlite
+
+from bot.ledger import (
+    DeliveryKey,
+    DeliveryState,
+    DispatchState,
+    IllegalTransition,
+    Part,
+    check_transition,
+)
+from bot.store.migrations import MIGRATIONS
+
+
+class StoreError(Exception):
+    """The database cannot be used (locked, full, corrupt). Never carries secrets."""
+
+
+def iso(instant: datetime) -> str:
+    return instant.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+@dataclass(frozen=True)
+class RunRow:
+    id: int
+    scenario_id: str
+    source_path: str
+    source_sha256: str
+    state: str
+    armed_by: str
+    armed_at: datetime
+    control_room: str
+
+
+@dataclass(frozen=True)
+class DispatchRow:
+    run_id: int
+    city_id: str
+    stage_id: str
+    stage_index: int
+    due_at: datetime
+    state: DispatchState
+    note: str | None
+    released_at: datetime | None
+    reported: bool
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    key: DeliveryKey
+    state: DeliveryState
+    txn_id: str
+    event_id: str | None
+    attempts: int
+    last_error: str | None
+    due_at: datetime
+    sent_at: datetime | None
+
+
+_DELIVERY_COLUMNS = (
+    "run_id, scenario_id, city_id, stage_id, room_id, part, state, txn_id, event_id,"
+    " attempts, last_error, due_at, sent_at"
+)
+
+
+def _delivery(row: sqlite3.Row) -> DeliveryRow:
+    return DeliveryRow(
+        key=DeliveryKey(
+            row["run_id"],
+            row["scenario_id"],
+            row["city_id"],
+            row["stage_id"],
+            row["room_id"],
+            Part(row["part"]),
+        ),
+        state=DeliveryState(row["state"]),
+        txn_id=row["txn_id"],
+        event_id=row["event_id"],
+        attempts=row["attempts"],
+        last_error=row["last_error"],
+        due_at=parse_iso(row["due_at"]),
+        sent_at=parse_iso(row["sent_at"]) if row["sent_at"] else None,
+    )
+
+
+def _dispatch(row: sqlite3.Row) -> DispatchRow:
+    return DispatchRow(
+        run_id=row["run_id"],
+        city_id=row["city_id"],
+        stage_id=row["stage_id"],
+        stage_index=row["stage_index"],
+        due_at=parse_iso(row["due_at"]),
+        state=DispatchState(row["state"]),
+        note=row["note"],
+        released_at=parse_iso(row["released_at"]) if row["released_at"] else None,
+        reported=bool(row["reported"]),
+    )
+
+
+def _run(row: sqlite3.Row) -> RunRow:
+    return RunRow(
+        id=row["id"],
+        scenario_id=row["scenario_id"],
+        source_path=row["source_path"],
+        source_sha256=row["source_sha256"],
+        state=row["state"],
+        armed_by=row["armed_by"],
+        armed_at=parse_iso(row["armed_at"]),
+        control_room=row["control_room"],
+    )
+
+
+@dataclass(frozen=True)
+class PlannedDispatch:
+    city_id: str
+    stage_id: str
+    stage_index: int
+    due_at: datetime
+
+
+class Store:
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = await aiosqlite.connect(path, isolation_level=None, timeout=5.0)
+            db.row_factory = sqlite3.Row
+            # WAL + synchronous=NORMAL: a commit survives a crash of this process
+            # (what SIGKILL tests); after a power loss the last commits may roll
+            # back, which the ledger tolerates (SENDING rows are checked, the txn
+            # id dedups resends).
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=NORMAL")
+            await db.execute("PRAGMA foreign_keys=ON")
+            store = cls(db)
+            await store._migrate()
+        except sqlite3.Error as err:
+            raise StoreError(f"cannot open the database {path}: {err}") from None
+        return store
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _migrate(self) -> None:
+        async with self._db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"the database is at schema version {version}, newer than this bot "
+                f"({len(MIGRATIONS)}); upgrade Blossom"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            # executescript commits first; wrap explicitly so a migration is atomic.
+            await self._db.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
+            )
+
+    async def schema_version(self) -> int:
+        async with self._db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
+        try:
+            cur = await self._db.execute(sql, params)
+            count = cur.rowcount
+            await cur.close()
+            return count
+        except sqlite3.Error as err:
+            raise StoreError(f"database write failed: {err}") from None
+
+    async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            async with self._db.execute(sql, params) as cur:
+                return list(await cur.fetchall())
+        except sqlite3.Error as err:
+            raise StoreError(f"database read failed: {err}") from None
+
+    # -- meta ----------------------------------------------------------------------
+
+    async def get_meta(self, key: str) -> str | None:
+        rows = await self._fetchall("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0]["value"]) if rows else None
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self._write(
+            "INSERT INTO meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    # -- runs ----------------------------------------------------------------------
+
+    async def create_run(
+        self,
+        *,
+        scenario_id: str,
+        source_path: str,
+        source_sha256: str,
+        armed_by: str,
+        control_room: str,
+        now: datetime,
+        dispatches: Iterable[PlannedDispatch],
+    ) -> int:
+        """Create an armed run and its dispatches atomically. Raises StoreError
+        if the scenario already has an armed run."""
+        try:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cur = await self._db.execute(
+                    "INSERT INTO runs (scenario_id, source_path, source_sha256, state,"
+                    " armed_by, armed_at, control_room) VALUES (?, ?, ?, 'armed', ?, ?, ?)",
+                    (scenario_id, source_path, source_sha256, armed_by, iso(now), control_room),
+                )
+                run_id = cur.lastrowid
+                assert run_id is not None
+                await self._db.executemany(
+                    "INSERT INTO dispatches (run_id, city_id, stage_id, stage_index, due_at,"
+                    " state) VALUES (?, ?, ?, ?, ?, 'scheduled')",
+                    [
+                        (run_id, d.city_id, d.stage_id, d.stage_index, iso(d.due_at))
+                        for d in dispatches
+                    ],
+                )
+                await self._db.execute("COMMIT")
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.IntegrityError:
+            raise StoreError(f"scenario {scenario_id} is already armed") from None
+        except sqlite3.Error as err:
+            raise StoreError(f"database write failed: {err}") from None
+        return run_id
+
+    async def armed_runs(self) -> list[RunRow]:
+        rows = await self._fetchall("SELECT * FROM runs WHERE state = 'armed' ORDER BY id")
+        return [_run(r) for r in rows]
+
+    async def armed_run(self, scenario_id: str) -> RunRow | None:
+        rows = await self._fetchall(
+            "SELECT * FROM runs WHERE state = 'armed' AND scenario_id = ?", (scenario_id,)
+        )
+        return _run(rows[0]) if rows else None
+
+    async def runs_of(self, scenario_id: str) -> list[RunRow]:
+        rows = await self._fetchall(
+            "SELECT * FROM runs WHERE scenario_id = ? ORDER BY id", (scenario_id,)
+        )
+        return [_run(r) for r in rows]
+
+    async def end_run(self, run_id: int, state: str, now: datetime) -> None:
+        await self._write(
+            "UPDATE runs SET state = ?, ended_at = ? WHERE id = ? AND state = 'armed'",
+            (state, iso(now), run_id),
+        )
+
+    async def delete_runs(self, scenario_id: str) -> int:
+        """Delete every non-armed run of a scenario with its dispatches and deliveries."""
+        return await self._write(
+            "DELETE FROM runs WHERE scenario_id = ? AND state != 'armed'", (scenario_id,)
+        )
+
+    # -- dispatches ----------------------------------------------------------------
+
+    async def dispatches(self, run_id: int) -> list[DispatchRow]:
+        rows = await self._fetchall(
+            "SELECT * FROM dispatches WHERE run_id = ? ORDER BY due_at, stage_index, city_id",
+            (run_id,),
+        )
+        return [_dispatch(r) for r in rows]
+
+    async def dispatch(self, run_id: int, city_id: str, stage_id: str) -> DispatchRow | None:
+        rows = await self._fetchall(
+            "SELECT * FROM dispatches WHERE run_id = ? AND city_id = ? AND stage_id = ?",
+            (run_id, city_id, stage_id),
+        )
+        return _dispatch(rows[0]) if rows else None
+
+    async def set_dispatch_state(
+        self,
+        run_id: int,
+        city_id: str,
+        stage_id: str,
+        state: DispatchState,
+        *,
+        note: str | None = None,
+        released_at: datetime | None = None,
+    ) -> None:
+        await self._write(
+            "UPDATE dispatches SET state = ?, note = COALESCE(?, note),"
+            " released_at = COALESCE(?, released_at)"
+            " WHERE run_id = ? AND city_id = ? AND stage_id = ?",
+            (state, note, iso(released_at) if released_at else None, run_id, city_id, stage_id),
+        )
+
+    async def set_dispatch_due(
+        self, run_id: int, city_id: str, stage_id: str, due_at: datetime
+    ) -> None:
+        await self._write(
+            "UPDATE dispatches SET due_at = ? WHERE run_id = ? AND city_id = ? AND stage_id = ?",
+            (iso(due_at), run_id, city_id, stage_id),
+        )
+
+    async def mark_reported(self, run_id: int, city_id: str, stage_id: str) -> None:
+        await self._write(
+            "UPDATE dispatches SET reported = 1 WHERE run_id = ? AND city_id = ? AND stage_id = ?",
+            (run_id, city_id, stage_id),
+        )
+
+    # -- deliveries ----------------------------------------------------------------
+
+    async def ensure_deliveries(
+        self, keys: Iterable[DeliveryKey], due_at: datetime, now: datetime
+    ) -> None:
+        """Create PENDING rows for keys that have none; existing rows are untouched."""
+        try:
+            await self._db.executemany(
+                "INSERT OR IGNORE INTO deliveries (run_id, scenario_id, city_id, stage_id,"
+                " room_id, part, state, txn_id, due_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                [
+                    (
+                        k.run_id,
+                        k.scenario_id,
+                        k.city_id,
+                        k.stage_id,
+                        k.room_id,
+                        str(k.part),
+                        k.txn_id(),
+                        iso(due_at),
+                        iso(now),
+                    )
+                    for k in keys
+                ],
+            )
+        except sqlite3.Error as err:
+            raise StoreError(f"database write failed: {err}") from None
+
+    async def deliveries(
+        self, run_id: int, city_id: str | None = None, stage_id: str | None = None
+    ) -> list[DeliveryRow]:
+        sql = f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE run_id = ?"
+        params: list[Any] = [run_id]
+        if city_id is not None:
+            sql += " AND city_id = ?"
+            params.append(city_id)
+        if stage_id is not None:
+            sql += " AND stage_id = ?"
+            params.append(stage_id)
+        rows = await self._fetchall(sql + " ORDER BY room_id, part DESC", params)
+        return [_delivery(r) for r in rows]
+
+    async def delivery(self, key: DeliveryKey) -> DeliveryRow | None:
+        rows = await self._fetchall(
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE run_id = ? AND city_id = ?"
+            " AND stage_id = ? AND room_id = ? AND part = ?",
+            (key.run_id, key.city_id, key.stage_id, key.room_id, str(key.part)),
+        )
+        return _delivery(rows[0]) if rows else None
+
+    async def transition(
+        self,
+        key: DeliveryKey,
+        new: DeliveryState,
+        *,
+        now: datetime,
+        event_id: str | None = None,
+        error: str | None = None,
+        count_attempt: bool = False,
+    ) -> DeliveryRow:
+        """Move one delivery to ``new`` if the ledger's rules allow it.
+
+        The check and the write are one statement (``WHERE state = old``), so two
+        tasks can never both move the same row out of a state.
+        """
+        current = await self.delivery(key)
+        if current is None:
+            raise StoreError(f"no delivery row for {key.room_id}/{key.stage_id}/{key.part}")
+        check_transition(current.state, new)
+        changed = await self._write(
+            "UPDATE deliveries SET state = ?, event_id = COALESCE(?, event_id),"
+            " last_error = CASE WHEN ? IS NULL THEN last_error ELSE ? END,"
+            " attempts = attempts + ?, sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END,"
+            " updated_at = ?"
+            " WHERE run_id = ? AND city_id = ? AND stage_id = ? AND room_id = ? AND part = ?"
+            " AND state = ?",
+            (
+                new,
+                event_id,
+                error,
+                error,
+                1 if count_attempt else 0,
+                new,
+                iso(now),
+                iso(now),
+                key.run_id,
+                key.city_id,
+                key.stage_id,
+                key.room_id,
+                str(key.part),
+                current.state,
+            ),
+        )
+        if changed != 1:
+            raise IllegalTransition(current.state, new)
+        updated = await self.delivery(key)
+        assert updated is not None
+        return updated
+
+    # -- rooms ---------------------------------------------------------------------
+
+    async def set_room(
+        self,
+        room_id: str,
+        membership: str,
+        *,
+        now: datetime,
+        opted_in_by: str | None = None,
+        note: str | None = None,
+    ) -> None:
+        await self._write(
+            "INSERT INTO rooms (room_id, membership, opted_in_by, note, updated_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (room_id) DO UPDATE SET"
+            " membership = excluded.membership,"
+            " opted_in_by = COALESCE(excluded.opted_in_by, rooms.opted_in_by),"
+            " note = excluded.note, updated_at = excluded.updated_at",
+            (room_id, membership, opted_in_by, note, iso(now)),
+        )
+
+    async def opted_in_rooms(self) -> set[str]:
+        rows = await self._fetchall("SELECT room_id FROM rooms WHERE membership = 'joined'")
+        return {str(r["room_id"]) for r in rows}
+
+    async def room_membership(self, room_id: str) -> str | None:
+        rows = await self._fetchall("SELECT membership FROM rooms WHERE room_id = ?", (room_id,))
+        return str(rows[0]["membership"]) if rows else None
+
+    # -- audit ---------------------------------------------------------------------
+
+    async def audit(
+        self, *, now: datetime, room_id: str, sender: str, command: str, result: str
+    ) -> None:
+        await self._write(
+            "INSERT INTO audit (at, room_id, sender, command, result) VALUES (?, ?, ?, ?, ?)",
+            (iso(now), room_id, sender, command, result),
+        )
+
+    async def audit_log(self, limit: int = 100) -> list[tuple[str, str, str, str, str]]:
+        rows = await self._fetchall(
+            "SELECT at, room_id, sender, command, result FROM audit ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [(r["at"], r["room_id"], r["sender"], r["command"], r["result"]) for r in rows]
