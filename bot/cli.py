@@ -73,3 +73,29 @@ def plan(
 def schema() -> None:
     """Print the JSON Schema of the scenario format (for editors)."""
     click.echo(schema_json())
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The bot's config file (see config.example.yaml).",
+)
+@click.option(
+    "--log-level",
+    default="INFO",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="Log level of the bot's own loggers (logs carry ids, never stage content).",
+)
+@click.option("--log-file", type=click.Path(path_type=Path), help="Log to this file instead.")
+@click.pass_context
+def run(ctx: click.Context, config_path: Path, log_level: str, log_file: Path | None) -> None:
+    """Run the dispatch bot until SIGTERM or SIGINT.
+
+    Exit status: 0 stopped cleanly, 1 runtime failure (login, database), 2 bad config.
+    """
+    from bot.runner import run_command  # the bot's dependencies load only for `run`
+
+    ctx.exit(run_command(config_path, log_level, log_file))
