@@ -64,9 +64,10 @@ def parse_template(template: str) -> ParsedTemplate:
     position = 0
 
     def flush() -> None:
-        if literal:
-            parts.append("".join(literal))
-            literal.clear()
+        text = "".join(literal)
+        if text:
+            parts.append(text)
+        literal.clear()
 
     for match in _TOKEN_RE.finditer(template):
         literal.append(template[position : match.start()])
