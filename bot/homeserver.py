@@ -256,6 +256,8 @@ class EmbeddedHomeserver:
                     "resources": [{"names": ["client"], "compress": False}],
                 }
             ],
+            # Otherwise https://<server_name>/, which URLs Synapse hands out would point at.
+            "public_baseurl": f"{self.url}/",
             "database": {"name": "sqlite3", "args": {"database": str(work / "homeserver.db")}},
             "log_config": str(work / LOG_CONFIG_FILE),
             "media_store_path": str(work / "media_store"),
