@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from bot.scenario import build_timeline, load_scenario_file, render_stage
+from bot.scenario import build_timeline, load_scenario_file, load_scenario_text, render_stage
 
 EXAMPLES = Path(__file__).parent.parent / "scenarios"
 FILES = sorted(EXAMPLES.glob("*.yaml"))
@@ -61,3 +62,11 @@ def test_demo_shape() -> None:
     assert s.abort_text is not None
     for city in s.cities:
         assert render_stage(s, city.id, "location").location is not None
+
+
+def test_readme_examples_are_valid() -> None:
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    section = readme.split("## Scenario format", 1)[1]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    full = load_scenario_text(blocks[0])
+    assert full == load_scenario_file(EXAMPLES / "quorum.yaml")
