@@ -8,13 +8,13 @@ placeholder names but never quote stage text or place details.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from bot.scenario.model import City, Scenario, Stage
 from bot.scenario.render import RenderError, render_template, to_html
 from bot.scenario.source import Path
 from bot.scenario.templates import describe, parse_template
-from bot.scenario.timeline import stage_instant
+from bot.scenario.timeline import city_t0, stage_instant
 
 MAX_MESSAGE_BYTES = 40_000
 """Largest rendered message (body plus its HTML form, UTF-8).
@@ -23,6 +23,10 @@ Matrix refuses events over 65,536 bytes, and in an encrypted room the content
 is base64-encoded ciphertext (4/3 larger) plus envelope, so 40,000 bytes of text
 is what reliably fits.
 """
+
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+_RANGE = "outside the years 1970 to 8999"
 
 RESERVED_CITY_IDS = frozenset({"default"})  # the fallback key of a text mapping
 
@@ -40,6 +44,10 @@ def check(scenario: Scenario) -> list[Problem]:
     problems: list[Problem] = []
     problems += _check_cities(scenario)
     problems += _check_stage_ids(scenario)
+    out_of_range = _check_range(scenario)
+    if out_of_range:
+        # Times and templates cannot be computed; the rest would only be noise.
+        return problems + out_of_range
     for index, stage in enumerate(scenario.stages):
         problems += _check_stage(scenario, index, stage)
     if scenario.abort_text is not None:
@@ -183,7 +191,7 @@ def _check_template(
     for city in cities:
         try:
             body = render_template(template, scenario, city)
-        except (RenderError, OverflowError):
+        except RenderError:
             messages.append(f"{what} cannot be rendered for city '{city.id}'")
             continue
         if not body.strip():
@@ -198,22 +206,45 @@ def _check_template(
     return [Problem(path, m) for m in messages]
 
 
+def _check_range(scenario: Scenario) -> list[Problem]:
+    """Every T0 and stage instant lies in years the bot can compute with.
+
+    The bounds keep T0 plus any template offset (at most 366 days) and any
+    local reading of an instant far from ``datetime``'s limits.
+    """
+    problems: list[Problem] = []
+    for index, city in enumerate(scenario.cities):
+        try:
+            t0: datetime | None = city_t0(scenario, city)
+        except OverflowError:
+            t0 = None
+        if not _in_range(t0):
+            where: Path = ("cities", index, "start") if city.start else ("start",)
+            problems.append(Problem(where, f"T0 of city '{city.id}' is {_RANGE}"))
+            continue
+        for stage_index, stage in enumerate(scenario.stages):
+            try:
+                at: datetime | None = stage_instant(scenario, city, stage)
+            except OverflowError:
+                at = None
+            if not _in_range(at):
+                problems.append(
+                    Problem(("stages", stage_index, "at"), f"in city '{city.id}' it is {_RANGE}")
+                )
+    return problems
+
+
+def _in_range(moment: datetime | None) -> bool:
+    return moment is not None and EARLIEST <= moment < LATEST
+
+
 def _check_order(scenario: Scenario) -> list[Problem]:
     """Stages go out in file order in every city; equal instants are allowed."""
     problems: list[Problem] = []
     for city in scenario.cities:
         previous: tuple[Stage, datetime] | None = None
         for index, stage in enumerate(scenario.stages):
-            try:
-                instant = stage_instant(scenario, city, stage)
-            except OverflowError:
-                problems.append(
-                    Problem(
-                        ("stages", index, "at"), f"the instant in city '{city.id}' is out of range"
-                    )
-                )
-                previous = None
-                continue
+            instant = stage_instant(scenario, city, stage)
             if previous is not None and instant < previous[1]:
                 before, before_at = previous
                 problems.append(
