@@ -68,7 +68,9 @@ class RetryPolicy:
             reason = "rate limited"
         elif is_transient(failure):
             # Full jitter (AWS architecture blog): spreads retries of many rooms.
-            ceiling = min(self.cap_s, self.base_s * 2 ** max(0, attempt - 1))
+            # The exponent is bounded: with no deadline a room may retry for hours,
+            # and 2 ** 1024 no longer converts to a float.
+            ceiling = min(self.cap_s, self.base_s * 2 ** min(max(0, attempt - 1), 60))
             delay_s = rng.uniform(0, ceiling)
             reason = failure.describe()
         else:
