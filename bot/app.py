@@ -12,11 +12,20 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 
-from nio import AsyncClient, MatrixRoom, RoomMemberEvent, RoomMessageText, SyncResponse
+from nio import (
+    AsyncClient,
+    MatrixRoom,
+    ReactionEvent,
+    RoomMemberEvent,
+    RoomMessageText,
+    SyncResponse,
+)
 
 from bot.clock import Clock
 from bot.config import Config
 from bot.control.commands import Controller
+from bot.control.participants import Participants
+from bot.control.steering import Steering
 from bot.dispatch import Dispatcher
 from bot.library import ScenarioLibrary
 from bot.matrix.rooms import RoomRegistry
@@ -62,6 +71,7 @@ class Bot:
             library=self.library,
             rooms=self.rooms,
             dispatcher=self.dispatcher,
+            sender=self.sender,
             timers=self.timers,
             notifier=self.notifier,
             clock=clock,
@@ -71,13 +81,22 @@ class Bot:
         self.controller = Controller(
             store=store, runs=self.runs, rooms=self.rooms, notifier=self.notifier, clock=clock
         )
+        Steering(runs=self.runs, store=store, client=client, clock=clock).register(self.controller)
+        self.participants = Participants(
+            client=client,
+            store=store,
+            runs=self.runs,
+            library=self.library,
+            dispatcher=self.dispatcher,
+            notifier=self.notifier,
+            clock=clock,
+        )
         # Room events are handled one at a time, in order, off the sync path:
         # nio runs callbacks inside sync, and a slow command must not stall it.
         self._inbox: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
-        self.participant_handlers: list[
-            Callable[[MatrixRoom, RoomMessageText], Awaitable[None]]
-        ] = []
         client.add_event_callback(self._on_message, RoomMessageText)
+        client.add_event_callback(self._on_reaction, ReactionEvent)
+        client.add_event_callback(self._on_member, RoomMemberEvent)
 
     # -- events ------------------------------------------------------------------------
 
@@ -93,8 +112,26 @@ class Bot:
                 lambda: self.controller.handle(room.room_id, event.event_id, event.sender, body)
             )
             return
-        for handler in self.participant_handlers:
-            self._inbox.put_nowait(lambda h=handler: h(room, event))  # type: ignore[misc]
+        body = event.body if isinstance(event.body, str) else ""
+        self._inbox.put_nowait(
+            lambda: self.participants.on_message(room.room_id, event.event_id, event.sender, body)
+        )
+
+    async def _on_reaction(self, room: MatrixRoom, event: ReactionEvent) -> None:
+        if event.sender == self.client.user_id or not self._taking_commands():
+            return
+        reacts_to = event.reacts_to if isinstance(event.reacts_to, str) else ""
+        if reacts_to:
+            self._inbox.put_nowait(
+                lambda: self.participants.on_reaction(room.room_id, event.sender, reacts_to)
+            )
+
+    async def _on_member(self, room: MatrixRoom, event: RoomMemberEvent) -> None:
+        if event.state_key == self.client.user_id or not self._taking_commands():
+            return
+        if event.membership in ("leave", "ban") and event.prev_membership == "join":
+            user = event.state_key
+            self._inbox.put_nowait(lambda: self.participants.on_member_left(room.room_id, user))
 
     async def _report(self, text: str) -> None:
         await self.notifier.report(None, text)
@@ -133,6 +170,8 @@ class Bot:
             async def removed(
                 room_id: str = room_id, by: str | None = by, membership: str = membership
             ) -> None:
+                self.dispatcher.forget_room(room_id)
+                await self.participants.forget_room(room_id)
                 await self.rooms.on_removed(room_id, by, membership, self._report)
 
             self._inbox.put_nowait(removed)

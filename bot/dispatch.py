@@ -50,6 +50,8 @@ class Release:
     messages: tuple[Message, ...]
     # Retries stop here (the late policy's skip_after); None: keep trying.
     deadline: datetime | None = None
+    # An abort: not stopped by cancel() (which it follows), never skipped.
+    final: bool = False
 
     def keys(self) -> list[DeliveryKey]:
         return [
@@ -103,6 +105,10 @@ class Dispatcher:
         self._clock = clock
         self._policy = policy or RetryPolicy()
         self._slots = asyncio.Semaphore(max_in_flight)
+        # Aborts get their own slots, so they do not queue behind other traffic.
+        self._priority_slots = asyncio.Semaphore(max_in_flight)
+        # Rooms that must get nothing more (a participant left, the bot was removed).
+        self._gone: set[str] = set()
         self._room_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._rng = rng or random.Random()
         # (run_id, city_id) -> set when that city's pending deliveries must stop.
@@ -123,6 +129,14 @@ class Dispatcher:
     def uncancel(self, run_id: int, city_ids: Iterable[str]) -> None:
         for city in city_ids:
             self._cancel.pop((run_id, city), None)
+
+    def forget_room(self, room_id: str) -> None:
+        """Send nothing more to this room: pending deliveries there are skipped,
+        even those already prepared (a participant sent !stop or left)."""
+        self._gone.add(room_id)
+
+    def remember_room(self, room_id: str) -> None:
+        self._gone.discard(room_id)
 
     @property
     def stopping(self) -> bool:
@@ -145,7 +159,9 @@ class Dispatcher:
 
     # -- release -------------------------------------------------------------------
 
-    async def release(self, releases: Sequence[Release]) -> list[Outcome]:
+    async def release(
+        self, releases: Sequence[Release], *, priority: bool = False
+    ) -> list[Outcome]:
         """Deliver every release; returns when each delivery is terminal (or the
         bot is stopping). Safe to call again for the same releases: rows already
         SENT are not sent again."""
@@ -153,12 +169,18 @@ class Dispatcher:
         for r in releases:
             await self._store.ensure_deliveries(r.keys(), r.due_at, now)
         outcomes = {id(r): Outcome(r) for r in releases}
+        slots = self._priority_slots if priority else self._slots
         await asyncio.gather(
-            *(self._deliver_room(r, room, outcomes[id(r)]) for r, room in interleave(releases))
+            *(
+                self._deliver_room(r, room, outcomes[id(r)], slots)
+                for r, room in interleave(releases)
+            )
         )
         return [outcomes[id(r)] for r in releases]
 
-    async def _deliver_room(self, release: Release, room: str, outcome: Outcome) -> None:
+    async def _deliver_room(
+        self, release: Release, room: str, outcome: Outcome, slots: asyncio.Semaphore
+    ) -> None:
         async with self._room_locks[room]:
             for message in release.messages:
                 key = DeliveryKey(
@@ -170,10 +192,11 @@ class Dispatcher:
                     message.part,
                 )
                 try:
-                    state, detail = await self._deliver(release, key, message)
-                except Cancelled:
-                    await self._skip(key, "cancelled")
-                    outcome.skipped[room] = "cancelled"
+                    state, detail = await self._deliver(release, key, message, slots)
+                except Cancelled as why:
+                    reason = str(why) or "cancelled"
+                    await self._skip(key, reason)
+                    outcome.skipped[room] = reason
                     return
                 if state is DeliveryState.SENT:
                     continue
@@ -205,17 +228,22 @@ class Dispatcher:
                 key, DeliveryState.SKIPPED, now=self._clock.now(), error=reason
             )
 
-    def _check_cancelled(self, key: DeliveryKey) -> None:
+    def _check_cancelled(self, release: Release, key: DeliveryKey) -> None:
+        if key.room_id in self._gone:
+            raise Cancelled("the room left")
+        if release.final:
+            return
         event = self._cancel.get((key.run_id, key.city_id))
         if event is not None and event.is_set():
             raise Cancelled()
 
-    async def _wait(self, delay: timedelta, key: DeliveryKey) -> None:
+    async def _wait(self, delay: timedelta, key: DeliveryKey, final: bool) -> None:
         """Sleep for a retry, waking early if the release is cancelled or the bot stops."""
-        waiters = [
-            asyncio.ensure_future(self._cancel_event(key.run_id, key.city_id).wait()),
-            asyncio.ensure_future(self._stopping.wait()),
-        ]
+        waiters = [asyncio.ensure_future(self._stopping.wait())]
+        if not final:
+            waiters.append(
+                asyncio.ensure_future(self._cancel_event(key.run_id, key.city_id).wait())
+            )
         try:
             await asyncio.wait(waiters, timeout=delay.total_seconds())
         finally:
@@ -223,7 +251,7 @@ class Dispatcher:
                 w.cancel()
 
     async def _deliver(
-        self, release: Release, key: DeliveryKey, message: Message
+        self, release: Release, key: DeliveryKey, message: Message, slots: asyncio.Semaphore
     ) -> tuple[DeliveryState, str]:
         row = await self._store.delivery(key)
         assert row is not None, "prepare/release creates the rows first"
@@ -248,11 +276,11 @@ class Dispatcher:
             )
         attempts = row.attempts
         while True:
-            self._check_cancelled(key)
+            self._check_cancelled(release, key)
             if self._stopping.is_set():
                 return DeliveryState.PENDING, "bot stopping"
-            async with self._slots:
-                self._check_cancelled(key)
+            async with slots:
+                self._check_cancelled(release, key)
                 if self._stopping.is_set():
                     return DeliveryState.PENDING, "bot stopping"
                 await self._store.transition(
@@ -312,4 +340,4 @@ class Dispatcher:
                 decision.delay.total_seconds(),
                 decision.reason,
             )
-            await self._wait(decision.delay, key)
+            await self._wait(decision.delay, key, release.final)

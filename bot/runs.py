@@ -1,47 +1,64 @@
-"""Armed runs: arm, disarm, restore after a restart, and fire stages at their instant.
+"""Armed runs: arm, disarm, restore after a restart, fire stages, and steer.
 
-A *run* is one arming of a scenario. Its dispatches (city x stage, with their
-instants) are rows in the store; timers are rebuilt from those rows on every
-start. At each instant the run manager renders the stage (just before, in
-memory), decides per city (late policy, holds, gates), and hands the releases
-to the dispatcher, then reports to the run's control room.
+A *run* is one arming of a scenario (or one drill of it). Its dispatches (city
+x stage, with their instants) are rows in the store; timers are rebuilt from
+those rows on every start. At each instant the run manager renders the stage
+(just before, in memory), decides per city (late policy, holds, gates), hands
+the releases to the dispatcher, then reports to the run's control room.
+
+Steering (hold, resume, delay, release now, redirect, abort) acts on the same
+rows and goes through the same release path: an abort or a correction is a
+release too, in the ledger like any stage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from bot.clock import Clock
 from bot.content import stage_messages
-from bot.dispatch import Dispatcher, Outcome, Release
-from bot.ledger import DISPATCH_DONE, DispatchState
+from bot.dispatch import Dispatcher, Message, Outcome, Release
+from bot.ledger import DISPATCH_DONE, DeliveryState, DispatchState, Part
 from bot.library import LibraryError, LoadedScenario, ScenarioLibrary, load_file
 from bot.matrix.rooms import RoomRegistry
+from bot.matrix.sender import Sender, SendFailed
 from bot.notify import Notifier
-from bot.policy import Action, decide, retry_deadline
+from bot.policy import Action, decide, format_duration, retry_deadline
 from bot.report import PlanLine, plan_table, stage_summary
-from bot.scenario import Place, build_timeline, render_stage
+from bot.scenario import (
+    Place,
+    RenderError,
+    Scenario,
+    Stage,
+    build_timeline,
+    render_stage,
+    render_template,
+)
+from bot.scenario.render import to_html
+from bot.scenario.templates import parse_template
 from bot.schedule import Timers
 from bot.store import DispatchRow, PlannedDispatch, RunRow, Store
 
 log = logging.getLogger(__name__)
 
-CheckinCount = Callable[[int, str, str], Awaitable[int]]
-"""(run_id, city_id, stage_id) -> check-ins in that city since the previous stage."""
-
-
-async def _no_checkins(run_id: int, city_id: str, stage_id: str) -> int:
-    return 0
+ABORT_STAGE = "!abort"  # synthetic stage ids start with "!": never a scenario slug
+DEFAULT_ABORT_TEXT = (
+    "STOP. The action in {city} is called off. Do not go on. Leave calmly, "
+    "in small groups, and go home."
+)
+PENDING_STATES = (DispatchState.SCHEDULED, DispatchState.HELD)
 
 
 class ArmError(Exception):
-    """Arming refused; the message is for the control room (ids only)."""
+    """A command cannot be carried out; the message is for the control room (ids only)."""
 
 
 @dataclass
@@ -49,14 +66,37 @@ class ArmedRun:
     run: RunRow
     loaded: LoadedScenario
     clock: Clock
-    drill_room: str | None = None
-    # city_id -> place_id -> replacement (set by !redirect)
+    # city_id -> place_id -> replacement (from !redirect)
     place_overrides: dict[str, dict[str, Place]] = field(default_factory=dict)
     held_cities: set[str] = field(default_factory=set)
+    delays: dict[str, timedelta] = field(default_factory=dict)
 
     @property
     def scenario_id(self) -> str:
         return self.run.scenario_id
+
+    @property
+    def scenario(self) -> Scenario:
+        return self.loaded.scenario
+
+    @property
+    def drill_room(self) -> str | None:
+        return self.run.drill_room
+
+    def label(self) -> str:
+        return f"[drill] {self.scenario_id}" if self.drill_room else self.scenario_id
+
+
+def mentions_place(stage: Stage, place_id: str) -> bool:
+    """Whether a stage reveals ``place_id``: as its place or in any of its texts."""
+    if stage.place == place_id:
+        return True
+    texts = [stage.text] if isinstance(stage.text, str) else list(stage.text.values())
+    for text in texts:
+        for ph in parse_template(text).placeholders():
+            if ph.place == place_id:
+                return True
+    return False
 
 
 class RunManager:
@@ -67,32 +107,69 @@ class RunManager:
         library: ScenarioLibrary,
         rooms: RoomRegistry,
         dispatcher: Dispatcher,
+        sender: Sender,
         timers: Timers,
         notifier: Notifier,
         clock: Clock,
         ready: asyncio.Event,
         prepare_seconds: float = 3.0,
-        checkins: CheckinCount = _no_checkins,
     ) -> None:
         self._store = store
         self._library = library
         self._rooms = rooms
         self._dispatcher = dispatcher
+        self._sender = sender
         self._timers = timers
         self._notifier = notifier
         self._clock = clock
         self._ready = ready
         self._lead = timedelta(seconds=prepare_seconds)
-        self._checkins = checkins
         self.armed: dict[int, ArmedRun] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- lookups -----------------------------------------------------------------------
 
-    def by_scenario(self, scenario_id: str) -> ArmedRun | None:
-        return next((a for a in self.armed.values() if a.scenario_id == scenario_id), None)
+    def by_scenario(self, scenario_id: str, *, drill: bool = False) -> ArmedRun | None:
+        return next(
+            (
+                a
+                for a in self.armed.values()
+                if a.scenario_id == scenario_id and (a.drill_room is not None) == drill
+            ),
+            None,
+        )
+
+    def get(self, scenario_id: str) -> ArmedRun:
+        """The armed (real) run of a scenario, else its drill; ArmError if neither."""
+        armed = self.by_scenario(scenario_id) or self.by_scenario(scenario_id, drill=True)
+        if armed is None:
+            raise ArmError(f"{scenario_id} is not armed")
+        return armed
+
+    def cities(self, armed: ArmedRun, city_id: str | None) -> list[str]:
+        ids = [c.id for c in armed.scenario.cities]
+        if city_id is None:
+            return ids
+        if city_id not in ids:
+            raise ArmError(f"{armed.scenario_id} has no city {city_id} (cities: {', '.join(ids)})")
+        return [city_id]
 
     # -- arming ------------------------------------------------------------------------
+
+    def check_armable(self, scenario_id: str) -> None:
+        """Raise ArmError now if the scenario cannot be loaded (before side effects)."""
+        try:
+            self._library.find(scenario_id)
+        except LibraryError as err:
+            raise ArmError(str(err)) from None
+
+    async def adopt_room(self, room_id: str, by: str) -> None:
+        """A room the bot made itself (a drill room): opted in, and usable for
+        sending once the sync has brought it into the client's rooms."""
+        await self._store.set_room(
+            room_id, "joined", now=self._clock.now(), opted_in_by=by, note="created by the bot"
+        )
+        await self._rooms.wait_known(room_id)
 
     async def arm(
         self,
@@ -100,14 +177,20 @@ class RunManager:
         *,
         sender: str,
         control_room: str,
-        clock: Clock | None = None,
         drill_room: str | None = None,
+        drill_speed: float | None = None,
+        drill_lead: timedelta = timedelta(seconds=3),
         start: datetime | None = None,
     ) -> tuple[str, str]:
         """Arm a scenario from the library. Returns (message, masked plan table).
-        ``clock``/``drill_room`` are for drills; ``start`` overrides T0 (demo)."""
-        if self.by_scenario(scenario_id) is not None:
-            raise ArmError(f"{scenario_id} is already armed; !disarm {scenario_id} first")
+
+        A drill (``drill_room``) runs on a scaled clock that reaches the first
+        stage ``drill_lead`` (real time) from now, and sends only to the drill room.
+        ``start`` overrides T0 (used by the demo).
+        """
+        if self.by_scenario(scenario_id, drill=drill_room is not None) is not None:
+            what = "a drill of it is running" if drill_room else "it is already armed"
+            raise ArmError(f"{scenario_id}: {what}; !disarm {scenario_id} first")
         try:
             loaded = self._library.find(scenario_id)
         except LibraryError as err:
@@ -115,27 +198,35 @@ class RunManager:
             more = f" (+{len(err.diagnostics) - 5} more)" if len(err.diagnostics) > 5 else ""
             raise ArmError(f"{err}" + (f": {detail}{more}" if detail else "")) from None
         scenario = loaded.scenario
+        sha = loaded.sha256
         if start is not None:
             scenario = scenario.model_copy(update={"start": start})
             loaded = LoadedScenario(loaded.path, loaded.sha256, scenario)
-        run_clock = clock or self._clock
-        now = run_clock.now()
+            sha = f"{loaded.sha256}@{start.isoformat()}"
         timeline = build_timeline(scenario)
+        run_clock: Clock = self._clock
+        if drill_room is not None:
+            from bot.clock import ScaledClock
+
+            speed = drill_speed or 60.0
+            first = min(d.at for d in timeline)
+            run_clock = ScaledClock(first - drill_lead * speed, speed)
+        now = run_clock.now()
         run_id = await self._store.create_run(
             scenario_id=scenario.id,
             source_path=str(loaded.path),
-            source_sha256=loaded.sha256
-            if start is None
-            else f"{loaded.sha256}@{start.isoformat()}",
+            source_sha256=sha,
             armed_by=sender,
             control_room=control_room,
             now=now,
             dispatches=[
                 PlannedDispatch(d.city_id, d.stage_id, d.stage_index, d.at) for d in timeline
             ],
+            drill_room=drill_room,
+            drill_speed=drill_speed or (60.0 if drill_room else None),
         )
         run = next(r for r in await self._store.armed_runs() if r.id == run_id)
-        armed = ArmedRun(run, loaded, run_clock, drill_room=drill_room)
+        armed = ArmedRun(run, loaded, run_clock)
         self.armed[run_id] = armed
         self._schedule(armed, await self._store.dispatches(run_id))
         log.info("armed %s as run %d by %s", scenario.id, run_id, sender)
@@ -146,7 +237,7 @@ class RunManager:
             if drill_room is not None:
                 served = [drill_room]
             else:
-                served = await self._rooms.served_rooms(city.rooms)
+                served = await self.served_rooms(armed, city.id)
                 for room, why in (await self._rooms.missing_rooms(city.rooms)).items():
                     problems.append(f"{city.id}: {room}: {why}")
             for d in timeline:
@@ -154,8 +245,9 @@ class RunManager:
                     lines.append(PlanLine(d.at, city.id, city.timezone, d.stage_id, len(served)))
         lines.sort(key=lambda ln: (ln.at, ln.city_id))
         past = [ln for ln in lines if ln.at <= now]
+        kind = "Drill of" if drill_room else "Armed"
         text = (
-            f"Armed {scenario.id} (run {run_id}): {len(lines)} dispatches in "
+            f"{kind} {scenario.id} (run {run_id}): {len(lines)} dispatches in "
             f"{len(scenario.cities)} cities. Stage texts and places stay secret until release."
         )
         if past:
@@ -165,34 +257,38 @@ class RunManager:
         return text, plan_table(lines, now)
 
     async def disarm(self, scenario_id: str) -> str:
-        armed = self.by_scenario(scenario_id)
-        if armed is None:
-            raise ArmError(f"{scenario_id} is not armed")
+        armed = self.get(scenario_id)
         run_id = armed.run.id
         self._timers.cancel_prefix(f"run{run_id}@")
-        self._dispatcher.cancel(run_id, [c.id for c in armed.loaded.scenario.cities])
+        self._dispatcher.cancel(run_id, [c.id for c in armed.scenario.cities])
         for d in await self._store.dispatches(run_id):
-            if d.state in (DispatchState.SCHEDULED, DispatchState.HELD):
+            if d.state in PENDING_STATES:
                 await self._store.set_dispatch_state(
                     run_id, d.city_id, d.stage_id, DispatchState.CANCELLED, note="disarmed"
                 )
         await self._store.end_run(run_id, "disarmed", self._clock.now())
         del self.armed[run_id]
-        return f"Disarmed {scenario_id} (run {run_id}): nothing more will be sent."
+        return f"Disarmed {armed.label()} (run {run_id}): nothing more will be sent."
 
     # -- restart -----------------------------------------------------------------------
 
     async def restore(self) -> None:
         """Rebuild timers for every armed run from the store (after a restart)."""
         for run in await self._store.armed_runs():
+            if run.drill_room is not None:
+                # A drill's compressed clock cannot be resumed meaningfully.
+                await self._end_incomplete(run, "the bot restarted during the drill", "disarmed")
+                continue
             try:
                 loaded = load_file(Path(run.source_path))
             except LibraryError as err:
-                await self._suspend(run, f"its file can no longer be loaded ({err})")
+                await self._end_incomplete(
+                    run, f"its file can no longer be loaded ({err})", "disarmed"
+                )
                 continue
             sha, _, start = run.source_sha256.partition("@")
             if loaded.sha256 != sha:
-                await self._suspend(run, "its file changed since it was armed")
+                await self._end_incomplete(run, "its file changed since it was armed", "disarmed")
                 continue
             if start:
                 scenario = loaded.scenario.model_copy(
@@ -200,6 +296,14 @@ class RunManager:
                 )
                 loaded = LoadedScenario(loaded.path, loaded.sha256, scenario)
             armed = ArmedRun(run, loaded, self._clock)
+            armed.held_cities = await self._store.held_cities(run.id)
+            armed.delays = {
+                c: timedelta(seconds=s) for c, s in (await self._store.delays(run.id)).items()
+            }
+            for city_id, place_id, name, geo in await self._store.redirects(run.id):
+                armed.place_overrides.setdefault(city_id, {})[place_id] = Place(
+                    id=place_id, name=name, geo=geo, note=None
+                )
             self.armed[run.id] = armed
             rows = await self._store.dispatches(run.id)
             self._schedule(armed, rows)
@@ -207,7 +311,7 @@ class RunManager:
             if all(d.state in DISPATCH_DONE for d in rows):
                 await self._finish(armed)
 
-    async def _suspend(self, run: RunRow, why: str) -> None:
+    async def _end_incomplete(self, run: RunRow, why: str, state: str) -> None:
         # Safety first: a run whose file changed or vanished is not released from
         # a guess. The organisers re-arm it explicitly.
         log.warning("run %d of %s not restored: %s", run.id, run.scenario_id, why)
@@ -216,11 +320,11 @@ class RunManager:
                 await self._store.set_dispatch_state(
                     run.id, d.city_id, d.stage_id, DispatchState.CANCELLED, note=why
                 )
-        await self._store.end_run(run.id, "disarmed", self._clock.now())
+        await self._store.end_run(run.id, state, self._clock.now())
         await self._notifier.report(
             run.control_room,
             f"⚠️ {run.scenario_id} (run {run.id}) was disarmed on restart: {why}. "
-            f"Nothing more of it will be sent; check the file and !arm {run.scenario_id} again.",
+            f"Nothing more of it will be sent; check it and !arm {run.scenario_id} again.",
         )
 
     # -- timers ------------------------------------------------------------------------
@@ -240,68 +344,95 @@ class RunManager:
                 self._job(armed.run.id, at),
             )
 
-    def reschedule(self, armed: ArmedRun, rows: Sequence[DispatchRow]) -> None:
-        self._timers.cancel_prefix(f"run{armed.run.id}@")
-        self._schedule(armed, rows)
-
     def _job(self, run_id: int, due_at: datetime) -> Callable[[], Awaitable[None]]:
         async def fire() -> None:
-            # Run as a task of our own so shutdown can wait for it and an error
-            # is reported instead of vanishing into the scheduler's log.
-            task = asyncio.current_task()
-            if task is not None:
-                self._tasks.add(task)
-            try:
-                await self.fire(run_id, due_at)
-            except Exception:
-                log.exception("firing run %d at %s failed", run_id, due_at.isoformat())
-                armed = self.armed.get(run_id)
-                await self._notifier.report(
-                    armed.run.control_room if armed else None,
-                    f"⚠️ Run {run_id}: the release due at {due_at:%H:%M:%SZ} hit an internal "
-                    "error; see the bot's log. Undelivered rooms stay pending.",
-                )
-            finally:
-                if task is not None:
-                    self._tasks.discard(task)
+            await self._guarded(
+                self.fire(run_id, due_at), run_id, f"the release due {due_at:%H:%M:%SZ}"
+            )
 
         return fire
+
+    async def _guarded(self, work: Awaitable[None], run_id: int, what: str) -> None:
+        """Run release work as a tracked task: shutdown waits for it, and an error
+        is reported instead of vanishing into the scheduler's log."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            await work
+        except Exception:
+            log.exception("run %d: %s failed", run_id, what)
+            armed = self.armed.get(run_id)
+            await self._notifier.report(
+                armed.run.control_room if armed else None,
+                f"⚠️ Run {run_id}: {what} hit an internal error; see the bot's log. "
+                "Undelivered rooms stay pending.",
+            )
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
 
     async def wait_idle(self, seconds: float) -> None:
         """Shutdown: give releases in flight a moment to finish their requests."""
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=seconds)
 
+    # -- rooms ---------------------------------------------------------------------------
+
+    async def served_rooms(self, armed: ArmedRun, city_id: str) -> list[str]:
+        """Rooms that get this city's stages now: the drill room in a drill;
+        otherwise the opted-in listed rooms plus private (direct) participants."""
+        if armed.drill_room is not None:
+            return [armed.drill_room]
+        city = armed.scenario.city(city_id)
+        rooms = await self._rooms.served_rooms(city.rooms, refresh=True)
+        if city.direct:
+            direct = await self._store.direct_rooms(armed.scenario_id, city_id)
+            rooms += [r for r in await self._rooms.served_rooms(direct) if r not in rooms]
+        return rooms
+
+    async def runs_of_room(self, room_id: str) -> list[tuple[ArmedRun, str]]:
+        """(armed run, city id) pairs whose stages go to this room."""
+        found: list[tuple[ArmedRun, str]] = []
+        for armed in list(self.armed.values()):
+            for city in armed.scenario.cities:
+                if room_id in await self.served_rooms(armed, city.id):
+                    found.append((armed, city.id))
+        return found
+
     # -- release -----------------------------------------------------------------------
 
-    async def build_release(self, armed: ArmedRun, row: DispatchRow) -> Release:
-        scenario = armed.loaded.scenario
-        city = scenario.city(row.city_id)
-        stage = scenario.stage(row.stage_id)
+    def _messages(self, armed: ArmedRun, city_id: str, stage_id: str) -> tuple[Message, ...]:
         rendered = render_stage(
-            scenario, city.id, stage.id, place_overrides=armed.place_overrides.get(city.id)
+            armed.scenario,
+            city_id,
+            stage_id,
+            place_overrides=armed.place_overrides.get(city_id),
+            delay=armed.delays.get(city_id),
         )
-        drill_label = None
+        label = None
         if armed.drill_room is not None:
-            drill_label = f"{scenario.id} · {city.name} · {stage.id}"
-        if armed.drill_room is not None:
-            rooms: list[str] = [armed.drill_room]
-        else:
-            rooms = await self._rooms.served_rooms(city.rooms, refresh=True)
-            # Rooms already in the ledger for this dispatch (a resumed release)
-            # keep their rows even if they were since removed: the dispatcher
-            # skips what it cannot send, and never sends a SENT row again.
-            for d in await self._store.deliveries(row.run_id, row.city_id, row.stage_id):
-                if d.key.room_id not in rooms:
-                    rooms.append(d.key.room_id)
+            label = f"{armed.scenario_id} · {armed.scenario.city(city_id).name} · {stage_id}"
+        return stage_messages(rendered, drill_label=label)
+
+    async def build_release(self, armed: ArmedRun, row: DispatchRow) -> Release:
+        stage = armed.scenario.stage(row.stage_id)
+        rooms = await self.served_rooms(armed, row.city_id)
+        # Rooms already in the ledger for this dispatch (a resumed release) keep
+        # their rows; ones no longer served are skipped by the dispatcher, and a
+        # SENT row is never sent again.
+        for d in await self._store.deliveries(row.run_id, row.city_id, row.stage_id):
+            if d.key.room_id not in rooms:
+                rooms.append(d.key.room_id)
+                self._dispatcher.forget_room(d.key.room_id)
         return Release(
             run_id=row.run_id,
-            scenario_id=scenario.id,
-            city_id=city.id,
-            stage_id=stage.id,
+            scenario_id=armed.scenario_id,
+            city_id=row.city_id,
+            stage_id=row.stage_id,
             due_at=row.due_at,
             rooms=tuple(rooms),
-            messages=stage_messages(rendered, drill_label=drill_label),
+            messages=self._messages(armed, row.city_id, row.stage_id),
             deadline=retry_deadline(row.due_at, stage.late.skip_after)
             if armed.drill_room is None
             else None,
@@ -319,44 +450,45 @@ class RunManager:
         ]
         if not rows:
             return
-        prepared = {(r.city_id, r.stage_id): await self.build_release(armed, r) for r in rows}
-        await self._dispatcher.prepare(list(prepared.values()))
+        prepared = [await self.build_release(armed, r) for r in rows]
+        await self._dispatcher.prepare(prepared)
         await armed.clock.sleep_until(due_at)
         if self.armed.get(run_id) is not armed:
             return  # disarmed while we prepared
-        await self._decide_and_release(armed, due_at, prepared)
+        await self._decide_and_release(armed, prepared)
 
     async def _decide_and_release(
-        self,
-        armed: ArmedRun,
-        due_at: datetime,
-        prepared: dict[tuple[str, str], Release],
-        *,
-        forced: bool = False,
+        self, armed: ArmedRun, prepared: Sequence[Release], *, forced: bool = False
     ) -> None:
         run_id = armed.run.id
-        scenario = armed.loaded.scenario
         now = armed.clock.now()
         to_release: list[Release] = []
         late_by: dict[str, dict[str, timedelta]] = defaultdict(dict)
-        for (city_id, stage_id), release in prepared.items():
+        for release in prepared:
+            city_id, stage_id = release.city_id, release.stage_id
             row = await self._store.dispatch(run_id, city_id, stage_id)
-            if row is None or row.state in DISPATCH_DONE or (row.due_at != due_at and not forced):
+            if row is None or row.state in DISPATCH_DONE:
                 continue
+            if not forced and row.due_at != release.due_at:
+                continue  # delayed since it was prepared; its new timer will fire
             if row.state is DispatchState.RELEASING:
                 to_release.append(release)  # resumed after a restart: already decided
-                late_by[stage_id][city_id] = max(now - due_at, timedelta(0))
+                late_by[stage_id][city_id] = max(now - row.due_at, timedelta(0))
                 continue
-            stage = scenario.stage(stage_id)
+            if not forced and row.state is DispatchState.HELD:
+                continue  # waits for !resume or !release
+            stage = armed.scenario.stage(stage_id)
             gate = stage.require
+            if armed.drill_room is not None:
+                gate = None  # a drill rehearses the sequence; its gates are reported, not waited on
             decision = decide(
-                due_at=due_at,
+                due_at=row.due_at,
                 now=now,
-                skip_after=stage.late.skip_after,
+                skip_after=stage.late.skip_after if armed.drill_room is None else None,
                 city_held=city_id in armed.held_cities,
                 gate_checkins=gate.checkins if gate else None,
                 gate_otherwise=gate.otherwise if gate else None,
-                checkins=await self._checkins(run_id, city_id, stage_id) if gate else 0,
+                checkins=await self.gate_checkins(armed, city_id, stage_id) if gate else 0,
                 forced=forced,
             )
             if decision.action is Action.RELEASE:
@@ -371,7 +503,7 @@ class RunManager:
                 )
                 await self._notifier.report(
                     armed.run.control_room,
-                    f"⏭️ {scenario.id}: stage {stage_id} skipped in {city_id}: {decision.reason}.",
+                    f"⏭️ {armed.label()}: stage {stage_id} skipped in {city_id}: {decision.reason}.",
                 )
             elif decision.action is Action.HOLD:
                 await self._store.set_dispatch_state(
@@ -379,42 +511,34 @@ class RunManager:
                 )
                 await self._notifier.report(
                     armed.run.control_room,
-                    f"⏸️ {scenario.id}: stage {stage_id} held in {city_id}: {decision.reason}. "
-                    f"Use !release {scenario.id} {stage_id} {city_id} or !abort {scenario.id} "
-                    f"{city_id}.",
+                    f"⏸️ {armed.label()}: stage {stage_id} held in {city_id}: {decision.reason}. "
+                    f"Use !release {armed.scenario_id} {stage_id} {city_id} or "
+                    f"!abort {armed.scenario_id} {city_id}.",
                 )
             elif decision.action is Action.ABORT:
-                await self.on_gate_abort(armed, city_id, decision.reason)
+                await self._notifier.report(
+                    armed.run.control_room,
+                    f"⛔ {armed.label()}: stage {stage_id} in {city_id}: {decision.reason}; "
+                    "the gate says abort.",
+                )
+                await self.abort(armed, [city_id], None)
         if to_release:
             outcomes = await self._dispatcher.release(to_release)
             await self._finish_releases(armed, outcomes, late_by)
         await self._maybe_finish(armed)
 
-    async def on_gate_abort(self, armed: ArmedRun, city_id: str, reason: str) -> None:
-        """A gate with ``else: abort``: the city's remaining stages are cancelled."""
-        await self.cancel_city(armed, city_id, reason)
-        await self._notifier.report(
-            armed.run.control_room,
-            f"⛔ {armed.scenario_id}: {city_id} aborted: {reason}. No more stages go there.",
-        )
-
-    async def cancel_city(self, armed: ArmedRun, city_id: str, reason: str) -> int:
-        """Cancel every not-yet-released dispatch of one city; returns how many."""
-        count = 0
-        self._dispatcher.cancel(armed.run.id, [city_id])
-        for d in await self._store.dispatches(armed.run.id):
-            if d.city_id == city_id and d.state in (DispatchState.SCHEDULED, DispatchState.HELD):
-                await self._store.set_dispatch_state(
-                    armed.run.id, d.city_id, d.stage_id, DispatchState.CANCELLED, note=reason
-                )
-                count += 1
-        return count
+    async def gate_checkins(self, armed: ArmedRun, city_id: str, stage_id: str) -> int:
+        """Check-ins in a city since the previous stage (the gate's count)."""
+        ids = [s.id for s in armed.scenario.stages]
+        index = ids.index(stage_id)
+        previous = ids[index - 1] if index > 0 else ""
+        return await self._store.checkin_count(armed.run.id, city_id, previous)
 
     async def _finish_releases(
         self,
         armed: ArmedRun,
         outcomes: Sequence[Outcome],
-        late_by: dict[str, dict[str, timedelta]],
+        late_by: dict[str, dict[str, timedelta]] | None = None,
     ) -> None:
         if self._dispatcher.stopping:
             return  # pending rows resume on restart; no half-true report
@@ -431,7 +555,7 @@ class RunManager:
                     armed.scenario_id,
                     stage_id,
                     group,
-                    late_by=late_by.get(stage_id),
+                    late_by=(late_by or {}).get(stage_id),
                     drill=armed.drill_room is not None,
                 ),
             )
@@ -446,10 +570,285 @@ class RunManager:
     async def _finish(self, armed: ArmedRun) -> None:
         if self.armed.pop(armed.run.id, None) is None:
             return
-        await self._store.end_run(armed.run.id, "finished", self._clock.now())
+        aborted = any(d.stage_id == ABORT_STAGE for d in await self._store.dispatches(armed.run.id))
+        await self._store.end_run(
+            armed.run.id, "aborted" if aborted else "finished", self._clock.now()
+        )
         log.info("run %d of %s finished", armed.run.id, armed.scenario_id)
         await self._notifier.report(
             armed.run.control_room,
-            f"🏁 {'[drill] ' if armed.drill_room else ''}{armed.scenario_id} (run {armed.run.id}) "
-            "is complete: every stage was released or skipped.",
+            f"🏁 {armed.label()} (run {armed.run.id}) is complete"
+            + (" (aborted)." if aborted else ": every stage was released or skipped."),
         )
+
+    # -- steering ----------------------------------------------------------------------
+
+    async def hold(self, armed: ArmedRun, cities: Sequence[str]) -> str:
+        for city in cities:
+            await self._store.set_hold(armed.run.id, city, True)
+            armed.held_cities.add(city)
+        return (
+            f"Holding {armed.label()} in {', '.join(cities)}: no stage goes there until "
+            f"!resume {armed.scenario_id}."
+        )
+
+    async def resume(self, armed: ArmedRun, cities: Sequence[str]) -> str:
+        for city in cities:
+            await self._store.set_hold(armed.run.id, city, False)
+            armed.held_cities.discard(city)
+        # Stages held meanwhile (by the hold or a gate) are decided again now:
+        # their late policy and gate apply, as at their instant.
+        held = [
+            d
+            for d in await self._store.dispatches(armed.run.id)
+            if d.city_id in cities and d.state is DispatchState.HELD
+        ]
+        for d in held:
+            await self._store.set_dispatch_state(
+                armed.run.id, d.city_id, d.stage_id, DispatchState.SCHEDULED
+            )
+        if held:
+            releases = [await self.build_release(armed, d) for d in held]
+            self._spawn(self._decide_and_release(armed, releases), armed, "resume")
+        text = f"Resumed {armed.label()} in {', '.join(cities)}."
+        if held:
+            text += (
+                f" {len(held)} held stage(s) are decided now by their late policy and gates; "
+                "use !release to send one regardless."
+            )
+        return text
+
+    async def delay(self, armed: ArmedRun, cities: Sequence[str], by: timedelta) -> str:
+        now = armed.clock.now()
+        rows = [
+            d
+            for d in await self._store.dispatches(armed.run.id)
+            if d.city_id in cities and d.state in PENDING_STATES
+        ]
+        if not rows:
+            raise ArmError(f"{armed.scenario_id} has no pending stage in {', '.join(cities)}")
+        if any(d.due_at + by <= now for d in rows):
+            raise ArmError("that would move a pending stage into the past; nothing was changed")
+        for d in rows:
+            await self._store.set_dispatch_due(armed.run.id, d.city_id, d.stage_id, d.due_at + by)
+        for city in cities:
+            await self._store.add_delay(armed.run.id, city, by.total_seconds())
+            armed.delays[city] = armed.delays.get(city, timedelta(0)) + by
+        self._timers.cancel_prefix(f"run{armed.run.id}@")
+        self._schedule(armed, await self._store.dispatches(armed.run.id))
+        nxt = min(d.due_at + by for d in rows)
+        return (
+            f"Delayed {armed.label()} by {format_duration(by)} in {', '.join(cities)}: "
+            f"{len(rows)} pending stage(s); the next is now at {nxt:%Y-%m-%d %H:%M:%SZ}."
+        )
+
+    async def release_now(self, armed: ArmedRun, stage_id: str, cities: Sequence[str]) -> str:
+        if stage_id not in {s.id for s in armed.scenario.stages}:
+            raise ArmError(f"{armed.scenario_id} has no stage {stage_id}")
+        rows = []
+        for city in cities:
+            row = await self._store.dispatch(armed.run.id, city, stage_id)
+            if row is not None and row.state in PENDING_STATES:
+                rows.append(row)
+        if not rows:
+            raise ArmError(
+                f"stage {stage_id} is not pending in {', '.join(cities)} "
+                "(already released, skipped or cancelled)"
+            )
+        releases = [await self.build_release(armed, r) for r in rows]
+        self._spawn(self._decide_and_release(armed, releases, forced=True), armed, "release")
+        return (
+            f"Releasing {armed.label()} stage {stage_id} now in "
+            f"{', '.join(r.city_id for r in rows)}; the report follows."
+        )
+
+    async def abort(self, armed: ArmedRun, cities: Sequence[str], message: str | None) -> str:
+        """Cancel every pending stage of these cities and send the stop message to
+        every room they serve, ahead of any other traffic of this run."""
+        run_id = armed.run.id
+        now = armed.clock.now()
+        cancelled = 0
+        releases: list[Release] = []
+        for city_id in cities:
+            cancelled += await self.cancel_city(armed, city_id, "aborted")
+            await self._store.add_dispatch(
+                run_id, city_id, ABORT_STAGE, 10_000, now, DispatchState.RELEASING
+            )
+            row = await self._store.dispatch(run_id, city_id, ABORT_STAGE)
+            if row is not None and row.state in DISPATCH_DONE:
+                continue  # already aborted
+            city = armed.scenario.city(city_id)
+            template = message or armed.scenario.abort_text or DEFAULT_ABORT_TEXT
+            try:
+                body = render_template(
+                    template,
+                    armed.scenario,
+                    city,
+                    place_overrides=armed.place_overrides.get(city_id),
+                    delay=armed.delays.get(city_id),
+                )
+            except ValueError:
+                body = template  # a typed message with braces: send it as written
+            if armed.drill_room is not None:
+                body = f"[DRILL] {armed.scenario_id} · {city.name}\n{body}"
+            content = {
+                "msgtype": "m.text",
+                "body": body,
+                "format": "org.matrix.custom.html",
+                "formatted_body": f"<b>{to_html(body)}</b>",
+            }
+            releases.append(
+                Release(
+                    run_id=run_id,
+                    scenario_id=armed.scenario_id,
+                    city_id=city_id,
+                    stage_id=ABORT_STAGE,
+                    due_at=now,
+                    rooms=tuple(await self.served_rooms(armed, city_id)),
+                    messages=(Message(Part.TEXT, "m.room.message", content),),
+                    final=True,
+                )
+            )
+        self._spawn(self._release_and_report(armed, releases), armed, "abort")
+        return (
+            f"Aborting {armed.label()} in {', '.join(cities)}: {cancelled} pending stage(s) "
+            "cancelled; the stop message is going out to every room now."
+        )
+
+    async def _release_and_report(self, armed: ArmedRun, releases: Sequence[Release]) -> None:
+        if releases:
+            outcomes = await self._dispatcher.release(releases, priority=True)
+            await self._finish_releases(armed, outcomes)
+        await self._maybe_finish(armed)
+
+    async def cancel_city(self, armed: ArmedRun, city_id: str, reason: str) -> int:
+        """Cancel every not-yet-released dispatch of one city; returns how many."""
+        count = 0
+        self._dispatcher.cancel(armed.run.id, [city_id])
+        for d in await self._store.dispatches(armed.run.id):
+            if d.city_id == city_id and d.state in PENDING_STATES:
+                await self._store.set_dispatch_state(
+                    armed.run.id, d.city_id, d.stage_id, DispatchState.CANCELLED, note=reason
+                )
+                count += 1
+        return count
+
+    async def redirect(
+        self,
+        armed: ArmedRun,
+        city_id: str,
+        place_id: str,
+        name: str,
+        geo: tuple[float, float] | None,
+    ) -> str:
+        city = armed.scenario.city(city_id)
+        if place_id not in city.places:
+            known = ", ".join(sorted(city.places)) or "none"
+            raise ArmError(f"{city_id} has no place {place_id} (places: {known})")
+        new_place = Place(id=place_id, name=name, geo=geo, note=None)
+        overrides = {**armed.place_overrides.get(city_id, {}), place_id: new_place}
+        for stage in armed.scenario.stages:
+            if mentions_place(stage, place_id):
+                try:
+                    render_stage(
+                        armed.scenario,
+                        city_id,
+                        stage.id,
+                        place_overrides=overrides,
+                        delay=armed.delays.get(city_id),
+                    )
+                except RenderError:
+                    raise ArmError(
+                        f"stage {stage.id} uses {place_id}'s coordinates: give the new place "
+                        "as <name> <lat,lon>; nothing was changed"
+                    ) from None
+        revision = await self._store.set_redirect(armed.run.id, city_id, place_id, name, geo)
+        armed.place_overrides[city_id] = overrides
+        revealed: list[DispatchRow] = []
+        for stage in armed.scenario.stages:
+            if not mentions_place(stage, place_id):
+                continue
+            row = await self._store.dispatch(armed.run.id, city_id, stage.id)
+            if row is not None and row.state in (DispatchState.RELEASED, DispatchState.RELEASING):
+                revealed.append(row)
+        if not revealed:
+            return (
+                f"Redirected {place_id} in {city_id} before it was revealed: every stage "
+                "that mentions it will carry the new place."
+            )
+        self._spawn(
+            self._correct(armed, city_id, place_id, revision, revealed), armed, "correction"
+        )
+        return (
+            f"Redirected {place_id} in {city_id}. It was already revealed by "
+            f"{', '.join(r.stage_id for r in revealed)}: editing those messages and sending "
+            "a correction to every room now."
+        )
+
+    async def _correct(
+        self,
+        armed: ArmedRun,
+        city_id: str,
+        place_id: str,
+        revision: int,
+        revealed: Sequence[DispatchRow],
+    ) -> None:
+        # 1. Edit the earlier messages where clients support edits (m.replace).
+        for row in revealed:
+            text = next(
+                m for m in self._messages(armed, city_id, row.stage_id) if m.part is Part.TEXT
+            )
+            for d in await self._store.deliveries(armed.run.id, city_id, row.stage_id):
+                if d.key.part is not Part.TEXT or d.state is not DeliveryState.SENT:
+                    continue
+                if not d.event_id:
+                    continue
+                edit = {
+                    "msgtype": "m.text",
+                    "body": f"* {text.content['body']}",
+                    "m.new_content": dict(text.content),
+                    "m.relates_to": {"rel_type": "m.replace", "event_id": d.event_id},
+                }
+                txn = (
+                    "blossom-edit-"
+                    + hashlib.sha256(f"{d.txn_id}\x1f{revision}".encode()).hexdigest()[:40]
+                )
+                try:
+                    await self._sender.send(d.key.room_id, "m.room.message", edit, txn)
+                except SendFailed as err:
+                    log.warning("edit in %s failed: %s", d.key.room_id, err.failure.describe())
+        # 2. A new message, through the ledger like any stage: the latest revealing
+        #    stage again, marked as a correction, with its location.
+        latest = revealed[-1]
+        first, *rest = self._messages(armed, city_id, latest.stage_id)
+        body = f"⚠️ Correction — the place has changed:\n{first.content['body']}"
+        messages = [
+            Message(
+                Part.TEXT,
+                first.event_type,
+                {**first.content, "body": body, "formatted_body": to_html(body)},
+            ),
+            *rest,
+        ]
+        stage_id = f"!fix-{place_id}-{revision}"
+        now = armed.clock.now()
+        await self._store.add_dispatch(
+            armed.run.id, city_id, stage_id, 10_000 + revision, now, DispatchState.RELEASING
+        )
+        release = Release(
+            run_id=armed.run.id,
+            scenario_id=armed.scenario_id,
+            city_id=city_id,
+            stage_id=stage_id,
+            due_at=now,
+            rooms=tuple(await self.served_rooms(armed, city_id)),
+            messages=tuple(messages),
+        )
+        outcomes = await self._dispatcher.release([release])
+        await self._finish_releases(armed, outcomes)
+
+    def _spawn(self, work: Awaitable[None], armed: ArmedRun, what: str) -> None:
+        """Start release work without holding up the command's reply."""
+        task = asyncio.create_task(self._guarded(work, armed.run.id, what))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -8,7 +8,9 @@ with power >= 50 invited the bot). A future multi-bot setup changes only this.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -46,8 +48,12 @@ def decide_invite(
     listed: bool,
     is_control_room: bool,
     inviter_is_core: bool,
+    is_direct: bool = False,
+    direct_open: bool = False,
 ) -> InviteDecision:
     """Pure first cut on an invite, before the inviter's power in the room is known."""
+    if is_direct and direct_open and not is_control_room and not listed:
+        return InviteDecision(True, "direct chat")
     if is_control_room:
         return InviteDecision(True, "control room")
     if listed:
@@ -140,18 +146,24 @@ class RoomRegistry:
         *,
         listed_rooms: set[str],
         report: Report,
+        is_direct: bool = False,
+        direct_open: bool = False,
     ) -> bool:
         """Handle one invite of the bot. Returns whether the bot is now joined."""
         now = self._clock.now()
         listed = room_id in await self.resolve_all(listed_rooms)
         is_control = room_id in self.control_rooms
-        inviter_is_core = (not is_control) and (not listed) and await self.is_core(inviter)
+        inviter_is_core = (
+            (not is_control) and (not listed) and (not is_direct) and await self.is_core(inviter)
+        )
         first = decide_invite(
             room_id=room_id,
             inviter=inviter,
             listed=listed,
             is_control_room=is_control,
             inviter_is_core=inviter_is_core,
+            is_direct=is_direct,
+            direct_open=direct_open,
         )
         if not first.accept:
             await self._client.room_leave(room_id)  # rejects the invite
@@ -162,6 +174,8 @@ class RoomRegistry:
         # are known before joining); power levels are only readable after joining.
         create = next((e for e in stripped_state if e.get("type") == "m.room.create"), None)
         power = user_power(inviter, power_levels=None, create_event=create) if create else 0.0
+        if first.reason == "direct chat":
+            power = math.inf  # a private chat: the person inviting is the audience
         joined_to_check = False
         if power < OPT_IN_POWER:
             resp = await self._client.join(room_id)
@@ -190,7 +204,7 @@ class RoomRegistry:
             room_id, "joined", now=now, opted_in_by=inviter, note=first.reason
         )
         log.info("joined %s (opted in by %s: %s)", room_id, inviter, first.reason)
-        if not is_control:
+        if not is_control and not is_direct:
             await report(f"Joined {room_id}: opted in by {inviter} ({first.reason}).")
         return True
 
@@ -209,6 +223,15 @@ class RoomRegistry:
                 f"The bot was {verb} from {room_id} by {by or 'someone'}; "
                 "it will send nothing more there."
             )
+
+    async def wait_known(self, room_id: str, seconds: float = 15.0) -> None:
+        """Wait until the sync has brought ``room_id`` into the client (nio's
+        room_send refuses rooms it does not know)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        # nio offers no event for "this room is now known"; poll briefly.
+        while room_id not in self._client.rooms and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
 
     # -- aliases and served rooms ------------------------------------------------------
 

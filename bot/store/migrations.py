@@ -82,4 +82,60 @@ MIGRATIONS: tuple[str, ...] = (
         value TEXT NOT NULL
     );
     """,
+    # 2: live steering — holds, delays, redirects, check-ins, private (DM) opt-in,
+    # drills. A drill run may coexist with a real run of the same scenario.
+    """
+    ALTER TABLE runs ADD COLUMN drill_room TEXT;
+    ALTER TABLE runs ADD COLUMN drill_speed REAL;
+    DROP INDEX runs_one_armed;
+    CREATE UNIQUE INDEX runs_one_armed ON runs (scenario_id)
+        WHERE state = 'armed' AND drill_room IS NULL;
+
+    CREATE TABLE holds (
+        run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        city_id TEXT NOT NULL,
+        PRIMARY KEY (run_id, city_id)
+    );
+
+    CREATE TABLE delays (
+        run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        city_id TEXT NOT NULL,
+        seconds REAL NOT NULL,
+        PRIMARY KEY (run_id, city_id)
+    );
+
+    -- A redirect typed by the core group. It is content (a place), kept because a
+    -- restart must not forget a change of location; purge deletes it.
+    CREATE TABLE redirects (
+        run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        city_id TEXT NOT NULL,
+        place_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        lat REAL,
+        lon REAL,
+        revision INTEGER NOT NULL DEFAULT 1,
+        PRIMARY KEY (run_id, city_id, place_id)
+    );
+
+    CREATE TABLE checkins (
+        run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        city_id TEXT NOT NULL,
+        stage_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        at TEXT NOT NULL,
+        via TEXT NOT NULL CHECK (via IN ('here', 'reaction')),
+        PRIMARY KEY (run_id, city_id, stage_id, user_id)
+    );
+
+    CREATE TABLE direct_participants (
+        scenario_id TEXT NOT NULL,
+        city_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        room_id TEXT NOT NULL,
+        joined_at TEXT NOT NULL,
+        PRIMARY KEY (scenario_id, city_id, user_id)
+    );
+    CREATE INDEX direct_by_room ON direct_participants (room_id);
+    CREATE INDEX deliveries_by_event ON deliveries (event_id);
+    """,
 )

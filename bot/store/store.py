@@ -51,6 +51,8 @@ class RunRow:
     armed_by: str
     armed_at: datetime
     control_room: str
+    drill_room: str | None = None
+    drill_speed: float | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,8 @@ def _run(row: sqlite3.Row) -> RunRow:
         armed_by=row["armed_by"],
         armed_at=parse_iso(row["armed_at"]),
         control_room=row["control_room"],
+        drill_room=row["drill_room"],
+        drill_speed=row["drill_speed"],
     )
 
 
@@ -158,6 +162,8 @@ class Store:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=NORMAL")
             await db.execute("PRAGMA foreign_keys=ON")
+            # Deleted rows are overwritten, so !purge leaves no trace in free pages.
+            await db.execute("PRAGMA secure_delete=ON")
             store = cls(db)
             await store._migrate()
         except sqlite3.Error as err:
@@ -239,6 +245,8 @@ class Store:
         control_room: str,
         now: datetime,
         dispatches: Iterable[PlannedDispatch],
+        drill_room: str | None = None,
+        drill_speed: float | None = None,
     ) -> int:
         """Create an armed run and its dispatches atomically. Raises StoreError
         if the scenario already has an armed run."""
@@ -247,8 +255,18 @@ class Store:
             try:
                 cur = await self._db.execute(
                     "INSERT INTO runs (scenario_id, source_path, source_sha256, state,"
-                    " armed_by, armed_at, control_room) VALUES (?, ?, ?, 'armed', ?, ?, ?)",
-                    (scenario_id, source_path, source_sha256, armed_by, iso(now), control_room),
+                    " armed_by, armed_at, control_room, drill_room, drill_speed)"
+                    " VALUES (?, ?, ?, 'armed', ?, ?, ?, ?, ?)",
+                    (
+                        scenario_id,
+                        source_path,
+                        source_sha256,
+                        armed_by,
+                        iso(now),
+                        control_room,
+                        drill_room,
+                        drill_speed,
+                    ),
                 )
                 run_id = cur.lastrowid
                 assert run_id is not None
@@ -489,3 +507,180 @@ class Store:
             (limit,),
         )
         return [(r["at"], r["room_id"], r["sender"], r["command"], r["result"]) for r in rows]
+
+    # -- steering: holds, delays, redirects -------------------------------------------
+
+    async def set_hold(self, run_id: int, city_id: str, held: bool) -> None:
+        if held:
+            await self._write(
+                "INSERT OR IGNORE INTO holds (run_id, city_id) VALUES (?, ?)", (run_id, city_id)
+            )
+        else:
+            await self._write(
+                "DELETE FROM holds WHERE run_id = ? AND city_id = ?", (run_id, city_id)
+            )
+
+    async def held_cities(self, run_id: int) -> set[str]:
+        rows = await self._fetchall("SELECT city_id FROM holds WHERE run_id = ?", (run_id,))
+        return {str(r["city_id"]) for r in rows}
+
+    async def add_delay(self, run_id: int, city_id: str, seconds: float) -> None:
+        await self._write(
+            "INSERT INTO delays (run_id, city_id, seconds) VALUES (?, ?, ?)"
+            " ON CONFLICT (run_id, city_id) DO UPDATE SET seconds = seconds + excluded.seconds",
+            (run_id, city_id, seconds),
+        )
+
+    async def delays(self, run_id: int) -> dict[str, float]:
+        rows = await self._fetchall(
+            "SELECT city_id, seconds FROM delays WHERE run_id = ?", (run_id,)
+        )
+        return {str(r["city_id"]): float(r["seconds"]) for r in rows}
+
+    async def set_redirect(
+        self,
+        run_id: int,
+        city_id: str,
+        place_id: str,
+        name: str,
+        geo: tuple[float, float] | None,
+    ) -> int:
+        """Record a redirect; returns its revision (1 for the first of that place)."""
+        lat, lon = geo if geo is not None else (None, None)
+        await self._write(
+            "INSERT INTO redirects (run_id, city_id, place_id, name, lat, lon)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, city_id, place_id) DO UPDATE SET"
+            " name = excluded.name, lat = excluded.lat, lon = excluded.lon,"
+            " revision = redirects.revision + 1",
+            (run_id, city_id, place_id, name, lat, lon),
+        )
+        rows = await self._fetchall(
+            "SELECT revision FROM redirects WHERE run_id = ? AND city_id = ? AND place_id = ?",
+            (run_id, city_id, place_id),
+        )
+        return int(rows[0]["revision"])
+
+    async def redirects(
+        self, run_id: int
+    ) -> list[tuple[str, str, str, tuple[float, float] | None]]:
+        rows = await self._fetchall(
+            "SELECT city_id, place_id, name, lat, lon FROM redirects WHERE run_id = ?",
+            (run_id,),
+        )
+        return [
+            (
+                str(r["city_id"]),
+                str(r["place_id"]),
+                str(r["name"]),
+                (float(r["lat"]), float(r["lon"])) if r["lat"] is not None else None,
+            )
+            for r in rows
+        ]
+
+    async def add_dispatch(
+        self,
+        run_id: int,
+        city_id: str,
+        stage_id: str,
+        stage_index: int,
+        due_at: datetime,
+        state: DispatchState,
+    ) -> None:
+        """A dispatch the scenario does not list (an abort, a correction)."""
+        await self._write(
+            "INSERT OR IGNORE INTO dispatches (run_id, city_id, stage_id, stage_index, due_at,"
+            " state) VALUES (?, ?, ?, ?, ?, ?)",
+            (run_id, city_id, stage_id, stage_index, iso(due_at), state),
+        )
+
+    # -- check-ins -------------------------------------------------------------------
+
+    async def add_checkin(
+        self, run_id: int, city_id: str, stage_id: str, user_id: str, *, now: datetime, via: str
+    ) -> bool:
+        """Record a check-in; False if this person already checked in for this stage."""
+        changed = await self._write(
+            "INSERT OR IGNORE INTO checkins (run_id, city_id, stage_id, user_id, at, via)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (run_id, city_id, stage_id, user_id, iso(now), via),
+        )
+        return changed == 1
+
+    async def checkin_count(self, run_id: int, city_id: str, stage_id: str) -> int:
+        rows = await self._fetchall(
+            "SELECT COUNT(*) AS n FROM checkins WHERE run_id = ? AND city_id = ? AND stage_id = ?",
+            (run_id, city_id, stage_id),
+        )
+        return int(rows[0]["n"])
+
+    async def checkin_counts(self, run_id: int) -> dict[tuple[str, str], int]:
+        rows = await self._fetchall(
+            "SELECT city_id, stage_id, COUNT(*) AS n FROM checkins WHERE run_id = ?"
+            " GROUP BY city_id, stage_id",
+            (run_id,),
+        )
+        return {(str(r["city_id"]), str(r["stage_id"])): int(r["n"]) for r in rows}
+
+    async def delivery_by_event(self, event_id: str) -> DeliveryRow | None:
+        rows = await self._fetchall(
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE event_id = ?", (event_id,)
+        )
+        return _delivery(rows[0]) if rows else None
+
+    async def latest_text_delivery(self, run_id: int, room_id: str) -> DeliveryRow | None:
+        """The run's latest stage message sent to a room (synthetic stages excluded)."""
+        rows = await self._fetchall(
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE run_id = ? AND room_id = ?"
+            " AND part = 'text' AND state = 'sent' AND stage_id NOT LIKE '!%'"
+            " ORDER BY sent_at DESC LIMIT 1",
+            (run_id, room_id),
+        )
+        return _delivery(rows[0]) if rows else None
+
+    # -- private (direct message) participants ----------------------------------------
+
+    async def add_direct(
+        self, scenario_id: str, city_id: str, user_id: str, room_id: str, *, now: datetime
+    ) -> None:
+        await self._write(
+            "INSERT INTO direct_participants (scenario_id, city_id, user_id, room_id, joined_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (scenario_id, city_id, user_id)"
+            " DO UPDATE SET room_id = excluded.room_id",
+            (scenario_id, city_id, user_id, room_id, iso(now)),
+        )
+
+    async def remove_direct_room(self, room_id: str) -> int:
+        return await self._write("DELETE FROM direct_participants WHERE room_id = ?", (room_id,))
+
+    async def direct_rooms(self, scenario_id: str, city_id: str) -> list[str]:
+        rows = await self._fetchall(
+            "SELECT room_id FROM direct_participants WHERE scenario_id = ? AND city_id = ?"
+            " ORDER BY joined_at",
+            (scenario_id, city_id),
+        )
+        return [str(r["room_id"]) for r in rows]
+
+    async def direct_of_room(self, room_id: str) -> list[tuple[str, str, str]]:
+        """(scenario_id, city_id, user_id) registered through this direct chat."""
+        rows = await self._fetchall(
+            "SELECT scenario_id, city_id, user_id FROM direct_participants WHERE room_id = ?",
+            (room_id,),
+        )
+        return [(str(r["scenario_id"]), str(r["city_id"]), str(r["user_id"])) for r in rows]
+
+    # -- purge -------------------------------------------------------------------------
+
+    async def purge(self, scenario_id: str) -> int:
+        """Delete every non-armed run of a scenario (ledger, check-ins, holds, delays,
+        redirects) and its private participants; then compact, so nothing of it
+        stays in the file or its WAL. Returns the number of runs deleted."""
+        runs = await self._write(
+            "DELETE FROM runs WHERE scenario_id = ? AND state != 'armed'", (scenario_id,)
+        )
+        await self._write("DELETE FROM direct_participants WHERE scenario_id = ?", (scenario_id,))
+        try:
+            await self._db.execute("VACUUM")
+            await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as err:
+            raise StoreError(f"database compaction failed: {err}") from None
+        return runs
