@@ -139,22 +139,33 @@ class Bot:
     async def _on_sync(self, resp: SyncResponse) -> None:
         me = self.client.user_id
         for room_id, info in resp.rooms.invite.items():
-            inviter = None
+            inviter: str | None = None
+            is_direct = False
             for ev in info.invite_state:
-                if (
-                    getattr(ev, "state_key", None) == me
-                    and getattr(ev, "membership", "") == "invite"
-                ):
-                    inviter = ev.sender
+                if getattr(ev, "state_key", None) != me:
+                    continue
+                if getattr(ev, "membership", "") != "invite":
+                    continue
+                inviter = ev.sender
+                content = getattr(ev, "content", None)
+                is_direct = isinstance(content, dict) and content.get("is_direct") is True
             if inviter is None:
                 continue
-            listed = self.library.rooms_listed()
 
             async def handle(
-                room_id: str = room_id, inviter: str = inviter, listed: set[str] = listed
+                room_id: str = room_id, inviter: str = inviter, is_direct: bool = is_direct
             ) -> None:
+                valid = self.library.all_valid()
+                listed = {r for ls in valid for c in ls.scenario.cities for r in c.rooms}
+                direct_open = any(c.direct for ls in valid for c in ls.scenario.cities)
                 await self.rooms.on_invite(
-                    room_id, inviter, [], listed_rooms=listed, report=self._report
+                    room_id,
+                    inviter,
+                    [],
+                    listed_rooms=listed,
+                    report=self._report,
+                    is_direct=is_direct,
+                    direct_open=direct_open,
                 )
 
             self._inbox.put_nowait(handle)

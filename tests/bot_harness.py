@@ -173,21 +173,23 @@ class BotEnv:
         reply = next(m for m in msgs if _replies_to(m, event_id))
         return str(content_of(reply).get("body", ""))
 
-    async def control_notices(self, until_text: str, timeout: float = 30) -> list[str]:
-        """Bot notices in the control room, until one contains ``until_text``."""
+    async def control_notices(
+        self, until_text: str | Sequence[str], timeout: float = 30
+    ) -> list[str]:
+        """Bot notices in the control room from now, until every text in
+        ``until_text`` has appeared in one of them."""
+        wanted = [until_text] if isinstance(until_text, str) else list(until_text)
+
+        def bodies(ms: list[RoomMessage]) -> list[str]:
+            return [str(content_of(m).get("body", "")) for m in ms
+                    if m.sender == self.bot_user.user_id]
+
         msgs = await collect_messages(
-            self.org,
-            self.control_room,
-            until=lambda ms: any(
-                until_text in str(content_of(m).get("body", ""))
-                for m in ms
-                if m.sender == self.bot_user.user_id
-            ),
+            self.org, self.control_room,
+            until=lambda ms: all(any(w in b for b in bodies(ms)) for w in wanted),
             timeout=timeout,
         )
-        return [
-            str(content_of(m).get("body", "")) for m in msgs if m.sender == self.bot_user.user_id
-        ]
+        return bodies(msgs)
 
 
 def _replies_to(event: RoomMessage, event_id: str) -> bool:

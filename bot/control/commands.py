@@ -118,7 +118,8 @@ class Controller:
         # The audit keeps the command and its ids, not free text (a redirect's
         # new place name or an abort message is content, kept out of storage).
         what = f"!{name}"
-        if command is not None:
+        spec_of = self.specs.get(name)
+        if command is not None and (spec_of is None or spec_of.audit_ids):
             spec = self.specs.get(command.name)
             ids = [
                 v

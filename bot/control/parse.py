@@ -30,6 +30,7 @@ class CommandSpec:
     summary: str
     example: str
     participant: bool = False  # usable outside control rooms
+    audit_ids: bool = True  # False: the audit row keeps only the command name
 
     def usage(self) -> str:
         parts = [f"!{self.name}"]

@@ -88,6 +88,7 @@ SPECS = (
         (SCENARIO, ArgSpec("confirm", "word", optional=True)),
         "Delete everything stored about a finished or disarmed scenario (asks to confirm).",
         "!purge demo",
+        audit_ids=False,  # a purged scenario leaves no trace, not even in the audit
     ),
 )
 
@@ -266,20 +267,32 @@ class Steering:
         return Reply(await self._runs.abort(armed, cities, message), result="ok: aborting")
 
     async def headcount(self, command: Command, sender: str, room_id: str) -> Reply:
-        armed = self._armed(command)
-        cities = self._cities(armed, command)
-        counts = await self._store.checkin_counts(armed.run.id)
+        scenario_id = command.args["scenario"]
+        city = command.args.get("city")
+        armed = self._runs.by_scenario(scenario_id) or self._runs.by_scenario(
+            scenario_id, drill=True
+        )
+        if armed is not None:
+            run_id, label = armed.run.id, armed.label()
+            if city is not None:
+                self._runs.cities(armed, city)  # validates the city
+        else:
+            # After the action too: the latest run's count, until it is purged.
+            runs = await self._store.runs_of(scenario_id)
+            if not runs:
+                raise ArmError(f"nothing is stored about {scenario_id}")
+            run_id, label = runs[-1].id, f"{scenario_id} (run {runs[-1].id}, {runs[-1].state})"
+        counts = await self._store.checkin_counts(run_id)
+        rows = sorted((c, st, n) for (c, st), n in counts.items() if city in (None, c))
         table = [("city", "stage", "check-ins")]
-        for city in cities:
-            for (c, stage), n in sorted(counts.items()):
-                if c == city:
-                    table.append((city, stage or "(before the first stage)", str(n)))
-        total = sum(n for (c, _), n in counts.items() if c in cities)
+        table += [(c, st or "(before the first stage)", str(n)) for c, st, n in rows]
+        total = sum(n for _, _, n in rows)
         widths = [max(len(r[i]) for r in table) for i in range(3)]
         text = "\n".join(
             "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table
         )
-        return Reply(f"{armed.label()}: {total} check-ins in {', '.join(cities)}.", text)
+        where = f" in {city}" if city else ""
+        return Reply(f"{label}: {total} check-ins{where}.", text)
 
     async def drill(self, command: Command, sender: str, room_id: str) -> Reply:
         scenario_id = command.args["scenario"]
@@ -305,7 +318,7 @@ class Steering:
             drill_speed=speed,
         )
         return Reply(
-            f"{text}\nDrill room {drill_room}: you are invited. Time runs {speed:g}x; "
+            f"{text}\nDrill room: {drill_room} (you are invited). Time runs {speed:g}x; "
             "the first stage comes in a few seconds. Gates are reported, not waited on.",
             table,
         )

@@ -432,7 +432,38 @@ class Store:
         current = await self.delivery(key)
         if current is None:
             raise StoreError(f"no delivery row for {key.room_id}/{key.stage_id}/{key.part}")
-        check_transition(current.state, new)
+        moved = await self.advance(
+            key,
+            current.state,
+            new,
+            now=now,
+            event_id=event_id,
+            error=error,
+            count_attempt=count_attempt,
+        )
+        if not moved:
+            raise IllegalTransition(current.state, new)
+        updated = await self.delivery(key)
+        assert updated is not None
+        return updated
+
+    async def advance(
+        self,
+        key: DeliveryKey,
+        old: DeliveryState,
+        new: DeliveryState,
+        *,
+        now: datetime,
+        event_id: str | None = None,
+        error: str | None = None,
+        count_attempt: bool = False,
+    ) -> bool:
+        """Move one delivery from ``old`` to ``new`` in a single statement, for a
+        caller that already knows the row's state (the dispatcher's hot path: no
+        read before or after). Returns False, writing nothing, if the row is no
+        longer in ``old``. Raises IllegalTransition if the ledger forbids
+        ``old -> new``."""
+        check_transition(old, new)
         changed = await self._write(
             "UPDATE deliveries SET state = ?, event_id = COALESCE(?, event_id),"
             " last_error = CASE WHEN ? IS NULL THEN last_error ELSE ? END,"
@@ -454,14 +485,10 @@ class Store:
                 key.stage_id,
                 key.room_id,
                 str(key.part),
-                current.state,
+                old,
             ),
         )
-        if changed != 1:
-            raise IllegalTransition(current.state, new)
-        updated = await self.delivery(key)
-        assert updated is not None
-        return updated
+        return changed == 1
 
     # -- rooms ---------------------------------------------------------------------
 
@@ -678,6 +705,11 @@ class Store:
             "DELETE FROM runs WHERE scenario_id = ? AND state != 'armed'", (scenario_id,)
         )
         await self._write("DELETE FROM direct_participants WHERE scenario_id = ?", (scenario_id,))
+        # Audit rows that name it (commands keep their ids as space-separated words).
+        await self._write(
+            "DELETE FROM audit WHERE (' ' || command || ' ') LIKE ('% ' || ? || ' %')",
+            (scenario_id,),
+        )
         try:
             await self._db.execute("VACUUM")
             await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
