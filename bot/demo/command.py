@@ -1,0 +1,102 @@
+"""The `blossom demo` command: pick a view, run the demo, print the summary.
+
+Exit status: 0 every dispatch arrived exactly once; 1 a problem (the summary
+lists it) or the demo could not run; 2 the homeserver extra is missing;
+130 interrupted before the end (everything is stopped all the same).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import signal
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from bot.demo.run import DemoOptions, run_demo
+from bot.demo.state import DemoState, Summary
+from bot.demo.view import LiveView, PlainView, keep_text, summary_text
+from bot.homeserver import HomeserverError
+
+EXIT_PROBLEM = 1
+EXIT_MISSING = 2
+EXIT_INTERRUPTED = 130
+
+
+def demo_command(
+    *, speed: float, cities: int, keep: bool, workdir: Path | None = None, plain: bool = False
+) -> int:
+    if importlib.util.find_spec("synapse") is None:
+        click.echo(
+            "blossom demo needs a homeserver: pip install -e '.[homeserver]' (make demo does it)",
+            err=True,
+        )
+        return EXIT_MISSING
+    console = Console()
+    live = console.is_terminal and not plain
+    state = DemoState(speed=speed)
+    results: list[Summary] = []
+    view: LiveView | PlainView = LiveView(state, console) if live else PlainView(state, click.echo)
+
+    def on_summary(summary: Summary) -> None:
+        results.append(summary)
+
+    def on_keep(info: dict[str, str]) -> None:
+        # Printed once, when the run is over: the Live view is still up, so it goes
+        # through its console (above the live area) or as plain lines.
+        text = summary_text(results[0]) + "\n" + keep_text(info, speed) if results else ""
+        if live:
+            console.print(text, markup=False, highlight=False)
+        else:
+            click.echo(text)
+
+    options = DemoOptions(
+        speed=speed,
+        cities=cities,
+        keep=keep,
+        workdir=workdir,
+        on_summary=on_summary,
+        on_keep=on_keep,
+    )
+
+    async def main() -> None:
+        # SIGTERM (a CI timeout, `kill`) stops as cleanly as Ctrl-C does.
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        if task is not None:
+            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            await run_demo(options, state)
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    interrupted = False
+    failure: str | None = None
+    with view:
+        try:
+            asyncio.run(main())
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            interrupted = True
+        except HomeserverError as err:
+            failure = f"the homeserver failed: {err}"
+        except Exception as err:  # the summary of a demo is its exit status
+            failure = f"{err.__class__.__name__}: {err}"
+    if failure is not None:
+        click.echo(f"blossom demo failed: {failure}", err=True)
+        click.echo(f"Everything it started is stopped. Logs: {state.workdir}/logs", err=True)
+        return EXIT_PROBLEM
+    if not results:
+        click.echo("Interrupted: the bot and the homeserver are stopped.", err=True)
+        return EXIT_INTERRUPTED
+    summary = results[0]
+    if not keep:
+        click.echo(summary_text(summary))
+    click.echo(
+        f"Everything is stopped. {summary.workdir} keeps the logs, the plan picture and "
+        "summary.json."
+    )
+    if interrupted and not keep:
+        return EXIT_INTERRUPTED
+    return 0 if summary.ok else EXIT_PROBLEM

@@ -1,0 +1,455 @@
+"""A picture of the plan: one lane per city, the stages as marks, UTC alongside.
+
+``plan_svg`` draws the timeline of a scenario as a standalone SVG document;
+``plan_html`` wraps it in a small page together with the masked plan as a table.
+Pure: the scenario in, text out.
+
+The SVG is written by hand rather than with a plotting library. The picture is a
+few dozen rectangles, lines and labels; matplotlib or plotly would add tens of
+megabytes to an install whose only job is to send messages, and their output is
+harder to keep free of secrets (no stray tooltip or embedded data). Every piece
+of text that comes from the scenario goes through XML escaping here.
+
+Layout:
+
+* The x axis is time, shared by every lane, so what happens at the same instant
+  lines up. Its ticks are labelled in UTC at the top.
+* Each lane is one city. Its header names the city and its time zone; each mark
+  is labelled with the stage id and the city's **local** wall-clock time.
+* Stages are circles; a stage that reveals a place has a dot in it; a stage
+  behind a quorum gate is a diamond, labelled with the gate; the last stage (the
+  dispersal) is a square.
+* Real plans mix days and minutes (a call three days ahead, then stages minutes
+  apart). A linear axis would squash the minutes into one blob, so gaps are drawn
+  to scale only up to a width; a longer gap is cut, with a break mark and its
+  length written on the axis.
+
+Stage text and places are **secret until release**: they appear nowhere in the
+picture unless ``reveal`` is set (then as tooltips), exactly like ``blossom plan``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from xml.sax.saxutils import escape, quoteattr
+
+from bot.scenario.durations import format_offset
+from bot.scenario.model import Scenario, Stage
+from bot.scenario.plan import MASK, PlanRow, build_plan
+
+# Geometry, in SVG user units (pixels at 100 %).
+_MIN_WIDTH = 1100  # wider when there are many distinct instants
+_HEADER_W = 230  # the lane headers on the left
+_RIGHT_PAD = 90
+_TOP = 118  # title, subtitle and the UTC axis labels
+_LANE_BASE_H = 116  # a lane with one label block; +_STACK_H per extra stage at one instant
+_STACK_H = 56
+_LEGEND_H = 64
+_MIN_GAP_PX = 80.0  # distinct instants never closer than this, so labels stay apart
+_CUT_FACTOR = 6.0  # a gap this many times longer than the median gap is cut
+_BREAK_PX = 110.0  # the drawn width of a cut gap
+
+_FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif"
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """Where each distinct instant sits on the x axis, and which gaps are cut."""
+
+    xs: dict[datetime, float]
+    breaks: list[tuple[float, float, timedelta]]  # (x0, x1, real length) of cut gaps
+
+
+def _layout_axis(instants: list[datetime], x0: float, x1: float) -> _Axis:
+    """Place the sorted distinct ``instants`` between ``x0`` and ``x1``.
+
+    A gap longer than _CUT_FACTOR times the median gap is *cut*: drawn _BREAK_PX
+    wide with a break mark. The other gaps share the remaining width in
+    proportion to their length, none narrower than _MIN_GAP_PX.
+    """
+    if not instants:
+        return _Axis({}, [])
+    if len(instants) == 1:
+        return _Axis({instants[0]: (x0 + x1) / 2}, [])
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(instants)]
+    median = sorted(gaps)[len(gaps) // 2]
+    cut = [median > 0 and g > _CUT_FACTOR * median for g in gaps]
+    widths = [_BREAK_PX if c else 0.0 for c in cut]
+    # Proportional share of what is left; gaps that would be too narrow get the
+    # minimum, and the share is recomputed for the rest until it settles.
+    fixed = [c for c in cut]
+    for _ in range(len(gaps) + 1):
+        free = [i for i, f in enumerate(fixed) if not f]
+        room = (x1 - x0) - sum(widths[i] for i, f in enumerate(fixed) if f)
+        seconds = sum(gaps[i] for i in free)
+        k = room / seconds if seconds > 0 else 0.0
+        narrow = [i for i in free if gaps[i] * k < _MIN_GAP_PX]
+        for i in free:
+            widths[i] = max(gaps[i] * k, _MIN_GAP_PX)
+        if not narrow:
+            break
+        for i in narrow:
+            fixed[i] = True
+    # Too many instants for the width: squeeze everything evenly.
+    total = sum(widths)
+    if total > x1 - x0:
+        widths = [w * (x1 - x0) / total for w in widths]
+    x = x0 + max(0.0, (x1 - x0) - sum(widths)) / 2
+    xs = {instants[0]: x}
+    breaks: list[tuple[float, float, timedelta]] = []
+    for i, w in enumerate(widths):
+        if cut[i]:
+            breaks.append((x, x + w, instants[i + 1] - instants[i]))
+        x += w
+        xs[instants[i + 1]] = x
+    return _Axis(xs, breaks)
+
+
+def _kind(stage: Stage, last: bool) -> str:
+    if stage.require is not None:
+        return "gate"
+    if last:
+        return "dispersal"
+    if stage.place is not None:
+        return "place"
+    return "stage"
+
+
+def _utc_offset(instant: datetime) -> str:
+    offset = instant.utcoffset() or timedelta(0)
+    sign = "+" if offset >= timedelta(0) else "−"
+    minutes = int(abs(offset).total_seconds()) // 60
+    return f"UTC{sign}{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def _local_label(local: datetime) -> str:
+    clock = local.strftime("%H:%M:%S" if local.second else "%H:%M")
+    return f"{clock} {local.tzname()}"
+
+
+def _human_gap(delta: timedelta) -> str:
+    return format_offset(delta).lstrip("+")
+
+
+def _text(x: float, y: float, content: str, **attrs: str) -> str:
+    # Keyword names stand for attributes: font_size -> font-size, class_ -> class.
+    extra = "".join(f" {k.rstrip('_').replace('_', '-')}={quoteattr(v)}" for k, v in attrs.items())
+    return f'<text x="{x:.1f}" y="{y:.1f}"{extra}>{escape(content)}</text>'
+
+
+def _mark_shape(kind: str, x: float, y: float) -> str:
+    if kind == "gate":
+        r = 9.0
+        points = f"{x:.1f},{y - r:.1f} {x + r:.1f},{y:.1f} {x:.1f},{y + r:.1f} {x - r:.1f},{y:.1f}"
+        return f'<polygon class="shape" points="{points}" fill="#f59e0b" stroke="#92400e"/>'
+    if kind == "dispersal":
+        return (
+            f'<rect class="shape" x="{x - 7:.1f}" y="{y - 7:.1f}" width="14" height="14" '
+            'fill="#64748b" stroke="#1e293b"/>'
+        )
+    shape = (
+        f'<circle class="shape" cx="{x:.1f}" cy="{y:.1f}" r="7" fill="#db2777" stroke="#831843"/>'
+    )
+    if kind == "place":
+        shape += f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="#fff"/>'
+    return shape
+
+
+def _gate_label(stage: Stage) -> str:
+    assert stage.require is not None
+    return f"≥{stage.require.checkins} check-ins, else {stage.require.otherwise}"
+
+
+def _tooltip(row: PlanRow, reveal: bool) -> str:
+    head = (
+        f"{row.stage} in {row.city_name}: {_local_label(row.at_local)} "
+        f"({row.at_utc.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z)"
+    )
+    if not reveal:
+        return f"{head}\n{MASK}"
+    body = row.content.body if row.content else ""
+    if row.place is not None:
+        geo = f" ({row.place.geo_uri()})" if row.place.geo else ""
+        body += f"\n@ {row.place.name}{geo}"
+    return f"{head}\n{body}"
+
+
+def plan_svg(
+    scenario: Scenario,
+    *,
+    city: str | None = None,
+    reveal: bool = False,
+) -> str:
+    """The timeline of ``scenario`` as an SVG document (UTF-8 text).
+
+    ``city`` keeps one lane; ``reveal`` adds the rendered text and places as
+    tooltips (secret until release: leave it off for anything you share). The
+    picture does not depend on when it is drawn (no "now" in it).
+    """
+    rows = build_plan(scenario, scenario.start, city=city, reveal=reveal)
+    cities = [c for c in scenario.cities if city is None or c.id == city]
+    last_stage = scenario.stages[-1].id
+    instants = sorted({r.at_utc for r in rows})
+    width = max(_MIN_WIDTH, _HEADER_W + 40 + _RIGHT_PAD + int(_MIN_GAP_PX * len(instants)))
+    axis = _layout_axis(instants, _HEADER_W + 40, width - _RIGHT_PAD)
+    by_city: dict[str, list[PlanRow]] = defaultdict(list)
+    for row in rows:
+        by_city[row.city].append(row)
+    # A lane grows by one label block per extra stage sharing an instant.
+    lane_heights = []
+    for the_city in cities:
+        per_instant: dict[datetime, int] = defaultdict(int)
+        for row in by_city[the_city.id]:
+            per_instant[row.at_utc] += 1
+        lane_heights.append(_LANE_BASE_H + _STACK_H * (max(per_instant.values(), default=1) - 1))
+    lanes_top = _TOP
+    lanes_bottom = _TOP + sum(lane_heights)
+    height = lanes_bottom + _LEGEND_H
+
+    out: list[str] = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="{_FONT}" font-size="12" '
+        f'role="img" aria-label={quoteattr(f"Timeline of {scenario.title}")}>',
+        f"<title>{escape(f'{scenario.title} ({scenario.id})')}</title>",
+        '<rect width="100%" height="100%" fill="#ffffff"/>',
+        _text(16, 28, scenario.title, font_size="18", font_weight="600", fill="#111827"),
+        _text(
+            16,
+            48,
+            f"{scenario.id} · {len(cities)} {'city' if len(cities) == 1 else 'cities'} · "
+            f"{len(scenario.stages)} stages · T0 {scenario.start.astimezone(UTC):%Y-%m-%d %H:%M}Z"
+            " · content secret until release" + (" (REVEALED in tooltips)" if reveal else ""),
+            fill="#4b5563",
+        ),
+    ]
+
+    # The UTC axis: one tick per distinct instant, labelled above the lanes.
+    out.append('<g class="utc-axis">')
+    out.append(_text(16, _TOP - 12, "UTC", font_weight="600", fill="#111827"))
+    previous_date = None
+    for instant in instants:
+        x = axis.xs[instant]
+        utc = instant.astimezone(UTC)
+        label = utc.strftime("%H:%M:%S" if utc.second else "%H:%M") + "Z"
+        if utc.date() != previous_date:
+            label = f"{utc:%b %d} {label}"
+            previous_date = utc.date()
+        out.append(
+            f'<line x1="{x:.1f}" y1="{lanes_top - 6:.1f}" x2="{x:.1f}" y2="{lanes_bottom:.1f}" '
+            'stroke="#d1d5db" stroke-dasharray="2,3"/>'
+        )
+        out.append(
+            _text(
+                x,
+                lanes_top - 12,
+                label,
+                transform=f"rotate(-35 {x:.1f} {lanes_top - 12:.1f})",
+                fill="#374151",
+                font_size="11",
+                data_utc=utc.isoformat().replace("+00:00", "Z"),
+                class_="utc-tick",
+            )
+        )
+    out.append("</g>")
+
+    top = lanes_top
+    for index, the_city in enumerate(cities):
+        lane_h = lane_heights[index]
+        mid_y = top + 34
+        city_rows = by_city[the_city.id]
+        first_local = city_rows[0].at_local if city_rows else scenario.start.astimezone(the_city.tz)
+        offsets = sorted({_utc_offset(r.at_local) for r in city_rows}) or [_utc_offset(first_local)]
+        out.append(
+            f'<g class="lane" data-city={quoteattr(the_city.id)} '
+            f"data-timezone={quoteattr(the_city.timezone)}>"
+        )
+        out.append(
+            f'<rect x="0" y="{top:.1f}" width="{width}" height="{lane_h}" '
+            f'fill="{"#fdf2f8" if index % 2 == 0 else "#ffffff"}"/>'
+        )
+        out.append(
+            _text(16, top + 28, the_city.name, font_size="15", font_weight="600", fill="#111827")
+        )
+        out.append(_text(16, top + 46, the_city.timezone, fill="#4b5563"))
+        out.append(
+            _text(
+                16, top + 62, "local time, " + " / ".join(offsets), fill="#6b7280", font_size="11"
+            )
+        )
+        xs = [axis.xs[r.at_utc] for r in city_rows]
+        if xs:
+            out.append(
+                f'<line x1="{min(xs):.1f}" y1="{mid_y:.1f}" x2="{max(xs):.1f}" y2="{mid_y:.1f}" '
+                'stroke="#9ca3af" stroke-width="2"/>'
+            )
+        # Stages due at the same instant in one city share an x: stack their labels.
+        stacked: dict[datetime, int] = defaultdict(int)
+        local_date = None
+        for row in city_rows:
+            stage = scenario.stage(row.stage)
+            kind = _kind(stage, stage.id == last_stage)
+            x = axis.xs[row.at_utc]
+            level = stacked[row.at_utc]
+            stacked[row.at_utc] += 1
+            label_y = mid_y + 32 + level * _STACK_H
+            # The local date is shown on a lane's first mark and whenever it changes.
+            local_text = _local_label(row.at_local)
+            date_text = ""
+            if row.at_local.date() != local_date:
+                date_text = f"{row.at_local:%a %b} {row.at_local.day}"
+                local_date = row.at_local.date()
+            out.append(
+                f'<g class="mark" data-city={quoteattr(row.city)} '
+                f"data-stage={quoteattr(row.stage)} data-kind={quoteattr(kind)} "
+                f"data-utc={quoteattr(row.at_utc.astimezone(UTC).isoformat())} "
+                f"data-local={quoteattr(row.at_local.isoformat())}>"
+            )
+            out.append(f"<title>{escape(_tooltip(row, reveal))}</title>")
+            if level == 0:
+                out.append(_mark_shape(kind, x, mid_y))
+            else:  # a later stage at the same instant: its shape beside its label
+                out.append(_mark_shape(kind, x - 40, label_y - 14))
+            out.append(
+                _text(
+                    x,
+                    label_y - 10,
+                    row.stage,
+                    text_anchor="middle",
+                    font_weight="600",
+                    fill="#111827",
+                )
+            )
+            out.append(
+                _text(
+                    x,
+                    label_y + 3,
+                    local_text,
+                    text_anchor="middle",
+                    fill="#374151",
+                    font_size="11",
+                )
+            )
+            if date_text:
+                out.append(
+                    _text(
+                        x,
+                        label_y + 15,
+                        date_text,
+                        text_anchor="middle",
+                        fill="#6b7280",
+                        font_size="10",
+                        class_="local-date",
+                    )
+                )
+            note = {"gate": _gate_label(stage) if kind == "gate" else "", "dispersal": "dispersal"}
+            if note.get(kind):
+                out.append(
+                    _text(
+                        x,
+                        label_y + 28,
+                        note[kind],
+                        text_anchor="middle",
+                        fill="#92400e" if kind == "gate" else "#334155",
+                        font_size="10",
+                        class_=f"{kind}-label",
+                    )
+                )
+            out.append("</g>")
+        out.append("</g>")
+        top += lane_h
+
+    # Cut gaps: a break on the axis and on every lane, the real length above.
+    for x0, x1, length in axis.breaks:
+        mid = (x0 + x1) / 2
+        out.append('<g class="axis-break">')
+        out.append(
+            _text(
+                mid,
+                lanes_top - 4,
+                f"{_human_gap(length)} later",
+                text_anchor="middle",
+                fill="#6b7280",
+                font_size="10",
+            )
+        )
+        lane_top = lanes_top
+        for lane_h in lane_heights:
+            y = lane_top + 34
+            out.append(
+                f'<rect x="{mid - 7:.1f}" y="{y - 9:.1f}" width="14" height="18" '
+                f'fill="{"#ffffff"}" opacity="0.95"/>'
+                f'<path d="M{mid - 9:.1f},{y + 8:.1f} l6,-16 M{mid - 1:.1f},{y + 8:.1f} l6,-16" '
+                'stroke="#6b7280" stroke-width="1.5"/>'
+            )
+            lane_top += lane_h
+        out.append("</g>")
+
+    # Legend.
+    y = lanes_bottom + 30
+    x = 16.0
+    out.append('<g class="legend">')
+    for kind, label in (
+        ("stage", "stage"),
+        ("place", "stage revealing a place"),
+        ("gate", "quorum gate (waits for check-ins)"),
+        ("dispersal", "dispersal (last stage)"),
+    ):
+        out.append(_mark_shape(kind, x + 8, y - 4))
+        out.append(_text(x + 22, y, label, fill="#374151"))
+        x += 34 + 7 * len(label)
+    out.append(
+        _text(
+            16,
+            y + 24,
+            "Top: UTC. Under each mark: the stage and the city's local time. "
+            "Gaps marked // are cut to fit; their length is written above.",
+            fill="#6b7280",
+            font_size="11",
+        )
+    )
+    out.append("</g>")
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def plan_html(scenario: Scenario, *, city: str | None = None, reveal: bool = False) -> str:
+    """A standalone HTML page: the SVG timeline and the plan as a table."""
+    svg = plan_svg(scenario, city=city, reveal=reveal)
+    svg_body = svg.split("\n", 1)[1]  # drop the XML declaration inside HTML
+    rows = build_plan(scenario, scenario.start, city=city, reveal=reveal)
+    cells: list[str] = []
+    for row in rows:
+        if reveal and row.content is not None:
+            content = escape(row.content.body)
+            if row.place is not None:
+                content += "<br/>@ " + escape(row.place.name)
+        else:
+            content = f'<span class="mask">{escape(MASK)}</span>'
+        cells.append(
+            "<tr>"
+            f"<td>{escape(f'{row.at_utc.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z')}</td>"
+            f"<td>{escape(row.at_local.strftime('%Y-%m-%d %H:%M:%S %Z'))}</td>"
+            f"<td>{escape(row.city_name)}</td><td>{escape(row.stage)}</td>"
+            f"<td>{len(row.rooms)}</td><td>{content}</td>"
+            "</tr>"
+        )
+    title = escape(f"{scenario.title} ({scenario.id})")
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8"/>'
+        '<meta name="viewport" content="width=device-width, initial-scale=1"/>'
+        f"<title>{title}</title>"
+        "<style>body{font-family:system-ui,sans-serif;margin:1.5rem;color:#111827}"
+        "svg{max-width:100%;height:auto}table{border-collapse:collapse;margin-top:1rem}"
+        "td,th{border:1px solid #e5e7eb;padding:.3rem .6rem;text-align:left;"
+        "vertical-align:top}.mask{color:#9ca3af}</style></head><body>\n"
+        f"<h1>{title}</h1>\n{svg_body}\n"
+        "<table><thead><tr><th>UTC</th><th>Local</th><th>City</th><th>Stage</th>"
+        "<th>Rooms</th><th>Content</th></tr></thead><tbody>\n"
+        + "\n".join(cells)
+        + "\n</tbody></table>\n</body></html>\n"
+    )
