@@ -77,6 +77,8 @@ class Bot:
             clock=clock,
             ready=self.sync.ready,
             prepare_seconds=config.dispatch.prepare_seconds,
+            expected_msgs_per_second=config.dispatch.expected_msgs_per_second,
+            rate_burst=config.dispatch.rate_burst,
         )
         self.controller = Controller(
             store=store, runs=self.runs, rooms=self.rooms, notifier=self.notifier, clock=clock

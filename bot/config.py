@@ -63,6 +63,11 @@ class DispatchConfig(_Strict):
 
     max_in_flight: int = Field(default=32, ge=1, le=512)
     prepare_seconds: float = Field(default=3.0, ge=0, le=300)
+    # What the homeserver lets this bot send, for !arm's pre-flight check. The
+    # default fits a bot exempted from rate limits on a small Synapse; a bot under
+    # Synapse's default rc_message is 0.2 msg/s with a burst of 10.
+    expected_msgs_per_second: float = Field(default=30.0, gt=0, le=100_000)
+    rate_burst: int = Field(default=0, ge=0, le=100_000)
 
 
 class Config(_Strict):

@@ -32,6 +32,7 @@ from bot.matrix.rooms import RoomRegistry
 from bot.matrix.sender import Sender, SendFailed
 from bot.notify import Notifier
 from bot.policy import Action, decide, format_duration, retry_deadline
+from bot.preflight import fanout_warnings
 from bot.report import PlanLine, plan_table, stage_summary
 from bot.scenario import (
     Place,
@@ -113,6 +114,8 @@ class RunManager:
         clock: Clock,
         ready: asyncio.Event,
         prepare_seconds: float = 3.0,
+        expected_msgs_per_second: float = 30.0,
+        rate_burst: int = 0,
     ) -> None:
         self._store = store
         self._library = library
@@ -124,6 +127,8 @@ class RunManager:
         self._clock = clock
         self._ready = ready
         self._lead = timedelta(seconds=prepare_seconds)
+        self._rate = expected_msgs_per_second
+        self._burst = rate_burst
         self.armed: dict[int, ArmedRun] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -254,6 +259,20 @@ class RunManager:
             text += f"\n{len(past)} dispatches are already past and follow their late policy now."
         if problems:
             text += "\nProblems:\n" + "\n".join(f"- {p}" for p in problems)
+        # Pre-flight: can each instant's fan-out finish before the next stage?
+        msgs = {
+            (d.city_id, d.stage_id): len(self._messages(armed, d.city_id, d.stage_id))
+            for d in timeline
+        }
+        warnings = fanout_warnings(
+            [(ln.at, ln.rooms, msgs[(ln.city_id, ln.stage_id)]) for ln in lines if ln.at > now],
+            self._rate,
+            burst=self._burst,
+        )
+        if warnings:
+            text += "\nPre-flight (at dispatch.expected_msgs_per_second):\n" + "\n".join(
+                f"- {w}" for w in warnings
+            )
         return text, plan_table(lines, now)
 
     async def disarm(self, scenario_id: str) -> str:

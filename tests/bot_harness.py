@@ -198,7 +198,13 @@ def _replies_to(event: RoomMessage, event_id: str) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def bot_env(hs: EmbeddedHomeserver, tmp: Path, pool: ClientPool, tag: str):  # type: ignore[no-untyped-def]
+async def bot_env(  # type: ignore[no-untyped-def]
+    hs: EmbeddedHomeserver,
+    tmp: Path,
+    pool: ClientPool,
+    tag: str,
+    dispatch: dict[str, Any] | None = None,
+):
     """Register a bot and an organiser, create the control room, write a config."""
     import uuid
 
@@ -221,7 +227,7 @@ async def bot_env(hs: EmbeddedHomeserver, tmp: Path, pool: ClientPool, tag: str)
                 "storage": {"path": "data"},
                 "control": {"rooms": [control], "min_power_level": 50},
                 "scenarios": {"dir": "scenarios"},
-                "dispatch": {"prepare_seconds": 1.0},
+                "dispatch": {"prepare_seconds": 1.0, **(dispatch or {})},
             }
         )
     )

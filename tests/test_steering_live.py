@@ -375,3 +375,23 @@ async def test_drill_runs_whole_scenario_nothing_in_real_rooms(
         assert all(t.startswith("[DRILL]") for t in texts)
         for r in rooms:
             assert await dispatches(mod, r) == []
+
+
+async def test_arm_preflight_warns_when_fanout_cannot_fit(
+    homeserver: EmbeddedHomeserver, tmp_path: Path, clients: ClientPool
+) -> None:
+    async with bot_env(
+        homeserver, tmp_path, clients, "pre",
+        dispatch={"expected_msgs_per_second": 0.2, "rate_burst": 0},
+    ) as env:
+        mod, rooms = await setup_rooms(env, clients, homeserver, 2, "pre")
+        env.write_scenario(scenario("tight", [("alpha", rooms)], seconds_ahead(3600), [
+            {"id": "a", "at": "0s", "text": "A"},
+            {"id": "b", "at": "+3s", "text": "B"},
+        ]))
+        await env.start()
+        for r in rooms:
+            await env.opt_in(mod, r)
+        reply = await env.command("!arm tight")
+        assert "Pre-flight" in reply and "2 messages take about 10s" in reply, reply
+        await env.command("!disarm tight")
