@@ -79,7 +79,7 @@ async def sync_until(
     client: AsyncClient,
     condition: Callable[[], bool],
     *,
-    timeout: float = 10,  # noqa: ASYNC109
+    timeout: float = 10,
 ) -> None:
     """Sync until ``condition()`` holds (checked after each sync)."""
     deadline = time.monotonic() + timeout
@@ -225,7 +225,7 @@ async def collect_messages(
     room_id: str,
     *,
     until: Callable[[list[RoomMessage]], bool],
-    timeout: float = 10,  # noqa: ASYNC109
+    timeout: float = 10,
 ) -> list[RoomMessage]:
     """Sync and collect the ``m.room.message`` events of ``room_id``, decrypted, in order,
     until ``until(collected)`` holds.
