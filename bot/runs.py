@@ -46,7 +46,7 @@ from bot.scenario import (
 from bot.scenario.render import to_html
 from bot.scenario.templates import parse_template
 from bot.schedule import Timers
-from bot.store import DispatchRow, PlannedDispatch, RunRow, Store
+from bot.store import DispatchRow, PlannedDispatch, RunRow, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -363,15 +363,48 @@ class RunManager:
                 self._job(armed.run.id, at),
             )
 
-    def _job(self, run_id: int, due_at: datetime) -> Callable[[], Awaitable[None]]:
+    def _job(
+        self, run_id: int, due_at: datetime, attempt: int = 0
+    ) -> Callable[[], Awaitable[None]]:
         async def fire() -> None:
-            await self._guarded(
-                self.fire(run_id, due_at), run_id, f"the release due {due_at:%H:%M:%SZ}"
-            )
+            try:
+                await self._guarded(
+                    self.fire(run_id, due_at),
+                    run_id,
+                    f"the release due {due_at:%H:%M:%SZ}",
+                    reraise=(StoreError,),
+                )
+            except StoreError as err:
+                # The database is locked or full. Nothing was marked sent that was
+                # not sent (SENDING is written before each request), so firing
+                # again later is safe; the late policy applies as usual.
+                retry_in = min(30, 2 + 2 * attempt)
+                log.error(
+                    "run %d: database unavailable (%s); retrying in %ds", run_id, err, retry_in
+                )
+                armed = self.armed.get(run_id)
+                if attempt == 0 and armed is not None:
+                    await self._notifier.report(
+                        armed.run.control_room,
+                        f"⚠️ {armed.label()}: the bot's database is unavailable ({err}). "
+                        "Undelivered rooms stay pending; retrying until it is back.",
+                    )
+                if armed is not None:
+                    self._timers.set(
+                        f"run{run_id}@{due_at.isoformat()}",
+                        self._clock.to_wall(self._clock.now() + timedelta(seconds=retry_in)),
+                        self._job(run_id, due_at, attempt + 1),
+                    )
 
         return fire
 
-    async def _guarded(self, work: Awaitable[None], run_id: int, what: str) -> None:
+    async def _guarded(
+        self,
+        work: Awaitable[None],
+        run_id: int,
+        what: str,
+        reraise: tuple[type[Exception], ...] = (),
+    ) -> None:
         """Run release work as a tracked task: shutdown waits for it, and an error
         is reported instead of vanishing into the scheduler's log."""
         task = asyncio.current_task()
@@ -379,6 +412,8 @@ class RunManager:
             self._tasks.add(task)
         try:
             await work
+        except reraise:
+            raise
         except Exception:
             log.exception("run %d: %s failed", run_id, what)
             armed = self.armed.get(run_id)
