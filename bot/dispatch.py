@@ -23,9 +23,14 @@ from bot.clock import Clock
 from bot.ledger import TERMINAL, DeliveryKey, DeliveryState, Part
 from bot.matrix.sender import Sender, SendFailed
 from bot.retry import GiveUp, RetryPolicy
-from bot.store import Store
+from bot.store import DeliveryRow, Store
 
 log = logging.getLogger(__name__)
+
+# How long a prepared release's ledger snapshot is kept if it is never released.
+_KNOWN_FOR = timedelta(hours=1)
+# Room tasks started per event-loop turn when a release begins.
+_START_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,10 @@ class Dispatcher:
         # Rooms that must get nothing more (a participant left, the bot was removed).
         self._gone: set[str] = set()
         self._room_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # Ledger rows read when their release was prepared, so the instant itself
+        # reads nothing: each delivery's first write is its SENDING. A row changed
+        # meanwhile is caught by that write's ``WHERE state = ...`` and read again.
+        self._known: dict[DeliveryKey, DeliveryRow] = {}
         self._rng = rng or random.Random()
         # (run_id, city_id) -> set when that city's pending deliveries must stop.
         self._cancel: dict[tuple[int, str], asyncio.Event] = {}
@@ -152,10 +161,19 @@ class Dispatcher:
         """Before the instant: create ledger rows and share encryption keys, so
         the instant itself only sends."""
         now = self._clock.now()
+        stale = now - _KNOWN_FOR
+        for k in [k for k, row in self._known.items() if row.due_at < stale]:
+            del self._known[k]  # prepared but never released (skipped, cancelled)
         for r in releases:
-            await self._store.ensure_deliveries(r.keys(), r.due_at, now)
+            await self._ensure(r, now)
         rooms = {room for r in releases for room in r.rooms}
         await asyncio.gather(*(self._sender.prepare(room) for room in sorted(rooms)))
+
+    async def _ensure(self, release: Release, now: datetime) -> None:
+        """Create the release's missing ledger rows and remember its rows' states."""
+        await self._store.ensure_deliveries(release.keys(), release.due_at, now)
+        for row in await self._store.deliveries(release.run_id, release.city_id, release.stage_id):
+            self._known[row.key] = row
 
     # -- release -------------------------------------------------------------------
 
@@ -167,15 +185,25 @@ class Dispatcher:
         SENT are not sent again."""
         now = self._clock.now()
         for r in releases:
-            await self._store.ensure_deliveries(r.keys(), r.due_at, now)
+            if not self._known.keys() >= set(r.keys()):
+                await self._ensure(r, now)  # not prepared (or prepared long ago)
         outcomes = {id(r): Outcome(r) for r in releases}
         slots = self._priority_slots if priority else self._slots
-        await asyncio.gather(
-            *(
-                self._deliver_room(r, room, outcomes[id(r)], slots)
-                for r, room in interleave(releases)
-            )
-        )
+        # One task per room, started a batch at a time: the first requests leave
+        # while later rooms' tasks are still being created.
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            for i, (r, room) in enumerate(interleave(releases)):
+                tasks.append(
+                    asyncio.ensure_future(self._deliver_room(r, room, outcomes[id(r)], slots))
+                )
+                if i % _START_BATCH == _START_BATCH - 1:
+                    await asyncio.sleep(0)
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            raise
         return [outcomes[id(r)] for r in releases]
 
     async def _deliver_room(
@@ -253,7 +281,9 @@ class Dispatcher:
     async def _deliver(
         self, release: Release, key: DeliveryKey, message: Message, slots: asyncio.Semaphore
     ) -> tuple[DeliveryState, str]:
-        row = await self._store.delivery(key)
+        row = self._known.pop(key, None)
+        if row is None or row.state is not DeliveryState.PENDING:
+            row = await self._store.delivery(key)  # only a PENDING snapshot is trusted
         assert row is not None, "prepare/release creates the rows first"
         if row.state in TERMINAL:
             return row.state, row.last_error or ""
@@ -279,34 +309,43 @@ class Dispatcher:
             self._check_cancelled(release, key)
             if self._stopping.is_set():
                 return DeliveryState.PENDING, "bot stopping"
+            event_id: str | None = None
             async with slots:
                 self._check_cancelled(release, key)
                 if self._stopping.is_set():
                     return DeliveryState.PENDING, "bot stopping"
-                await self._store.transition(
-                    key, DeliveryState.SENDING, now=self._clock.now(), count_attempt=True
+                # SENDING is committed before the request leaves (exactly once).
+                moved = await self._store.advance(
+                    key,
+                    DeliveryState.PENDING,
+                    DeliveryState.SENDING,
+                    now=self._clock.now(),
+                    count_attempt=True,
                 )
-                attempts += 1
-                try:
-                    event_id = await self._sender.send(
-                        key.room_id, message.event_type, content, key.txn_id()
-                    )
-                except SendFailed as err:
-                    failure = err.failure
-                else:
-                    await self._store.transition(
-                        key, DeliveryState.SENT, now=self._clock.now(), event_id=event_id
-                    )
-                    log.info(
-                        "sent %s/%s/%s part=%s to %s as %s",
-                        key.scenario_id,
-                        key.city_id,
-                        key.stage_id,
-                        key.part,
-                        key.room_id,
-                        event_id,
-                    )
-                    return DeliveryState.SENT, ""
+                if moved:
+                    attempts += 1
+                    try:
+                        event_id = await self._sender.send(
+                            key.room_id, message.event_type, content, key.txn_id()
+                        )
+                    except SendFailed as err:
+                        failure = err.failure
+            # The slot is free again: the request is over; recording it is not a request.
+            if not moved:
+                # Someone else moved the row since it was read: decide again from the row.
+                return await self._deliver(release, key, message, slots)
+            if event_id is not None:
+                await self._move(key, DeliveryState.SENT, event_id=event_id)
+                log.info(
+                    "sent %s/%s/%s part=%s to %s as %s",
+                    key.scenario_id,
+                    key.city_id,
+                    key.stage_id,
+                    key.part,
+                    key.room_id,
+                    event_id,
+                )
+                return DeliveryState.SENT, ""
             decision = self._policy.decide(
                 failure,
                 attempt=attempts,
@@ -315,9 +354,7 @@ class Dispatcher:
                 rng=self._rng,
             )
             if isinstance(decision, GiveUp):
-                await self._store.transition(
-                    key, DeliveryState.FAILED, now=self._clock.now(), error=decision.reason
-                )
+                await self._move(key, DeliveryState.FAILED, error=decision.reason)
                 log.warning(
                     "gave up %s/%s/%s part=%s to %s: %s",
                     key.scenario_id,
@@ -328,9 +365,7 @@ class Dispatcher:
                     decision.reason,
                 )
                 return DeliveryState.FAILED, decision.reason
-            await self._store.transition(
-                key, DeliveryState.PENDING, now=self._clock.now(), error=decision.reason
-            )
+            await self._move(key, DeliveryState.PENDING, error=decision.reason)
             log.info(
                 "retrying %s/%s/%s to %s in %.1fs: %s",
                 key.scenario_id,
@@ -341,3 +376,19 @@ class Dispatcher:
                 decision.reason,
             )
             await self._wait(decision.delay, key, release.final)
+
+    async def _move(
+        self,
+        key: DeliveryKey,
+        new: DeliveryState,
+        *,
+        event_id: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """SENDING -> ``new`` for a row this task put in SENDING: one statement; the
+        checked read-then-write path only if the row is somehow not SENDING."""
+        now = self._clock.now()
+        if not await self._store.advance(
+            key, DeliveryState.SENDING, new, now=now, event_id=event_id, error=error
+        ):
+            await self._store.transition(key, new, now=now, event_id=event_id, error=error)

@@ -96,9 +96,7 @@ def test_plan_order_does_not_matter() -> None:
 
 
 @given(
-    st.lists(
-        st.tuples(st.integers(0, 3600), st.integers(0, 500)), min_size=1, max_size=12
-    ),
+    st.lists(st.tuples(st.integers(0, 3600), st.integers(0, 500)), min_size=1, max_size=12),
     st.floats(0.05, 500),
     st.integers(0, 50),
 )
