@@ -28,6 +28,7 @@ from bot.control.participants import Participants
 from bot.control.steering import Steering
 from bot.dispatch import Dispatcher
 from bot.library import ScenarioLibrary
+from bot.matrix.crosssign import ensure_cross_signing
 from bot.matrix.rooms import RoomRegistry
 from bot.matrix.sender import MatrixSender
 from bot.matrix.session import open_session
@@ -236,6 +237,7 @@ async def run_bot(config: Config, clock: Clock, stop: asyncio.Event | None = Non
     client: AsyncClient | None = None
     try:
         client = await open_session(config)
+        await ensure_cross_signing(client, config)  # never raises; see docs/encryption.md
         bot = Bot(config, clock, client, store)
         await bot.run(stop)
     finally:
