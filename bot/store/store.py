@@ -8,6 +8,7 @@ leaves a row that says what to check.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -152,6 +153,7 @@ class Store:
     @classmethod
     async def open(cls, path: Path) -> Store:
         path.parent.mkdir(parents=True, exist_ok=True)
+        db: aiosqlite.Connection | None = None
         try:
             db = await aiosqlite.connect(path, isolation_level=None, timeout=5.0)
             db.row_factory = sqlite3.Row
@@ -166,8 +168,15 @@ class Store:
             await db.execute("PRAGMA secure_delete=ON")
             store = cls(db)
             await store._migrate()
-        except sqlite3.Error as err:
-            raise StoreError(f"cannot open the database {path}: {err}") from None
+        except BaseException as err:
+            # aiosqlite's worker thread is not a daemon: a connection left open
+            # here would keep the process from ever exiting.
+            if db is not None:
+                with contextlib.suppress(Exception):
+                    await db.close()
+            if isinstance(err, sqlite3.Error):
+                raise StoreError(f"cannot open the database {path}: {err}") from None
+            raise
         return store
 
     async def close(self) -> None:

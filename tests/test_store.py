@@ -1,0 +1,366 @@
+"""The aiosqlite store: migrations, runs, dispatches, the delivery ledger, rooms, audit."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from bot.ledger import DeliveryKey, DeliveryState, DispatchState, IllegalTransition, Part
+from bot.store import PlannedDispatch, Store, StoreError
+from bot.store.migrations import MIGRATIONS
+
+T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest_asyncio.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = await Store.open(tmp_path / "db" / "blossom.db")
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def make_run(
+    store: Store, scenario_id: str = "demo", cities: tuple[str, ...] = ("a",)
+) -> int:
+    return await store.create_run(
+        scenario_id=scenario_id,
+        source_path=f"/scenarios/{scenario_id}.yaml",
+        source_sha256="0" * 64,
+        armed_by="@org:example.org",
+        control_room="!control:example.org",
+        now=T0,
+        dispatches=[
+            PlannedDispatch(city, stage, index, T0 + timedelta(minutes=index))
+            for city in cities
+            for index, stage in enumerate(("call", "go"))
+        ],
+    )
+
+
+def key(
+    run_id: int, room: str = "!r1:x", part: Part = Part.TEXT, stage: str = "call"
+) -> DeliveryKey:
+    return DeliveryKey(run_id, "demo", "a", stage, room, part)
+
+
+# -- migrations -----------------------------------------------------------------------
+
+
+async def test_fresh_database_is_at_the_latest_schema(store: Store) -> None:
+    assert await store.schema_version() == len(MIGRATIONS)
+
+
+async def test_reopen_does_not_migrate_again(tmp_path: Path) -> None:
+    path = tmp_path / "blossom.db"
+    s = await Store.open(path)
+    run_id = await make_run(s)
+    await s.close()
+    s = await Store.open(path)
+    try:
+        assert await s.schema_version() == len(MIGRATIONS)
+        assert [r.id for r in await s.armed_runs()] == [run_id]
+    finally:
+        await s.close()
+
+
+async def test_each_migration_step_upgrades_existing_data(tmp_path: Path) -> None:
+    """A database made by the first schema is upgraded in place, its rows kept."""
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(f"BEGIN;\n{MIGRATIONS[0]}\nPRAGMA user_version = 1;\nCOMMIT;")
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES ('sync', 'kept')",
+    )
+    db.close()
+    s = await Store.open(path)
+    try:
+        assert await s.schema_version() == len(MIGRATIONS)
+        assert await s.get_meta("sync") == "kept"
+    finally:
+        await s.close()
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    db.close()
+    with pytest.raises(StoreError, match="newer than this bot"):
+        await Store.open(path)
+
+
+async def test_unusable_file_is_a_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="cannot open the database"):
+        await Store.open(path)
+
+
+async def test_failed_migration_leaves_the_old_version(tmp_path: Path) -> None:
+    """A migration is atomic: one that fails half-way changes nothing."""
+    path = tmp_path / "half.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(f"BEGIN;\n{MIGRATIONS[0]}\nPRAGMA user_version = 1;\nCOMMIT;")
+    # Something the later migrations would create already exists: they must fail.
+    if len(MIGRATIONS) < 2:
+        pytest.skip("only one migration")
+    db.execute("CREATE TABLE holds (x)")
+    db.close()
+    with pytest.raises(StoreError):
+        await Store.open(path)
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    columns = {r[1] for r in db.execute("PRAGMA table_info(runs)")}
+    db.close()
+    assert "drill_room" not in columns
+
+
+# -- runs and dispatches ---------------------------------------------------------------
+
+
+async def test_create_run_with_dispatches(store: Store) -> None:
+    run_id = await make_run(store, cities=("a", "b"))
+    (run,) = await store.armed_runs()
+    assert run.id == run_id and run.state == "armed" and run.armed_at == T0
+    assert (await store.armed_run("demo")) == run
+    rows = await store.dispatches(run_id)
+    # Ordered by instant, then stage index, then city.
+    assert [(d.city_id, d.stage_id) for d in rows] == [
+        ("a", "call"),
+        ("b", "call"),
+        ("a", "go"),
+        ("b", "go"),
+    ]
+    assert all(d.state is DispatchState.SCHEDULED and not d.reported for d in rows)
+    assert rows[2].due_at == T0 + timedelta(minutes=1)
+
+
+async def test_one_armed_run_per_scenario(store: Store) -> None:
+    run_id = await make_run(store)
+    with pytest.raises(StoreError, match="already armed"):
+        await make_run(store)
+    # The failed arming left nothing behind.
+    assert [r.id for r in await store.runs_of("demo")] == [run_id]
+    await store.end_run(run_id, "disarmed", T0)
+    second = await make_run(store)
+    assert [r.id for r in await store.runs_of("demo")] == [run_id, second]
+    assert [r.id for r in await store.armed_runs()] == [second]
+
+
+async def test_end_run_only_once(store: Store) -> None:
+    run_id = await make_run(store)
+    await store.end_run(run_id, "finished", T0)
+    await store.end_run(run_id, "disarmed", T0)  # no effect: not armed any more
+    assert [r.state for r in await store.runs_of("demo")] == ["finished"]
+
+
+async def test_dispatch_state_and_note(store: Store) -> None:
+    run_id = await make_run(store)
+    await store.set_dispatch_state(run_id, "a", "call", DispatchState.HELD, note="gate")
+    await store.set_dispatch_state(run_id, "a", "call", DispatchState.RELEASING, released_at=T0)
+    row = await store.dispatch(run_id, "a", "call")
+    assert row is not None
+    assert row.state is DispatchState.RELEASING
+    assert row.note == "gate"  # kept when no new note is given
+    assert row.released_at == T0
+    await store.mark_reported(run_id, "a", "call")
+    row = await store.dispatch(run_id, "a", "call")
+    assert row is not None and row.reported
+    assert await store.dispatch(run_id, "a", "nope") is None
+
+
+async def test_delete_runs_cascades_but_keeps_armed(store: Store) -> None:
+    old = await make_run(store)
+    await store.ensure_deliveries([key(old)], T0, T0)
+    await store.end_run(old, "finished", T0)
+    armed = await make_run(store)
+    assert await store.delete_runs("demo") == 1
+    assert await store.deliveries(old) == []
+    assert await store.dispatches(old) == []
+    assert [r.id for r in await store.runs_of("demo")] == [armed]
+
+
+# -- deliveries ------------------------------------------------------------------------
+
+
+async def test_ensure_deliveries_is_idempotent(store: Store) -> None:
+    run_id = await make_run(store)
+    keys = [key(run_id, "!r1:x"), key(run_id, "!r1:x", Part.LOCATION), key(run_id, "!r2:x")]
+    await store.ensure_deliveries(keys, T0, T0)
+    await store.transition(keys[0], DeliveryState.SENDING, now=T0, count_attempt=True)
+    await store.ensure_deliveries(keys, T0 + timedelta(hours=1), T0)
+    rows = await store.deliveries(run_id)
+    assert len(rows) == 3
+    row = await store.delivery(keys[0])
+    assert row is not None
+    assert row.state is DeliveryState.SENDING  # untouched by the second ensure
+    assert row.due_at == T0
+    assert row.attempts == 1
+    assert row.txn_id == keys[0].txn_id()
+    # Text before location within a room.
+    assert [(r.key.room_id, r.key.part) for r in rows] == [
+        ("!r1:x", Part.TEXT),
+        ("!r1:x", Part.LOCATION),
+        ("!r2:x", Part.TEXT),
+    ]
+
+
+async def test_deliveries_need_their_dispatch(store: Store) -> None:
+    run_id = await make_run(store)
+    with pytest.raises(StoreError):
+        await store.ensure_deliveries([key(run_id, stage="no-such-stage")], T0, T0)
+
+
+async def test_transition_records_sent(store: Store) -> None:
+    run_id = await make_run(store)
+    k = key(run_id)
+    await store.ensure_deliveries([k], T0, T0)
+    await store.transition(k, DeliveryState.SENDING, now=T0, count_attempt=True)
+    await store.transition(k, DeliveryState.PENDING, now=T0, error="HTTP 502")
+    await store.transition(k, DeliveryState.SENDING, now=T0, count_attempt=True)
+    sent_at = T0 + timedelta(seconds=3)
+    row = await store.transition(k, DeliveryState.SENT, now=sent_at, event_id="$ev")
+    assert row.state is DeliveryState.SENT
+    assert row.event_id == "$ev"
+    assert row.sent_at == sent_at
+    assert row.attempts == 2
+    assert row.last_error == "HTTP 502"  # the last error is kept for the record
+    assert (await store.delivery_by_event("$ev")) == row
+
+
+async def test_illegal_transitions_are_refused_and_change_nothing(store: Store) -> None:
+    run_id = await make_run(store)
+    k = key(run_id)
+    await store.ensure_deliveries([k], T0, T0)
+    with pytest.raises(IllegalTransition):
+        await store.transition(k, DeliveryState.SENT, now=T0, event_id="$x")
+    await store.transition(k, DeliveryState.SENDING, now=T0)
+    await store.transition(k, DeliveryState.SENT, now=T0, event_id="$ev")
+    for new in DeliveryState:
+        with pytest.raises(IllegalTransition):
+            await store.transition(k, new, now=T0, event_id="$other")
+    row = await store.delivery(k)
+    assert row is not None and row.state is DeliveryState.SENT and row.event_id == "$ev"
+
+
+async def test_transition_of_a_missing_row(store: Store) -> None:
+    run_id = await make_run(store)
+    with pytest.raises(StoreError, match="no delivery row"):
+        await store.transition(key(run_id), DeliveryState.SENDING, now=T0)
+
+
+async def test_concurrent_transitions_only_one_wins(store: Store) -> None:
+    """Two tasks racing to move the same PENDING row: exactly one succeeds."""
+    run_id = await make_run(store)
+    k = key(run_id)
+    await store.ensure_deliveries([k], T0, T0)
+    results = await asyncio.gather(
+        *(store.transition(k, DeliveryState.SENDING, now=T0, count_attempt=True) for _ in range(8)),
+        return_exceptions=True,
+    )
+    assert sum(not isinstance(r, BaseException) for r in results) == 1
+    assert all(isinstance(r, IllegalTransition) for r in results if isinstance(r, BaseException))
+    row = await store.delivery(k)
+    assert row is not None and row.attempts == 1
+
+
+async def test_deliveries_filters(store: Store) -> None:
+    run_id = await make_run(store, cities=("a",))
+    await store.ensure_deliveries([key(run_id, stage="call"), key(run_id, stage="go")], T0, T0)
+    assert len(await store.deliveries(run_id)) == 2
+    assert [d.key.stage_id for d in await store.deliveries(run_id, "a", "go")] == ["go"]
+    assert await store.deliveries(run_id, "b") == []
+
+
+async def test_state_survives_a_reopen(tmp_path: Path) -> None:
+    """Each transition is committed before it returns (what a SIGKILL relies on)."""
+    path = tmp_path / "blossom.db"
+    s = await Store.open(path)
+    run_id = await make_run(s)
+    k = key(run_id)
+    await s.ensure_deliveries([k], T0, T0)
+    await s.transition(k, DeliveryState.SENDING, now=T0, count_attempt=True)
+    # Read with a separate connection while the store is still open (no close, no
+    # checkpoint): the committed row is visible.
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    (state,) = db.execute("SELECT state FROM deliveries").fetchone()
+    db.close()
+    assert state == "sending"
+    await s.close()
+
+
+# -- rooms, audit, meta ------------------------------------------------------------------
+
+
+async def test_rooms(store: Store) -> None:
+    await store.set_room("!a:x", "joined", now=T0, opted_in_by="@mod:x", note="listed")
+    await store.set_room("!b:x", "declined", now=T0, note="stranger")
+    assert await store.opted_in_rooms() == {"!a:x"}
+    await store.set_room("!a:x", "left", now=T0, note="kick by @mod:x")
+    assert await store.opted_in_rooms() == set()
+    assert await store.room_membership("!a:x") == "left"
+    assert await store.room_membership("!nope:x") is None
+    # Re-joining later keeps who opted the room in first when no new inviter is given.
+    await store.set_room("!a:x", "joined", now=T0)
+    assert await store.opted_in_rooms() == {"!a:x"}
+
+
+async def test_room_membership_is_checked(store: Store) -> None:
+    with pytest.raises(StoreError):
+        await store.set_room("!a:x", "maybe", now=T0)
+
+
+async def test_audit_newest_first(store: Store) -> None:
+    for i in range(3):
+        await store.audit(
+            now=T0 + timedelta(seconds=i),
+            room_id="!c:x",
+            sender="@u:x",
+            command=f"!arm s{i}",
+            result="ok",
+        )
+    log = await store.audit_log(limit=2)
+    assert [entry[3] for entry in log] == ["!arm s2", "!arm s1"]
+
+
+async def test_meta(store: Store) -> None:
+    assert await store.get_meta("k") is None
+    await store.set_meta("k", "1")
+    await store.set_meta("k", "2")
+    assert await store.get_meta("k") == "2"
+
+
+def test_cli_exits_when_the_database_cannot_be_used(tmp_path: Path) -> None:
+    """`blossom run` with a database from a newer Blossom prints one line and exits 1
+    (it used to hang: the half-opened connection's worker thread kept it alive)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    db = sqlite3.connect(data / "blossom.db")
+    db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    db.close()
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "matrix: {homeserver: 'http://127.0.0.1:9', user_id: '@bot:localhost',"
+        " password: pw}\n"
+        "storage: {path: data}\n"
+        "control: {rooms: ['!c:localhost']}\n"
+        "scenarios: {dir: scenarios}\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "bot", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "newer than this bot" in proc.stderr
