@@ -223,7 +223,19 @@ class Dispatcher:
                     state, detail = await self._deliver(release, key, message, slots)
                 except Cancelled as why:
                     reason = str(why) or "cancelled"
-                    await self._skip(key, reason)
+                    # This part and the ones after it: none is left PENDING.
+                    for rest in release.messages[release.messages.index(message) :]:
+                        await self._skip(
+                            DeliveryKey(
+                                key.run_id,
+                                key.scenario_id,
+                                key.city_id,
+                                key.stage_id,
+                                room,
+                                rest.part,
+                            ),
+                            reason,
+                        )
                     outcome.skipped[room] = reason
                     return
                 if state is DeliveryState.SENT:
@@ -273,7 +285,11 @@ class Dispatcher:
                 asyncio.ensure_future(self._cancel_event(key.run_id, key.city_id).wait())
             )
         try:
-            await asyncio.wait(waiters, timeout=delay.total_seconds())
+            # FIRST_COMPLETED: either one wakes the wait (the default, ALL_COMPLETED,
+            # slept out the whole backoff unless the bot stopped *and* was cancelled).
+            await asyncio.wait(
+                waiters, timeout=delay.total_seconds(), return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             for w in waiters:
                 w.cancel()

@@ -4,20 +4,24 @@ of the fast path (ledger snapshot at prepare, one UPDATE per transition)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
-from datetime import UTC, datetime
+import random
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
 
-from bot.clock import SystemClock
+from bot import DISPATCH_KEY
+from bot.clock import ManualClock, SystemClock
 from bot.dispatch import Dispatcher, Message, Release
 from bot.ledger import DeliveryKey, DeliveryState, IllegalTransition, Part
 from bot.matrix.sender import SendFailed
 from bot.retry import RetryPolicy, SendFailure
-from bot.store import PlannedDispatch, Store
+from bot.store import DeliveryRow, PlannedDispatch, Store
 
 TEXT = (Message(Part.TEXT, "m.room.message", {"msgtype": "m.text", "body": "go"}),)
 
@@ -198,3 +202,371 @@ async def test_advance_is_conditional_and_checked(store: Store) -> None:
         await store.advance(key, DeliveryState.SENT, DeliveryState.SENDING, now=now)
     row = await store.delivery(key)
     assert row is not None and row.state is DeliveryState.SENT and row.event_id == "$e"
+
+
+# -- the dispatcher's contract, room by room ------------------------------------------
+#
+# A scripted sender: each room answers from a script (failures, then success), with
+# a per-room latency; every request is logged with its monotonic start and end.
+
+LOCATED = (
+    Message(Part.TEXT, "m.room.message", {"msgtype": "m.text", "body": "walk"}),
+    Message(Part.LOCATION, "m.room.message", {"msgtype": "m.location", "geo_uri": "geo:1,2"}),
+)
+
+
+@dataclass
+class Request:
+    room: str
+    stage: str
+    part: str
+    txn: str
+    start: float
+    end: float = 0.0
+    ok: bool = False
+
+
+class ScriptedSender:
+    def __init__(self, *, latency: float = 0.0) -> None:
+        self.latency = latency
+        self.room_latency: dict[str, float] = {}
+        self.script: dict[str, list[SendFailure]] = {}
+        self.always: dict[str, SendFailure] = {}
+        self.requests: list[Request] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.found: dict[str, str] = {}  # room -> event id find_dispatch reports
+        self.find_fails = False
+        self.finds: list[tuple[str, dict[str, str]]] = []
+        self._new_request = asyncio.Event()
+
+    async def wait_requests(self, count: int) -> None:
+        while len(self.requests) < count:
+            self._new_request.clear()
+            await asyncio.wait_for(self._new_request.wait(), 5)
+
+    def delivered(self) -> list[Request]:
+        return [r for r in self.requests if r.ok]
+
+    async def send(
+        self, room_id: str, event_type: str, content: Mapping[str, Any], txn_id: str
+    ) -> str:
+        tag = content[DISPATCH_KEY]
+        req = Request(room_id, tag["stage"], tag["part"], txn_id, time.monotonic())
+        self.requests.append(req)
+        self._new_request.set()
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.room_latency.get(room_id, self.latency))
+        finally:
+            self.in_flight -= 1
+            req.end = time.monotonic()
+        script = self.script.get(room_id)
+        if script:
+            raise SendFailed(script.pop(0))
+        if room_id in self.always:
+            raise SendFailed(self.always[room_id])
+        req.ok = True
+        return f"$ev-{len(self.requests)}"
+
+    async def prepare(self, room_id: str) -> None:
+        return None
+
+    async def find_dispatch(self, room_id: str, tag: Mapping[str, str]) -> str | None:
+        self.finds.append((room_id, dict(tag)))
+        if self.find_fails:
+            raise SendFailed(SendFailure(None, message="ClientConnectorError"))
+        return self.found.get(room_id)
+
+
+FAST = RetryPolicy(base_s=0.01, cap_s=0.02, default_rate_limit_s=0.05)
+
+
+async def make_run(
+    store: Store, stages: tuple[str, ...] = ("go",), cities: tuple[str, ...] = ("c",)
+) -> int:
+    now = datetime.now(UTC)
+    return await store.create_run(
+        scenario_id="s",
+        source_path="/s.yaml",
+        source_sha256="0" * 64,
+        armed_by="@org:x",
+        control_room="!control:x",
+        now=now,
+        dispatches=[
+            PlannedDispatch(city, stage, i, now)
+            for city in cities
+            for i, stage in enumerate(stages)
+        ],
+    )
+
+
+def release(
+    run_id: int,
+    rooms: Sequence[str],
+    *,
+    stage: str = "go",
+    city: str = "c",
+    messages: tuple[Message, ...] = LOCATED,
+    deadline: datetime | None = None,
+    final: bool = False,
+) -> Release:
+    return Release(
+        run_id=run_id,
+        scenario_id="s",
+        city_id=city,
+        stage_id=stage,
+        due_at=datetime.now(UTC),
+        rooms=tuple(rooms),
+        messages=messages,
+        deadline=deadline,
+        final=final,
+    )
+
+
+async def row_of(store: Store, rel: Release, room: str, part: Part = Part.TEXT) -> DeliveryRow:
+    row = await store.delivery(
+        DeliveryKey(rel.run_id, rel.scenario_id, rel.city_id, rel.stage_id, room, part)
+    )
+    assert row is not None
+    return row
+
+
+async def test_each_room_gets_its_stages_and_parts_in_order(store: Store) -> None:
+    """Stage 2 is released while stage 1 is still going out to a slow room: that room
+    still gets stage 1 (text, location) before stage 2, and the other rooms are not
+    held up by the slow one."""
+    run = await make_run(store, ("one", "two"))
+    rooms = [f"!r{i}:x" for i in range(6)]
+    sender = ScriptedSender(latency=0.005)
+    sender.room_latency["!r0:x"] = 0.3
+    d = Dispatcher(store, sender, SystemClock(), policy=FAST, max_in_flight=4)
+    first = asyncio.create_task(d.release([release(run, rooms, stage="one")]))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(d.release([release(run, rooms, stage="two")]))
+    await asyncio.gather(first, second)
+    for room in rooms:
+        seen = [(r.stage, r.part) for r in sender.delivered() if r.room == room]
+        assert seen == [
+            ("one", "text"),
+            ("one", "location"),
+            ("two", "text"),
+            ("two", "location"),
+        ], (room, seen)
+    # Every fast room had both stages before the slow room finished its first request.
+    slow_first_end = next(r.end for r in sender.requests if r.room == "!r0:x")
+    fast_last_end = max(r.end for r in sender.requests if r.room != "!r0:x")
+    assert fast_last_end < slow_first_end
+
+
+async def test_bounded_concurrency(store: Store) -> None:
+    run = await make_run(store)
+    rooms = [f"!r{i}:x" for i in range(40)]
+    sender = ScriptedSender(latency=0.01)
+    d = Dispatcher(store, sender, SystemClock(), max_in_flight=5)
+    (outcome,) = await d.release([release(run, rooms, messages=TEXT)])
+    assert sender.max_in_flight == 5
+    assert sorted(outcome.delivered) == sorted(rooms)
+    assert len(sender.requests) == 40
+
+
+async def test_429_waits_retry_after_and_holds_no_slot(store: Store) -> None:
+    """A throttled room waits what the server says, and meanwhile the single slot
+    serves the other rooms."""
+    run = await make_run(store)
+    rooms = ["!slow:x", "!a:x", "!b:x", "!c:x"]
+    sender = ScriptedSender(latency=0.005)
+    sender.script["!slow:x"] = [SendFailure(429, "M_LIMIT_EXCEEDED", retry_after_ms=300)]
+    d = Dispatcher(store, sender, SystemClock(), policy=RetryPolicy(), max_in_flight=1)
+    rel = release(run, rooms, messages=TEXT)
+    (outcome,) = await d.release([rel])
+    assert sorted(outcome.delivered) == sorted(rooms)
+    slow = [r for r in sender.requests if r.room == "!slow:x"]
+    assert len(slow) == 2 and not slow[0].ok and slow[1].ok
+    assert slow[1].start - slow[0].end >= 0.29
+    # Both attempts used the same transaction id (the homeserver dedups a resend).
+    assert slow[0].txn == slow[1].txn
+    others = [r for r in sender.requests if r.room != "!slow:x"]
+    assert all(r.end <= slow[1].start for r in others)
+    row = await row_of(store, rel, "!slow:x")
+    assert row.state is DeliveryState.SENT and row.attempts == 2
+    assert row.last_error == "rate limited"
+
+
+async def test_5xx_backs_off_then_succeeds(store: Store) -> None:
+    run = await make_run(store)
+    sender = ScriptedSender()
+    sender.script["!r:x"] = [
+        SendFailure(502),
+        SendFailure(None, message="timeout"),
+        SendFailure(503),
+    ]
+    d = Dispatcher(store, sender, SystemClock(), policy=FAST, rng=random.Random(1))
+    rel = release(run, ["!r:x"])
+    (outcome,) = await d.release([rel])
+    assert outcome.delivered == ["!r:x"] and not outcome.failed
+    assert [(r.part, r.ok) for r in sender.requests] == [
+        ("text", False),
+        ("text", False),
+        ("text", False),
+        ("text", True),
+        ("location", True),
+    ]
+    row = await row_of(store, rel, "!r:x")
+    assert row.state is DeliveryState.SENT and row.attempts == 4
+    assert len({r.txn for r in sender.requests if r.part == "text"}) == 1
+
+
+async def test_4xx_fails_the_room_at_once_and_skips_its_location(store: Store) -> None:
+    run = await make_run(store)
+    sender = ScriptedSender()
+    sender.always["!banned:x"] = SendFailure(403, "M_FORBIDDEN")
+    d = Dispatcher(store, sender, SystemClock(), policy=FAST)
+    rel = release(run, ["!banned:x", "!ok:x"])
+    (outcome,) = await d.release([rel])
+    assert outcome.delivered == ["!ok:x"]
+    assert outcome.failed == {"!banned:x": "HTTP 403 M_FORBIDDEN"}
+    assert [r.room for r in sender.requests].count("!banned:x") == 1
+    text = await row_of(store, rel, "!banned:x")
+    assert text.state is DeliveryState.FAILED and text.attempts == 1
+    loc = await row_of(store, rel, "!banned:x", Part.LOCATION)
+    assert loc.state is DeliveryState.SKIPPED and loc.last_error == "text part not delivered"
+
+
+async def test_deadline_gives_up(store: Store) -> None:
+    """Transient errors are retried until the late policy's deadline, then the room
+    fails; other rooms are unaffected."""
+    run = await make_run(store)
+    sender = ScriptedSender()
+    sender.always["!down:x"] = SendFailure(503)
+    d = Dispatcher(store, sender, SystemClock(), policy=FAST)
+    started = time.monotonic()
+    rel = release(run, ["!down:x", "!ok:x"], deadline=datetime.now(UTC) + timedelta(seconds=0.3))
+    (outcome,) = await d.release([rel])
+    took = time.monotonic() - started
+    assert 0.25 < took < 2, took
+    assert outcome.delivered == ["!ok:x"]
+    assert "deadline" in outcome.failed["!down:x"]
+    row = await row_of(store, rel, "!down:x")
+    assert row.state is DeliveryState.FAILED and row.attempts > 3
+
+
+async def test_deadline_already_passed_on_a_manual_clock(store: Store) -> None:
+    run = await make_run(store)
+    clock = ManualClock(datetime.now(UTC))
+    sender = ScriptedSender()
+    sender.script["!r:x"] = [SendFailure(429, retry_after_ms=1000)]
+    d = Dispatcher(store, sender, clock, policy=FAST)
+    rel = release(run, ["!r:x"], deadline=clock.now() + timedelta(milliseconds=500))
+    (outcome,) = await d.release([rel])
+    assert len(sender.requests) == 1
+    assert outcome.failed["!r:x"].startswith("HTTP 429")
+    clock.advance(timedelta(seconds=1))  # nothing is left waiting on the clock
+
+
+async def test_cancel_stops_retries_and_skips(store: Store) -> None:
+    run = await make_run(store, cities=("c", "other"))
+    sender = ScriptedSender()
+    sender.always["!down:x"] = SendFailure(503)
+    d = Dispatcher(store, sender, SystemClock(), policy=RetryPolicy(base_s=5, cap_s=5))
+    rel = release(run, ["!down:x"])
+    task = asyncio.create_task(d.release([rel]))
+    await sender.wait_requests(1)
+    d.cancel(run, ["c"])
+    (outcome,) = await asyncio.wait_for(task, 2)  # wakes from the 5 s backoff at once
+    assert outcome.skipped == {"!down:x": "cancelled"}
+    assert len(sender.requests) == 1
+    assert (await row_of(store, rel, "!down:x")).state is DeliveryState.SKIPPED
+    assert (await row_of(store, rel, "!down:x", Part.LOCATION)).state is DeliveryState.SKIPPED
+    # A cancelled city sends nothing more; another city is not affected, and an
+    # abort (final) release still goes out to the cancelled city.
+    other = release(run, ["!o:x"], city="other", messages=TEXT)
+    abort = release(run, ["!a:x"], stage="go", city="c", messages=TEXT, final=True)
+    sender.always.clear()
+    (o1,) = await d.release([other])
+    assert o1.delivered == ["!o:x"]
+    (o2,) = await d.release([release(run, ["!late:x"], messages=TEXT)])
+    assert o2.skipped == {"!late:x": "cancelled"}
+    (o3,) = await d.release([abort])
+    assert o3.delivered == ["!a:x"]
+
+
+async def test_stop_leaves_unsent_rows_pending(store: Store) -> None:
+    run = await make_run(store)
+    rooms = [f"!r{i}:x" for i in range(10)]
+    sender = ScriptedSender(latency=0.05)
+    sender.always["!r9:x"] = SendFailure(503)
+    d = Dispatcher(
+        store, sender, SystemClock(), policy=RetryPolicy(base_s=5, cap_s=5), max_in_flight=1
+    )
+    rel = release(run, rooms, messages=TEXT)
+    task = asyncio.create_task(d.release([rel]))
+    await sender.wait_requests(3)
+    d.stop()
+    await asyncio.wait_for(task, 2)
+    states = {room: (await row_of(store, rel, room)).state for room in rooms}
+    sent = [room for room, s in states.items() if s is DeliveryState.SENT]
+    # The request in flight when stop() came finished and was recorded; nothing new left.
+    assert len(sender.requests) == len(sent) + ("!r9:x" in {r.room for r in sender.requests})
+    assert 3 <= len(sent) < 10
+    assert {s for s in states.values() if s is not DeliveryState.SENT} == {DeliveryState.PENDING}
+    assert d.stopping
+
+
+async def test_sending_row_after_a_crash_is_looked_up_not_resent(tmp_path: Path) -> None:
+    """A row left SENDING by a crash: on restart the dispatcher asks the room. Found:
+    the row is SENT with that event and nothing is sent. Not found, or the lookup
+    fails: it is sent again, with the same transaction id."""
+    path = tmp_path / "crash.db"
+    s = await Store.open(path)
+    run = await make_run(s)
+    rooms = ["!found:x", "!lost:x", "!unknown:x", "!fresh:x"]
+    rel = release(run, rooms, messages=TEXT)
+    now = datetime.now(UTC)
+    await s.ensure_deliveries(rel.keys(), now, now)
+    for key in rel.keys()[:3]:
+        await s.transition(key, DeliveryState.SENDING, now=now, count_attempt=True)
+    await s.close()  # the crash
+
+    s = await Store.open(path)
+    try:
+        sender = ScriptedSender()
+        sender.found["!found:x"] = "$already"
+        d = Dispatcher(s, sender, SystemClock(), policy=FAST)
+        await d.prepare([rel])
+        (outcome,) = await d.release([rel])
+        assert sorted(outcome.delivered) == sorted(rooms)
+        assert sorted(r.room for r in sender.requests) == ["!fresh:x", "!lost:x", "!unknown:x"]
+        # Only rows left SENDING were looked up, with the global dispatch tag.
+        assert sorted(room for room, _ in sender.finds) == ["!found:x", "!lost:x", "!unknown:x"]
+        assert all(
+            tag == {"scenario": "s", "city": "c", "stage": "go", "part": "text"}
+            for _, tag in sender.finds
+        )
+        found = await row_of(s, rel, "!found:x")
+        assert found.state is DeliveryState.SENT and found.event_id == "$already"
+        assert found.attempts == 1
+        lost = await row_of(s, rel, "!lost:x")
+        assert lost.state is DeliveryState.SENT and lost.attempts == 2
+        assert next(r.txn for r in sender.requests if r.room == "!lost:x") == lost.txn_id
+    finally:
+        await s.close()
+
+
+async def test_sending_row_lookup_failure_resends_with_the_same_txn(tmp_path: Path) -> None:
+    s = await Store.open(tmp_path / "crash.db")
+    try:
+        run = await make_run(s)
+        rel = release(run, ["!r:x"], messages=TEXT)
+        now = datetime.now(UTC)
+        await s.ensure_deliveries(rel.keys(), now, now)
+        await s.transition(rel.keys()[0], DeliveryState.SENDING, now=now, count_attempt=True)
+        sender = ScriptedSender()
+        sender.find_fails = True
+        d = Dispatcher(s, sender, SystemClock(), policy=FAST)
+        (outcome,) = await d.release([rel])
+        assert outcome.delivered == ["!r:x"]
+        assert [r.txn for r in sender.requests] == [rel.keys()[0].txn_id()]
+    finally:
+        await s.close()
