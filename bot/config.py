@@ -108,6 +108,17 @@ def parse_config(data: Any, *, base_dir: Path, environ: Mapping[str, str] | None
             f"matrix.password: set a password or access_token (or {ENV_PASSWORD} / "
             f"{ENV_ACCESS_TOKEN} in the environment)"
         )
+    if (
+        config.matrix.access_token is not None
+        and config.matrix.password is None
+        and not config.matrix.device_id
+    ):
+        # A token belongs to one device; without its id the session cannot be
+        # restored. Caught here so it is a config error, not a failure at run time.
+        raise ConfigError(
+            "matrix.device_id: required with matrix.access_token (the device the token "
+            "belongs to); or give a password"
+        )
     return config.model_copy(
         update={
             "storage": StorageConfig(path=(base_dir / config.storage.path).resolve()),
