@@ -158,9 +158,10 @@ def _mark_shape(kind: str, x: float, y: float) -> str:
     return shape
 
 
-def _gate_label(stage: Stage) -> str:
+def _gate_label(stage: Stage) -> list[str]:
+    """Two short lines, so neighbouring marks' labels do not collide."""
     assert stage.require is not None
-    return f"≥{stage.require.checkins} check-ins, else {stage.require.otherwise}"
+    return [f"≥{stage.require.checkins} check-ins", f"else {stage.require.otherwise}"]
 
 
 def _tooltip(row: PlanRow, reveal: bool) -> str:
@@ -257,8 +258,10 @@ def plan_svg(
     out.append("</g>")
 
     top = lanes_top
+    lane_spans: list[tuple[float, float, str]] = []  # where each lane's line runs
     for index, the_city in enumerate(cities):
         lane_h = lane_heights[index]
+        background = "#fdf2f8" if index % 2 == 0 else "#ffffff"
         mid_y = top + 34
         city_rows = by_city[the_city.id]
         first_local = city_rows[0].at_local if city_rows else scenario.start.astimezone(the_city.tz)
@@ -268,8 +271,7 @@ def plan_svg(
             f"data-timezone={quoteattr(the_city.timezone)}>"
         )
         out.append(
-            f'<rect x="0" y="{top:.1f}" width="{width}" height="{lane_h}" '
-            f'fill="{"#fdf2f8" if index % 2 == 0 else "#ffffff"}"/>'
+            f'<rect x="0" y="{top:.1f}" width="{width}" height="{lane_h}" fill="{background}"/>'
         )
         out.append(
             _text(16, top + 28, the_city.name, font_size="15", font_weight="600", fill="#111827")
@@ -281,6 +283,7 @@ def plan_svg(
             )
         )
         xs = [axis.xs[r.at_utc] for r in city_rows]
+        lane_spans.append((min(xs, default=0.0), max(xs, default=0.0), background))
         if xs:
             out.append(
                 f'<line x1="{min(xs):.1f}" y1="{mid_y:.1f}" x2="{max(xs):.1f}" y2="{mid_y:.1f}" '
@@ -345,19 +348,20 @@ def plan_svg(
                         class_="local-date",
                     )
                 )
-            note = {"gate": _gate_label(stage) if kind == "gate" else "", "dispersal": "dispersal"}
-            if note.get(kind):
-                out.append(
-                    _text(
-                        x,
-                        label_y + 28,
-                        note[kind],
-                        text_anchor="middle",
-                        fill="#92400e" if kind == "gate" else "#334155",
-                        font_size="10",
-                        class_=f"{kind}-label",
+            notes = _gate_label(stage) if kind == "gate" else ["dispersal"]
+            if kind in ("gate", "dispersal"):
+                for n, note in enumerate(notes):
+                    out.append(
+                        _text(
+                            x,
+                            label_y + 28 + 12 * n,
+                            note,
+                            text_anchor="middle",
+                            fill="#92400e" if kind == "gate" else "#334155",
+                            font_size="10",
+                            class_=f"{kind}-label",
+                        )
                     )
-                )
             out.append("</g>")
         out.append("</g>")
         top += lane_h
@@ -377,15 +381,17 @@ def plan_svg(
             )
         )
         lane_top = lanes_top
-        for lane_h in lane_heights:
+        for lane_h, (start_x, end_x, background) in zip(lane_heights, lane_spans, strict=True):
             y = lane_top + 34
+            lane_top += lane_h
+            if not start_x < mid < end_x:
+                continue  # this lane's line does not cross the gap
             out.append(
                 f'<rect x="{mid - 7:.1f}" y="{y - 9:.1f}" width="14" height="18" '
-                f'fill="{"#ffffff"}" opacity="0.95"/>'
+                f'fill="{background}"/>'
                 f'<path d="M{mid - 9:.1f},{y + 8:.1f} l6,-16 M{mid - 1:.1f},{y + 8:.1f} l6,-16" '
                 'stroke="#6b7280" stroke-width="1.5"/>'
             )
-            lane_top += lane_h
         out.append("</g>")
 
     # Legend.
