@@ -204,14 +204,22 @@ async def bot_env(  # type: ignore[no-untyped-def]
     pool: ClientPool,
     tag: str,
     dispatch: dict[str, Any] | None = None,
+    *,
+    exempt: bool = True,
 ):
-    """Register a bot and an organiser, create the control room, write a config."""
+    """Register a bot and an organiser, create the control room, write a config.
+
+    ``exempt=False`` leaves the bot subject to the homeserver's rate limits and
+    exempts the organiser instead, so the test's own setup is not throttled."""
     import uuid
 
     suffix = uuid.uuid4().hex[:6]
     bot_user = await hs.register(f"blossom-{tag}-{suffix}")
     organiser = await hs.register(f"organiser-{tag}-{suffix}")
-    await hs.exempt_from_rate_limits(bot_user.user_id)
+    if exempt:
+        await hs.exempt_from_rate_limits(bot_user.user_id)
+    else:
+        await hs.exempt_from_rate_limits(organiser.user_id)
     org = await pool.participant(organiser)
     control = await create_room(org, name=f"control {tag}", invite=[bot_user.user_id])
     (tmp / "scenarios").mkdir(parents=True, exist_ok=True)
