@@ -469,9 +469,19 @@ async def _sign_device(
 
 async def _ensure_device_keys_uploaded(client: AsyncClient) -> None:
     if client.should_upload_keys:
-        resp = await client.keys_upload()
+        try:
+            resp = await client.keys_upload()
+        except (ClientError, TimeoutError, ConnectionError) as err:
+            raise _Transient(f"keys/upload: {err.__class__.__name__}") from None
         if not isinstance(resp, KeysUploadResponse):
-            raise _Transient(f"keys/upload: {getattr(resp, 'status_code', None) or 'error'}")
+            transport = getattr(resp, "transport_response", None)
+            status = getattr(transport, "status", None)
+            what = f"keys/upload: HTTP {status} {getattr(resp, 'status_code', None) or ''}"
+            if status is None or status == 429 or status >= 500:
+                raise _Transient(what.strip())
+            # E.g. 400 when the device id already has other keys on the server: the
+            # encryption store was lost but credentials.json kept (docs/encryption.md).
+            raise _Failed(what.strip())
 
 
 async def _attempt(client: AsyncClient, path: Path, password: str | None, reset: bool) -> Outcome:
@@ -508,7 +518,10 @@ async def _attempt(client: AsyncClient, path: Path, password: str | None, reset:
 
     if local is None:
         local = CrossSigningKeys.generate(user_id)
-        save_keys(path, local)  # before the upload: never keys on the server we lack
+        try:
+            save_keys(path, local)  # before the upload: never keys on the server we lack
+        except OSError as err:
+            raise _Failed(f"cannot write {path}: {err.__class__.__name__}") from None
         created = True
     if replaced or server.master is None or server.self_signing is None:
         refused = await _upload_keys(client, local, password)
@@ -594,11 +607,9 @@ async def ensure_cross_signing(
                     )
                 return outcome
     except TimeoutError:
-        why = f"no answer within {total_timeout:g}s"
+        why = f"gave up after {total_timeout:g}s" + ("" if why == "error" else f"; last: {why}")
     except (_Failed, CrossSigningFileError) as err:
         why = str(err)
-    except OSError as err:
-        why = f"cannot write {path}: {err.__class__.__name__}"
     except Exception as err:  # a bug here must not stop the bot; no content is logged
         why = f"unexpected {err.__class__.__name__}"
         log.debug("cross-signing failed", exc_info=True)
