@@ -216,7 +216,7 @@ def test_spec_signing_vectors() -> None:
 
 def test_signature_ignores_signatures_and_unsigned_and_keeps_them() -> None:
     key = SigningKey.generate()
-    obj = {
+    obj: dict[str, Any] = {
         "one": 1,
         "unsigned": {"age": 5},
         "signatures": {"@u:x": {"ed25519:DEV": "other"}, "elsewhere": {"k": "v"}},
