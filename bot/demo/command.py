@@ -1,8 +1,9 @@
 """The `blossom demo` command: pick a view, run the demo, print the summary.
 
 Exit status: 0 every dispatch arrived exactly once; 1 a problem (the summary
-lists it) or the demo could not run; 2 the homeserver extra is missing;
-130 interrupted before the end (everything is stopped all the same).
+lists it) or the demo could not run; 2 the homeserver extra (or the demo
+scenario) is missing; 130 interrupted before the end (everything is stopped all
+the same).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from rich.console import Console
 from bot.demo.run import DemoOptions, run_demo
 from bot.demo.state import DemoState, Summary
 from bot.demo.view import LiveView, PlainView, keep_text, summary_text
+from bot.demo.world import DEMO_SCENARIO
 from bot.homeserver import HomeserverError
 
 EXIT_PROBLEM = 1
@@ -31,6 +33,13 @@ def demo_command(
     if importlib.util.find_spec("synapse") is None:
         click.echo(
             "blossom demo needs a homeserver: pip install -e '.[homeserver]' (make demo does it)",
+            err=True,
+        )
+        return EXIT_MISSING
+    if not DEMO_SCENARIO.is_file():
+        click.echo(
+            f"blossom demo plays {DEMO_SCENARIO}, which is not there: run it from the "
+            "project's source tree (make demo installs it editable).",
             err=True,
         )
         return EXIT_MISSING

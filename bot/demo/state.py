@@ -112,7 +112,8 @@ class DemoState:
     duplicates: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
     notices: list[str] = field(default_factory=list)
     """First lines of the bot's messages in the control room (ids, never content)."""
-    log: list[str] = field(default_factory=list)
+    log: list[tuple[str, str]] = field(default_factory=list)
+    """(kind, line) of every event, in order."""
     homeserver_url: str = ""
     workdir: str = ""
     started_wall: datetime | None = None
@@ -123,7 +124,7 @@ class DemoState:
         return next(c for c in self.cities if c.id == city_id)
 
     def emit(self, kind: str, line: str) -> None:
-        self.log.append(line)
+        self.log.append((kind, line))
         for listener in self.listeners:
             listener(kind, line)
 

@@ -142,7 +142,7 @@ class LiveView:
                 )
             )
         if not state.expected:
-            setup = [ln for ln in state.log if not ln.startswith(("Starting", "Registering"))]
+            setup = [line for kind, line in state.log if kind == "setup"]
             parts.append(Text("\n".join(setup[-6:]), style="dim"))
         for city in state.cities:
             if not state.expected:
