@@ -97,6 +97,10 @@ class Bot:
         # Room events are handled one at a time, in order, off the sync path:
         # nio runs callbacks inside sync, and a slow command must not stall it.
         self._inbox: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
+        # room id -> origin_server_ts of the bot's join seen in this session. The
+        # sync that brings a newly joined room carries its history too: commands
+        # older than the join are history, not orders.
+        self._joined_at: dict[str, int] = {}
         client.add_event_callback(self._on_message, RoomMessageText)
         client.add_event_callback(self._on_reaction, ReactionEvent)
         client.add_event_callback(self._on_member, RoomMemberEvent)
@@ -111,9 +115,14 @@ class Bot:
             return
         if room.room_id in self.rooms.control_rooms:
             body = event.body if isinstance(event.body, str) else ""
-            self._inbox.put_nowait(
-                lambda: self.controller.handle(room.room_id, event.event_id, event.sender, body)
-            )
+
+            async def command() -> None:
+                # Checked in the inbox: the join comes later in the same timeline.
+                if event.server_timestamp < self._joined_at.get(room.room_id, 0):
+                    return
+                await self.controller.handle(room.room_id, event.event_id, event.sender, body)
+
+            self._inbox.put_nowait(command)
             return
         body = event.body if isinstance(event.body, str) else ""
         self._inbox.put_nowait(
@@ -130,6 +139,12 @@ class Bot:
             )
 
     async def _on_member(self, room: MatrixRoom, event: RoomMemberEvent) -> None:
+        if (
+            event.state_key == self.client.user_id
+            and event.membership == "join"
+            and event.prev_membership != "join"
+        ):
+            self._joined_at[room.room_id] = event.server_timestamp
         if event.state_key == self.client.user_id or not self._taking_commands():
             return
         if event.membership in ("leave", "ban") and event.prev_membership == "join":
