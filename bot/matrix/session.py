@@ -98,8 +98,23 @@ async def open_session(config: Config) -> AsyncClient:
     config.storage.path.mkdir(parents=True, exist_ok=True)
     store = store_dir(config)
     store.mkdir(parents=True, exist_ok=True)
+    # The store holds the device's private keys (nio protects them with a fixed
+    # passphrase): readable by this user only.
+    os.chmod(config.storage.path, 0o700)
+    os.chmod(store, 0o700)
     cred_path = config.storage.path / CREDENTIALS_FILE
     creds = _read_credentials(cred_path, config)
+    if creds is not None and not (store / f"{creds.user_id}_{creds.device_id}.db").exists():
+        # The encryption store of this device is gone: its keys cannot be
+        # recreated (the homeserver rejects new one-time keys under the old ids
+        # and clients distrust changed keys), so start a new device instead.
+        aside = cred_path.with_name(f"{CREDENTIALS_FILE}.orphaned")
+        os.replace(cred_path, aside)
+        log.warning(
+            "the encryption store of device %s is missing; logging in as a new device "
+            "(old credentials moved to %s)", creds.device_id, aside.name,
+        )
+        creds = None
     client = AsyncClient(
         config.matrix.homeserver,
         config.matrix.user_id,
