@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 _KNOWN_FOR = timedelta(hours=1)
 # Room tasks started per event-loop turn when a release begins.
 _START_BATCH = 32
+# The longest the rest of a release waits for its first request's answer.
+_PILOT_WAIT = 0.25
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,24 @@ def interleave(releases: Sequence[Release]) -> list[tuple[Release, str]]:
             if i < len(r.rooms):
                 pairs.append((r, r.rooms[i]))
     return pairs
+
+
+class _Lane:
+    """The slots a release's requests take, and its pilot: the release's first
+    request goes alone and the rest follow once it is answered (or after
+    ``_PILOT_WAIT``), so the first message is not queued in the homeserver
+    behind a whole burst (measured: +5-10 ms alone vs +50-250 ms among 32-128
+    concurrent requests on one Synapse)."""
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self.slots = slots
+        self.pilot_taken = False
+        self.opened = asyncio.Event()
+        self._timer = asyncio.get_running_loop().call_later(_PILOT_WAIT, self.opened.set)
+
+    def open(self) -> None:
+        self.opened.set()
+        self._timer.cancel()
 
 
 class Cancelled(Exception):
@@ -188,14 +208,14 @@ class Dispatcher:
             if not self._known.keys() >= set(r.keys()):
                 await self._ensure(r, now)  # not prepared (or prepared long ago)
         outcomes = {id(r): Outcome(r) for r in releases}
-        slots = self._priority_slots if priority else self._slots
+        lane = _Lane(self._priority_slots if priority else self._slots)
         # One task per room, started a batch at a time: the first requests leave
         # while later rooms' tasks are still being created.
         tasks: list[asyncio.Task[None]] = []
         try:
             for i, (r, room) in enumerate(interleave(releases)):
                 tasks.append(
-                    asyncio.ensure_future(self._deliver_room(r, room, outcomes[id(r)], slots))
+                    asyncio.ensure_future(self._deliver_room(r, room, outcomes[id(r)], lane))
                 )
                 if i % _START_BATCH == _START_BATCH - 1:
                     await asyncio.sleep(0)
@@ -204,10 +224,12 @@ class Dispatcher:
             for t in tasks:
                 t.cancel()
             raise
+        finally:
+            lane.open()
         return [outcomes[id(r)] for r in releases]
 
     async def _deliver_room(
-        self, release: Release, room: str, outcome: Outcome, slots: asyncio.Semaphore
+        self, release: Release, room: str, outcome: Outcome, lane: _Lane
     ) -> None:
         async with self._room_locks[room]:
             for message in release.messages:
@@ -220,7 +242,7 @@ class Dispatcher:
                     message.part,
                 )
                 try:
-                    state, detail = await self._deliver(release, key, message, slots)
+                    state, detail = await self._deliver(release, key, message, lane)
                 except Cancelled as why:
                     reason = str(why) or "cancelled"
                     # This part and the ones after it: none is left PENDING.
@@ -295,7 +317,7 @@ class Dispatcher:
                 w.cancel()
 
     async def _deliver(
-        self, release: Release, key: DeliveryKey, message: Message, slots: asyncio.Semaphore
+        self, release: Release, key: DeliveryKey, message: Message, lane: _Lane
     ) -> tuple[DeliveryState, str]:
         row = self._known.pop(key, None)
         if row is None or row.state is not DeliveryState.PENDING:
@@ -326,30 +348,38 @@ class Dispatcher:
             if self._stopping.is_set():
                 return DeliveryState.PENDING, "bot stopping"
             event_id: str | None = None
-            async with slots:
-                self._check_cancelled(release, key)
-                if self._stopping.is_set():
-                    return DeliveryState.PENDING, "bot stopping"
-                # SENDING is committed before the request leaves (exactly once).
-                moved = await self._store.advance(
-                    key,
-                    DeliveryState.PENDING,
-                    DeliveryState.SENDING,
-                    now=self._clock.now(),
-                    count_attempt=True,
-                )
-                if moved:
-                    attempts += 1
-                    try:
-                        event_id = await self._sender.send(
-                            key.room_id, message.event_type, content, key.txn_id()
-                        )
-                    except SendFailed as err:
-                        failure = err.failure
+            pilot = not lane.pilot_taken
+            lane.pilot_taken = True
+            if not pilot:
+                await lane.opened.wait()
+            try:
+                async with lane.slots:
+                    self._check_cancelled(release, key)
+                    if self._stopping.is_set():
+                        return DeliveryState.PENDING, "bot stopping"
+                    # SENDING is committed before the request leaves (exactly once).
+                    moved = await self._store.advance(
+                        key,
+                        DeliveryState.PENDING,
+                        DeliveryState.SENDING,
+                        now=self._clock.now(),
+                        count_attempt=True,
+                    )
+                    if moved:
+                        attempts += 1
+                        try:
+                            event_id = await self._sender.send(
+                                key.room_id, message.event_type, content, key.txn_id()
+                            )
+                        except SendFailed as err:
+                            failure = err.failure
+            finally:
+                if pilot:
+                    lane.open()
             # The slot is free again: the request is over; recording it is not a request.
             if not moved:
                 # Someone else moved the row since it was read: decide again from the row.
-                return await self._deliver(release, key, message, slots)
+                return await self._deliver(release, key, message, lane)
             if event_id is not None:
                 await self._move(key, DeliveryState.SENT, event_id=event_id)
                 log.info(
