@@ -570,3 +570,29 @@ async def test_sending_row_lookup_failure_resends_with_the_same_txn(tmp_path: Pa
         assert [r.txn for r in sender.requests] == [rel.keys()[0].txn_id()]
     finally:
         await s.close()
+
+
+async def test_first_request_goes_alone_then_the_rest_in_parallel(store: Store) -> None:
+    """The pilot: the release's first request is answered before any other leaves
+    (so the homeserver stamps the first message at once), then up to max_in_flight."""
+    run = await make_run(store)
+    sender = ScriptedSender(latency=0.02)
+    d = Dispatcher(store, sender, SystemClock(), max_in_flight=8, policy=FAST)
+    rel = release(run, [f"!r{i}:x" for i in range(24)], messages=TEXT)
+    await d.prepare([rel])
+    (outcome,) = await d.release([rel])
+    assert len(outcome.delivered) == 24
+    first, *rest = sorted(sender.requests, key=lambda r: r.start)
+    assert first.room == "!r0:x"
+    assert all(r.start >= first.end for r in rest)
+    assert sender.max_in_flight == 8
+
+
+async def test_a_failing_pilot_opens_the_way(store: Store) -> None:
+    run = await make_run(store)
+    sender = ScriptedSender(latency=0.005)
+    sender.always["!r0:x"] = SendFailure(403, "M_FORBIDDEN")
+    d = Dispatcher(store, sender, SystemClock(), max_in_flight=4, policy=FAST)
+    rel = release(run, [f"!r{i}:x" for i in range(6)], messages=TEXT)
+    (outcome,) = await d.release([rel])
+    assert list(outcome.failed) == ["!r0:x"] and len(outcome.delivered) == 5
