@@ -40,8 +40,12 @@ class Notifier:
         self._max_attempts = max_attempts
         self._rng = random.Random()
 
-    async def send(self, room_id: str, content: Mapping[str, Any]) -> str | None:
-        txn = f"blossom-notice-{uuid.uuid4().hex}"
+    async def send(
+        self, room_id: str, content: Mapping[str, Any], *, txn_id: str | None = None
+    ) -> str | None:
+        """Send one notice. ``txn_id`` makes it idempotent: a notice sent again
+        with the same id (after a crash) is the homeserver's first one."""
+        txn = txn_id or f"blossom-notice-{uuid.uuid4().hex}"
         for attempt in range(1, self._max_attempts + 1):
             try:
                 return await self._sender.send(room_id, "m.room.message", content, txn)
@@ -62,16 +66,31 @@ class Notifier:
         return None
 
     async def reply(
-        self, room_id: str, event_id: str | None, text: str, *, table: str | None = None
+        self,
+        room_id: str,
+        event_id: str | None,
+        text: str,
+        *,
+        table: str | None = None,
+        txn_id: str | None = None,
     ) -> str | None:
         body = text if table is None else f"{text}\n{table}"
         html_text = html.escape(text).replace("\n", "<br/>")
         if table is not None:
             html_text += preformatted(table)
-        return await self.send(room_id, notice(body, html_text=html_text, reply_to=event_id))
+        return await self.send(
+            room_id, notice(body, html_text=html_text, reply_to=event_id), txn_id=txn_id
+        )
 
-    async def report(self, room_id: str | None, text: str, *, table: str | None = None) -> None:
+    async def report(
+        self,
+        room_id: str | None,
+        text: str,
+        *,
+        table: str | None = None,
+        txn_id: str | None = None,
+    ) -> None:
         """Tell one control room (the run's), or all of them when ``room_id`` is None."""
         rooms = (room_id,) if room_id else self.control_rooms
         for room in rooms:
-            await self.reply(room, None, text, table=table)
+            await self.reply(room, None, text, table=table, txn_id=txn_id)

@@ -14,6 +14,7 @@ release too, in the ledger like any stage.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 from collections import defaultdict
@@ -86,6 +87,14 @@ class ArmedRun:
 
     def label(self) -> str:
         return f"[drill] {self.scenario_id}" if self.drill_room else self.scenario_id
+
+
+def report_txn_id(run: RunRow, *parts: str) -> str:
+    """A fixed txn id for one control-room report of a run, so sending it again
+    after a crash posts nothing new. The run's arming instant is part of it: run
+    ids restart at 1 with a new database on the same device."""
+    raw = "\x1f".join((str(run.id), run.scenario_id, run.armed_at.isoformat(), *parts))
+    return "blossom-report-" + hashlib.sha256(raw.encode()).hexdigest()[:40]
 
 
 def mentions_place(stage: Stage, place_id: str) -> bool:
@@ -328,7 +337,22 @@ class RunManager:
             self._schedule(armed, rows)
             log.info("restored run %d of %s", run.id, run.scenario_id)
             if all(d.state in DISPATCH_DONE for d in rows):
-                await self._finish(armed)
+                # Finished before the restart, but its "complete" notice may not
+                # have gone out: send it (idempotently) once the sync is up.
+                self._after_ready(run.id, "finishing", functools.partial(self._finish, armed))
+
+    def _after_ready(self, run_id: int, what: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` once the first sync is done. restore() runs before it, and
+        until then the client knows no room: nio refuses to send ("No such room")
+        and a notice sent then would be lost."""
+
+        async def later() -> None:
+            await self._ready.wait()
+            await work()
+
+        task = asyncio.create_task(self._guarded(later(), run_id, what))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _end_incomplete(self, run: RunRow, why: str, state: str) -> None:
         # Safety first: a run whose file changed or vanished is not released from
@@ -340,10 +364,12 @@ class RunManager:
                     run.id, d.city_id, d.stage_id, DispatchState.CANCELLED, note=why
                 )
         await self._store.end_run(run.id, state, self._clock.now())
-        await self._notifier.report(
-            run.control_room,
+        text = (
             f"⚠️ {run.scenario_id} (run {run.id}) was disarmed on restart: {why}. "
-            f"Nothing more of it will be sent; check it and !arm {run.scenario_id} again.",
+            f"Nothing more of it will be sent; check it and !arm {run.scenario_id} again."
+        )
+        self._after_ready(
+            run.id, "reporting", lambda: self._notifier.report(run.control_room, text)
         )
 
     # -- timers ------------------------------------------------------------------------
@@ -599,10 +625,12 @@ class RunManager:
         by_stage: dict[str, list[Outcome]] = defaultdict(list)
         for o in outcomes:
             by_stage[o.release.stage_id].append(o)
-            await self._store.set_dispatch_state(
-                o.release.run_id, o.release.city_id, o.release.stage_id, DispatchState.RELEASED
-            )
         for stage_id, group in by_stage.items():
+            # Report first, then RELEASED: a crash in between re-fires the
+            # dispatch on restart (every delivery already terminal, nothing is
+            # sent) and reports again under the same txn id, which the homeserver
+            # deduplicates. The other order lost the report for good.
+            cities = sorted(o.release.city_id for o in group)
             await self._notifier.report(
                 armed.run.control_room,
                 stage_summary(
@@ -612,8 +640,12 @@ class RunManager:
                     late_by=(late_by or {}).get(stage_id),
                     drill=armed.drill_room is not None,
                 ),
+                txn_id=report_txn_id(armed.run, "stage", stage_id, *cities),
             )
             for o in group:
+                await self._store.set_dispatch_state(
+                    o.release.run_id, o.release.city_id, stage_id, DispatchState.RELEASED
+                )
                 await self._store.mark_reported(o.release.run_id, o.release.city_id, stage_id)
 
     async def _maybe_finish(self, armed: ArmedRun) -> None:
@@ -625,15 +657,18 @@ class RunManager:
         if self.armed.pop(armed.run.id, None) is None:
             return
         aborted = any(d.stage_id == ABORT_STAGE for d in await self._store.dispatches(armed.run.id))
-        await self._store.end_run(
-            armed.run.id, "aborted" if aborted else "finished", self._clock.now()
-        )
-        log.info("run %d of %s finished", armed.run.id, armed.scenario_id)
+        # The notice before the run's end, idempotent (as a stage report): a
+        # crash in between finishes the run again on restart, not silently.
         await self._notifier.report(
             armed.run.control_room,
             f"🏁 {armed.label()} (run {armed.run.id}) is complete"
             + (" (aborted)." if aborted else ": every stage was released or skipped."),
+            txn_id=report_txn_id(armed.run, "complete"),
         )
+        await self._store.end_run(
+            armed.run.id, "aborted" if aborted else "finished", self._clock.now()
+        )
+        log.info("run %d of %s finished", armed.run.id, armed.scenario_id)
 
     # -- steering ----------------------------------------------------------------------
 
