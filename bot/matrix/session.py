@@ -17,6 +17,7 @@ from pathlib import Path
 from nio import AsyncClient, AsyncClientConfig, LoginError, LoginResponse
 
 from bot.config import Config
+from bot.matrix.sanitize import SanitizingClient
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ async def open_session(config: Config) -> AsyncClient:
             "(old credentials moved to %s)", creds.device_id, aside.name,
         )
         creds = None
-    client = AsyncClient(
+    client = SanitizingClient(
         config.matrix.homeserver,
         config.matrix.user_id,
         device_id=creds.device_id if creds else (config.matrix.device_id or ""),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,6 +28,14 @@ SYNC_FILTER: dict[str, Any] = {
     },
     "presence": {"not_types": ["*"]},
 }
+
+
+def _where(err: BaseException) -> str:
+    """An exception's class and innermost frame: enough to find the bug, and no
+    message (which could quote an event's content)."""
+    frames = traceback.extract_tb(err.__traceback__)
+    at = f" at {frames[-1].filename.rsplit('/', 2)[-1]}:{frames[-1].lineno}" if frames else ""
+    return f"{err.__class__.__name__}{at}"
 
 
 class SyncLoop:
@@ -75,6 +84,12 @@ class SyncLoop:
             except (ClientError, TimeoutError, ConnectionError) as err:
                 resp = None
                 why = err.__class__.__name__
+            except Exception as err:
+                # nio failed on the response itself (an event it could not handle).
+                # The sanitizing client removes what nio cannot parse; this is the
+                # last line: the bot must never stop listening because of one event.
+                resp = None
+                why = f"internal error {_where(err)}"
             else:
                 why = str(getattr(resp, "status_code", "")) if isinstance(resp, SyncError) else ""
             if not isinstance(resp, SyncResponse):
@@ -91,11 +106,16 @@ class SyncLoop:
             failures = 0
             self.synced_once = True
             if self._on_sync is not None:
-                await self._on_sync(resp)
+                try:
+                    await self._on_sync(resp)
+                except Exception as err:
+                    log.error("handling a sync failed: %s", _where(err))
             try:
                 await self._keys()
             except (ClientError, TimeoutError, ConnectionError) as err:
                 log.warning("key maintenance failed: %s", err.__class__.__name__)
+            except Exception as err:
+                log.error("key maintenance failed: %s", _where(err))
             if not self.ready.is_set():
                 self.ready.set()
                 log.info("first sync done; %d rooms joined", len(self._client.rooms))
