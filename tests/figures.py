@@ -1,0 +1,118 @@
+"""What the robustness suites tried and what held, for ``docs/reliability.md``.
+
+A test computes its counts and, after its assertions passed, calls :func:`record`.
+Recording is on only when ``BLOSSOM_FIGURES`` names a results file (``make figures``
+sets it to ``docs/reliability.json``); a plain ``make test`` leaves the repository
+untouched. Rows are merged by id, so a partial run updates only the rows it ran.
+``python -m bot.reliability`` turns the file into the table in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The sections of the table, in order (a row names one).
+SECTIONS = ("Faults", "Bad input", "Hostile users", "Leaks")
+
+
+def results_path() -> Path | None:
+    value = os.environ.get("BLOSSOM_FIGURES", "").strip()
+    if not value:
+        return None
+    path = Path(value)
+    return path if path.is_absolute() else ROOT / path
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with (path.with_suffix(path.suffix + ".lock")).open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def record(
+    row_id: str,
+    *,
+    section: str,
+    what: str,
+    tried: int,
+    held: int,
+    unit: str,
+    command: str,
+    by_kind: Mapping[str, int] | None = None,
+    measured: Mapping[str, float | int | str] | None = None,
+) -> None:
+    """Merge one row into the results file (a no-op unless BLOSSOM_FIGURES is set).
+
+    ``tried``: how many attempts (inputs, kills, hostile actions, searches) the test
+    made; ``held``: how many of them the bot withstood (refused, survived, found
+    nothing). ``command`` reproduces the row.
+    """
+    if section not in SECTIONS:
+        raise ValueError(f"section must be one of {SECTIONS}")
+    if not 0 <= held <= tried:
+        raise ValueError("held must be between 0 and tried")
+    path = results_path()
+    if path is None:
+        return
+    row: dict[str, Any] = {
+        "section": section,
+        "what": what,
+        "tried": tried,
+        "held": held,
+        "unit": unit,
+        "command": command,
+        "by_kind": dict(by_kind or {}),
+        "measured": dict(measured or {}),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "commit": _commit(),
+    }
+    with _locked(path):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            data = {}
+        rows = data.get("rows") if isinstance(data, dict) else None
+        if not isinstance(rows, dict):
+            rows = {}
+        rows[row_id] = row
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(
+            json.dumps({"rows": dict(sorted(rows.items()))}, indent=2, ensure_ascii=False) + "\n",
+            encoding="utf-8",
+        )
+        os.replace(tmp, path)
+
+
+def pytest_command(nodeid: str) -> str:
+    """The command that reruns one test (``nodeid`` as pytest prints it)."""
+    return f".venv/bin/pytest -q '{nodeid}'"
