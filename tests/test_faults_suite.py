@@ -21,9 +21,13 @@ import os
 import random
 import re
 import sqlite3
+import subprocess
+import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -180,31 +184,63 @@ async def opt_in_all(env: BotEnv, by_mod: dict[AsyncClient, Sequence[str]]) -> N
     await ledger.wait("the bot opting in every room", lambda: wanted <= ledger.joined_rooms())
 
 
+@dataclass
+class Cities:
+    """Moderators and their opted-in rooms, per city."""
+
+    mods: dict[str, AsyncClient]
+    rooms: dict[str, list[str]]
+
+    @property
+    def city_of(self) -> dict[str, str]:
+        return {r: c for c, rs in self.rooms.items() for r in rs}
+
+    async def seen(self, sid: str) -> Seen:
+        found: Seen = {}
+        for city, mod in self.mods.items():
+            found.update(await dispatches_in(mod, self.rooms[city], sid))
+        return found
+
+
+async def setup_cities(
+    env: BotEnv, hs: EmbeddedHomeserver, pool: ClientPool, sizes: dict[str, int], tag: str
+) -> Cities:
+    """Rooms per city, each made by its city's moderator and opted in (the bot must
+    be running). A far-off scenario lists them all, so the invites are accepted."""
+    suffix = uuid.uuid4().hex[:6]
+    mods = {c: await pool.participant(await hs.register(f"mod-{c}-{suffix}")) for c in sizes}
+    rooms = {c: await make_rooms(mods[c], n, f"{tag} {c}") for c, n in sizes.items()}
+    env.write_scenario(scenario(f"{tag}-base", rooms, seconds_ahead(86400)))
+    await opt_in_all(env, {mods[c]: rooms[c] for c in sizes})
+    return Cities(mods, rooms)
+
+
 # -- counting what the rooms hold --------------------------------------------------------
 
+Tag = tuple[str, str, str, str]  # city, stage, part, event id
+Seen = dict[str, list[Tag]]  # room -> the scenario's dispatch events there, in order
 
-async def dispatches_in(
-    client: AsyncClient, rooms: Iterable[str], sid: str
-) -> dict[str, list[tuple[str, str, str]]]:
-    """Per room, the (city, stage, part) of every event of scenario ``sid`` carrying
-    the dispatch key, in timeline order."""
+
+async def dispatches_in(client: AsyncClient, rooms: Iterable[str], sid: str) -> Seen:
+    """Per room, the (city, stage, part, event id) of every event of scenario
+    ``sid`` carrying the dispatch key, in timeline order."""
     sem = asyncio.Semaphore(8)
 
-    async def one(room: str) -> tuple[str, list[tuple[str, str, str]]]:
+    async def one(room: str) -> tuple[str, list[Tag]]:
         async with sem:
             events = await room_messages(client, room)
         found = []
         for e in events:
             tag = content_of(e).get(DISPATCH_KEY)
             if isinstance(tag, dict) and tag.get("scenario") == sid:
-                found.append((tag["city"], tag["stage"], tag["part"]))
+                found.append((tag["city"], tag["stage"], tag["part"], e.event_id))
         return room, found
 
     return dict(await asyncio.gather(*(one(r) for r in rooms)))
 
 
 def assert_exactly_once(
-    seen: dict[str, list[tuple[str, str, str]]],
+    seen: Seen,
     city_of: dict[str, str],
     parts: Sequence[tuple[str, str]],
     context: str = "",
@@ -212,7 +248,7 @@ def assert_exactly_once(
     bad = {
         room: got
         for room, got in seen.items()
-        if got != [(city_of[room], stage, part) for stage, part in parts]
+        if [g[:3] for g in got] != [(city_of[room], stage, part) for stage, part in parts]
     }
     assert not bad, f"{context}: {len(bad)} room(s) wrong, e.g. {list(bad.items())[:3]}"
 
@@ -246,11 +282,26 @@ def stage_reports(bodies: Iterable[str], sid: str, stage: str) -> list[dict[str,
     return found
 
 
+def assert_ledger_is_the_rooms(ledger: Ledger, sid: str, seen: Seen) -> None:
+    """Every SENT row names the event the room holds, and nothing else is SENT:
+    no room is marked sent without its message."""
+    sent = {
+        (room, city, stage, part): event_id
+        for room, city, stage, part, event_id in ledger.rows(
+            "SELECT room_id, city_id, stage_id, part, event_id FROM deliveries"
+            " WHERE scenario_id = ? AND state = 'sent'",
+            (sid,),
+        )
+    }
+    held = {(room, *tag[:3]): tag[3] for room, tags in seen.items() for tag in tags}
+    assert sent == held
+
+
 def assert_told_truth(
     bodies: Sequence[str],
     sid: str,
     stage: str,
-    seen: dict[str, list[tuple[str, str, str]]],
+    seen: Seen,
     city_of: dict[str, str],
     parts_per_room: int,
 ) -> dict[str, tuple[int, int]]:
@@ -260,7 +311,7 @@ def assert_told_truth(
     assert len(reports) == 1, f"{sid}/{stage}: {len(reports)} summaries: {bodies[-8:]}"
     holding: Counter[str] = Counter()
     for room, got in seen.items():
-        if sum(1 for _, st, _ in got if st == stage) == parts_per_room:
+        if sum(1 for _, st, _, _ in got if st == stage) == parts_per_room:
             holding[city_of[room]] += 1
     report = reports[0]
     for city, (done, _total) in report.items():
@@ -316,10 +367,11 @@ async def kill_once(
 
     env.spawn(log_level="INFO")
     await ledger.wait(f"{sid} finished", lambda: ledger.run_state(sid) == "finished", 60)
-    seen: dict[str, list[tuple[str, str, str]]] = {}
+    seen: Seen = {}
     for city, mod in mods.items():
         seen.update(await dispatches_in(mod, rooms[city], sid))
     assert_exactly_once(seen, city_of, expected_parts(), where)
+    assert_ledger_is_the_rooms(ledger, sid, seen)
     bodies = await control_bodies(env)
     report = assert_told_truth(bodies, sid, "go", seen, city_of, 2)
     assert report == {c: (len(rs), len(rs)) for c, rs in rooms.items()}, (where, report)
@@ -391,3 +443,197 @@ async def test_notices_of_a_restart_wait_for_the_first_sync(
         )
         assert ledger_of(env).run_state("rst-done") == "finished"
         assert ledger_of(env).run_state("rst-edit") == "disarmed"
+
+
+# -- 2. the homeserver killed and restarted during a fan-out ------------------------------
+
+
+async def test_homeserver_killed_and_restarted_during_a_fan_out(
+    fresh_homeserver: Any, tmp_path: Path
+) -> None:
+    """SIGKILL of Synapse after a few of 60 deliveries (2 cities), restarted 2 s
+    later: requests in flight fail, the bot retries with the same txn ids, and
+    every room ends with each part once; one true report per stage."""
+    hs: EmbeddedHomeserver = await fresh_homeserver()
+    async with (
+        ClientPool(hs, tmp_path / "stores") as pool,
+        bot_env(hs, tmp_path / "bot", pool, "hsk", dispatch={"max_in_flight": 2}) as env,
+    ):
+        await env.start()
+        town = await setup_cities(env, hs, pool, {"alpha": 15, "beta": 15}, "hsk")
+        ledger = ledger_of(env)
+        env.write_scenario(scenario("hsk", town.rooms, seconds_ahead(4)))
+        assert "Armed hsk" in await env.command("!arm hsk")
+        await ledger.wait("8 sent", lambda: ledger.deliveries("hsk")["sent"] >= 8, 30, 0.005)
+        await hs.kill()
+        print(f"homeserver killed at ledger={dict(ledger.deliveries('hsk'))}", flush=True)
+        await asyncio.sleep(2)
+        await hs.start()
+        await ledger.wait("hsk finished", lambda: ledger.run_state("hsk") == "finished", 60)
+        seen = await town.seen("hsk")
+        assert_exactly_once(seen, town.city_of, expected_parts(), "homeserver killed")
+        assert_ledger_is_the_rooms(ledger, "hsk", seen)
+        bodies = await control_bodies(env)
+        report = assert_told_truth(bodies, "hsk", "go", seen, town.city_of, 2)
+        assert report == {"alpha": (15, 15), "beta": (15, 15)}, report
+
+
+# -- 3. the database locked by another process; the disk full ------------------------------
+
+LOCKER = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+sys.stdin.readline()
+db.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+db.execute("COMMIT")
+"""
+
+
+class Locker:
+    """Another process that takes the write lock of a database on ``lock()`` and
+    keeps it for ``seconds`` (started ahead, so the lock is taken at once)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def start(cls, db: Path, seconds: float) -> Locker:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            LOCKER,
+            str(db),
+            str(seconds),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        return cls(proc)
+
+    async def lock(self) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(b"go\n")
+        await self.proc.stdin.drain()
+        assert (await self.proc.stdout.readline()).strip() == b"locked"
+
+    async def released(self) -> None:
+        assert await self.proc.wait() == 0
+
+
+async def check_delayed_release(env: BotEnv, town: Cities, sid: str, fault: str) -> list[str]:
+    """After a fault: the run finished, each room holds each part once, the ledger
+    is what the rooms hold, and the control room heard of the fault and got one
+    full, late report. Returns the bot's control-room messages."""
+    ledger = ledger_of(env)
+    await ledger.wait(f"{sid} finished", lambda: ledger.run_state(sid) == "finished", 60)
+    seen = await town.seen(sid)
+    assert_exactly_once(seen, town.city_of, expected_parts(), fault)
+    assert_ledger_is_the_rooms(ledger, sid, seen)
+    bodies = await control_bodies(env)
+    report = assert_told_truth(bodies, sid, "go", seen, town.city_of, 2)
+    assert report == {c: (len(rs), len(rs)) for c, rs in town.rooms.items()}, report
+    faults = [b for b in bodies if "database is unavailable" in b and sid in b]
+    assert len(faults) == 1, bodies[-6:]  # reported once, not on every retry
+    summary = next(b for b in bodies if f"{sid}: stage go delivered" in b)
+    assert "Released late" in summary, summary
+    return bodies
+
+
+@pytest.mark.parametrize("when", ["across-the-instant", "mid-fan-out"])
+async def test_database_locked_by_another_process(
+    homeserver: EmbeddedHomeserver, tmp_path: Path, clients: ClientPool, when: str
+) -> None:
+    """Another process holds ``BEGIN EXCLUSIVE`` on the bot's database for 8 s:
+    from before the prepare to after the instant, or from the 4th of 20
+    deliveries on (one request at a time). The bot reports the fault once, marks
+    nothing sent that the room does not hold, and delivers everything once the
+    lock goes (SENDING rows are looked up in the room, then sent if missing)."""
+    dispatch = {"max_in_flight": 1} if when == "mid-fan-out" else {}
+    async with bot_env(homeserver, tmp_path, clients, "lock", dispatch) as env:
+        await env.start()
+        town = await setup_cities(env, homeserver, clients, {"alpha": 5, "beta": 5}, "lock")
+        ledger = ledger_of(env)
+        start = seconds_ahead(5)
+        env.write_scenario(scenario("lock", town.rooms, start))
+        assert "Armed lock" in await env.command("!arm lock")
+        locker = await Locker.start(env.storage_dir / DB_FILE, 8)
+        if when == "across-the-instant":
+            await asyncio.sleep(max(0, start.timestamp() - 2 - time.time()))
+            await locker.lock()
+            await asyncio.sleep(max(0, start.timestamp() + 1 - time.time()))
+            # The instant has passed under the lock: nothing may have left.
+            assert ledger.deliveries("lock")["sent"] == 0
+            assert all(v == [] for v in (await town.seen("lock")).values())
+        else:
+            await ledger.wait("4 sent", lambda: ledger.deliveries("lock")["sent"] >= 4, 30, 0.002)
+            await locker.lock()
+            print(f"locked at ledger={dict(ledger.deliveries('lock'))}", flush=True)
+        await locker.released()
+        await check_delayed_release(env, town, "lock", f"database locked {when}")
+
+
+def mount_tmpfs(path: Path, size: str) -> bool:
+    """A small tmpfs at ``path`` (needs root); False if it cannot be mounted here."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+        capture_output=True,
+        check=False,
+    )
+    return done.returncode == 0
+
+
+def unmount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+def fill_disk(path: Path) -> int:
+    """Write ``path`` until the filesystem is full; returns the bytes written."""
+    written = 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for chunk in (1 << 16, 1 << 12, 1 << 9, 1):
+            block = b"\0" * chunk
+            while True:
+                try:
+                    n = os.write(fd, block)
+                except OSError:
+                    break
+                written += n
+                if n < chunk:
+                    break
+    finally:
+        os.close(fd)
+    return written
+
+
+async def test_disk_full_while_writing_the_ledger(
+    homeserver: EmbeddedHomeserver, tmp_path: Path, clients: ClientPool
+) -> None:
+    """``storage.path`` on a 16 MB tmpfs, filled up after arming: the prepare and
+    the instant cannot write the ledger (SQLITE_FULL). The bot reports it, sends
+    nothing it cannot record, and delivers once space is freed 8 s later.
+    (A real filesystem, not an emulation: mounting needs root, as here.)"""
+    data = tmp_path / "data"
+    if not mount_tmpfs(data, "16m"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        async with bot_env(homeserver, tmp_path, clients, "full") as env:
+            assert env.storage_dir == data
+            await env.start()
+            town = await setup_cities(env, homeserver, clients, {"alpha": 5, "beta": 5}, "full")
+            start = seconds_ahead(5)
+            env.write_scenario(scenario("full", town.rooms, start))
+            assert "Armed full" in await env.command("!arm full")
+            await asyncio.sleep(max(0, start.timestamp() - 2 - time.time()))
+            filler = data / "filler"
+            print(f"disk filled with {fill_disk(filler)} bytes", flush=True)
+            await asyncio.sleep(max(0, start.timestamp() + 6 - time.time()))
+            assert ledger_of(env).deliveries("full")["sent"] == 0
+            assert all(v == [] for v in (await town.seen("full")).values())
+            filler.unlink()
+            await check_delayed_release(env, town, "full", "disk full")
+            await env.stop()
+    finally:
+        unmount(data)
