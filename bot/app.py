@@ -193,12 +193,16 @@ class Bot:
             for ev in left.timeline.events:
                 if isinstance(ev, RoomMemberEvent) and ev.state_key == me:
                     by, membership = ev.sender, ev.membership
-            if by == me:
-                continue  # our own leave (a declined invite, a failed power check)
 
             async def removed(
                 room_id: str = room_id, by: str | None = by, membership: str = membership
             ) -> None:
+                if by == me and await self.store.room_membership(room_id) != "joined":
+                    # Our own leave: a declined invite, a failed power check, a
+                    # private chat closed (each recorded before leaving). A leave
+                    # "by us" of a room still joined is the server's doing: the
+                    # room was deleted or shut down by an admin.
+                    return
                 self.dispatcher.forget_room(room_id)
                 await self.participants.forget_room(room_id)
                 await self.rooms.on_removed(room_id, by, membership, self._report)

@@ -31,7 +31,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import aiohttp
 import pytest
 from bot_harness import BotEnv, bot_env, iso_z, seconds_ahead
 from matrix_helpers import ClientPool, content_of, room_messages
@@ -637,3 +639,115 @@ async def test_disk_full_while_writing_the_ledger(
             await env.stop()
     finally:
         unmount(data)
+
+
+# -- 4. kicked mid fan-out, room deleted, room upgraded -------------------------------------
+
+_REPORT_LINE = re.compile(r"^\s+(failed|not sent) (\S+) (\S+): (.*)$", re.MULTILINE)
+
+
+def summary_of(bodies: Sequence[str], sid: str, stage: str) -> str:
+    found = [b for b in bodies if f"{sid}: stage {stage} delivered" in b]
+    assert len(found) == 1, (sid, stage, found)
+    return found[0]
+
+
+def not_delivered(summary: str) -> dict[str, str]:
+    """Rooms a stage summary lists as failed or not sent, with why."""
+    return {m.group(3): f"{m.group(1)}: {m.group(4)}" for m in _REPORT_LINE.finditer(summary)}
+
+
+async def delete_room(hs: EmbeddedHomeserver, room_id: str, *, purge: bool) -> None:
+    """Synapse's admin API: DELETE /_synapse/admin/v2/rooms/<id> (local members
+    are made to leave; with ``purge`` the room is then erased from the server's
+    database); waits until the deletion is complete."""
+    token = await hs.admin_token()
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        url = f"{hs.url}/_synapse/admin/v2/rooms/{quote(room_id, safe='')}"
+        async with http.delete(url, json={"purge": purge}, headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+            delete_id = (await resp.json())["delete_id"]
+        status_url = f"{hs.url}/_synapse/admin/v2/rooms/delete_status/{delete_id}"
+        for _ in range(300):
+            async with http.get(status_url, headers=headers) as resp:
+                if (await resp.json()).get("status") == "complete":
+                    return
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"deleting {room_id}")
+
+
+async def test_kicked_mid_fan_out_and_rooms_deleted(
+    homeserver: EmbeddedHomeserver, tmp_path: Path, clients: ClientPool
+) -> None:
+    """Two cities of 15 rooms, one request at a time. After the 4th delivery the
+    bot is kicked from one room, and the server admin deletes two more (one shut
+    down and kept, one purged). Every other room gets both stages once; for the
+    three, the stage summary is true whatever the race (the room holds the stage,
+    or the summary lists it as not delivered); the kick and the shutdown are
+    reported as removals and the next stage leaves those rooms out. A purged room
+    vanishes from the server, leave event included, so the bot may never hear of
+    it: then each stage reports it failed (403), and nothing else is affected."""
+    async with bot_env(homeserver, tmp_path, clients, "kick", {"max_in_flight": 1}) as env:
+        await env.start()
+        town = await setup_cities(env, homeserver, clients, {"alpha": 15, "beta": 15}, "kick")
+        kicked, shut, purged = (
+            town.rooms["alpha"][-1],
+            town.rooms["alpha"][-2],
+            town.rooms["beta"][-1],
+        )
+        stages = [
+            {"id": "go", "at": "0s", "text": "Go to {spot} now", "place": "spot"},
+            {"id": "after", "at": "+8s", "text": "Still here?"},
+        ]
+        ledger = ledger_of(env)
+        env.write_scenario(scenario("kick", town.rooms, seconds_ahead(4), stages))
+        assert "Armed kick" in await env.command("!arm kick")
+        await ledger.wait("4 sent", lambda: ledger.deliveries("kick")["sent"] >= 4, 30, 0.002)
+        await asyncio.gather(
+            town.mods["alpha"].room_kick(kicked, env.bot_user.user_id, "enough"),
+            delete_room(homeserver, shut, purge=False),
+            delete_room(homeserver, purged, purge=True),
+        )
+        print(f"kicked and deleted at ledger={dict(ledger.deliveries('kick'))}", flush=True)
+        await ledger.wait("kick finished", lambda: ledger.run_state("kick") == "finished", 60)
+
+        gone = (kicked, shut, purged)
+        rest = {c: [r for r in rs if r not in gone] for c, rs in town.rooms.items()}
+        seen: Seen = {}
+        for city, mod in town.mods.items():
+            readable = [*rest[city], kicked] if city == "alpha" else rest[city]
+            seen.update(await dispatches_in(mod, readable, "kick"))
+        assert_exactly_once(
+            {r: seen[r] for rs in rest.values() for r in rs}, town.city_of, expected_parts(stages)
+        )
+        bodies = await control_bodies(env)
+        go = summary_of(bodies, "kick", "go")
+        missing = not_delivered(go)
+        assert set(missing) <= set(gone), go
+        # The kicked room can still be read by its moderator.
+        holds = [t[1:3] for t in seen[kicked] if t[1] == "go"]
+        assert holds in ([], [("go", "text")], [("go", "text"), ("go", "location")]), holds
+        assert (len(holds) == 2) == (kicked not in missing), go
+        # The deleted rooms cannot: the ledger must agree with the summary.
+        for room in (shut, purged):
+            states = {
+                st
+                for (st,) in ledger.rows(
+                    "SELECT state FROM deliveries WHERE room_id = ? AND stage_id = 'go'", (room,)
+                )
+            }
+            assert (states == {"sent"}) == (room not in missing), (room, states, go)
+        assert_told_truth(bodies, "kick", "go", seen, town.city_of, 2)
+
+        removals = [b for b in bodies if "The bot was removed from" in b]
+        assert any(kicked in b and town.mods["alpha"].user_id in b for b in removals), removals
+        assert any(shut in b and "deleted or shut down" in b for b in removals), removals
+        after = summary_of(bodies, "kick", "after")
+        per_city = stage_reports([after], "kick", "after")[0]
+        assert per_city["alpha"] == (13, 13), after  # kicked and shut: no longer served
+        after_missing = not_delivered(after)
+        if any(purged in b for b in removals):
+            assert per_city["beta"] == (14, 14) and not after_missing, after
+        else:  # never heard of: tried, failed, and said so
+            assert per_city["beta"] == (14, 15) and set(after_missing) == {purged}, after

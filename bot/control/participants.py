@@ -231,4 +231,8 @@ class Participants:
             return
         if any(user == user_id for _, _, user in await self._store.direct_of_room(room_id)):
             await self.forget_room(room_id)
+            # Recorded first, so the sync takes the leave for ours, not a removal.
+            await self._store.set_room(
+                room_id, "left", now=self._clock.now(), note="private participant left"
+            )
             await self._client.room_leave(room_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 from aiohttp import ClientError
 from nio import (
     AsyncClient,
-    JoinError,
+    JoinResponse,
     RoomGetStateEventError,
     RoomGetStateEventResponse,
     RoomResolveAliasResponse,
@@ -26,11 +27,16 @@ from nio import (
 
 from bot.clock import Clock
 from bot.matrix.power import user_power
+from bot.matrix.sender import failure_from_error
+from bot.retry import GiveUp, RetryPolicy, SendFailure
 from bot.store import Store
 
 log = logging.getLogger(__name__)
 
 OPT_IN_POWER = 50
+# A join is a membership event: Synapse counts it against the bot's message rate
+# limit, so a burst of invites meets 429s. Joins are retried as sends are.
+JOIN_ATTEMPTS = 6
 
 Report = Callable[[str], Awaitable[None]]
 
@@ -178,9 +184,9 @@ class RoomRegistry:
             power = math.inf  # a private chat: the person inviting is the audience
         joined_to_check = False
         if power < OPT_IN_POWER:
-            resp = await self._client.join(room_id)
-            if isinstance(resp, JoinError):
-                log.warning("could not join %s to check power: %s", room_id, resp.status_code)
+            why = await self._join(room_id)
+            if why is not None:
+                log.warning("could not join %s to check power: %s", room_id, why)
                 return False
             joined_to_check = True
             power = await self.power_of(room_id, inviter)
@@ -196,9 +202,9 @@ class RoomRegistry:
             )
             return False
         if not joined_to_check:
-            resp = await self._client.join(room_id)
-            if isinstance(resp, JoinError):
-                log.warning("could not join %s: %s", room_id, resp.status_code)
+            why = await self._join(room_id)
+            if why is not None:
+                log.warning("could not join %s: %s", room_id, why)
                 return False
         await self._store.set_room(
             room_id, "joined", now=now, opted_in_by=inviter, note=first.reason
@@ -207,6 +213,29 @@ class RoomRegistry:
         if not is_control and not is_direct:
             await report(f"Joined {room_id}: opted in by {inviter} ({first.reason}).")
         return True
+
+    async def _join(self, room_id: str) -> str | None:
+        """Join, retrying rate limits and transient errors (bounded); None when
+        joined, else why not."""
+        policy = RetryPolicy()
+        rng = random.Random()
+        failure = SendFailure(None)
+        for attempt in range(1, JOIN_ATTEMPTS + 1):
+            try:
+                resp = await self._client.join(room_id)
+            except (ClientError, TimeoutError, ConnectionError) as err:
+                failure = SendFailure(None, message=err.__class__.__name__)
+            else:
+                if isinstance(resp, JoinResponse):
+                    return None
+                failure = failure_from_error(resp)
+            decision = policy.decide(
+                failure, attempt=attempt, now=self._clock.now(), deadline=None, rng=rng
+            )
+            if isinstance(decision, GiveUp) or attempt == JOIN_ATTEMPTS:
+                break
+            await self._clock.sleep_until(self._clock.now() + decision.delay)
+        return failure.describe()
 
     async def on_removed(
         self, room_id: str, by: str | None, membership: str, report: Report
@@ -219,9 +248,11 @@ class RoomRegistry:
         self._create_events.pop(room_id, None)
         if was == "joined" and room_id not in self.control_rooms:
             verb = "banned" if membership == "ban" else "removed"
+            who = by or "someone"
+            if by == self._client.user_id:
+                who = "the server (the room was deleted or shut down)"
             await report(
-                f"The bot was {verb} from {room_id} by {by or 'someone'}; "
-                "it will send nothing more there."
+                f"The bot was {verb} from {room_id} by {who}; it will send nothing more there."
             )
 
     async def wait_known(self, room_id: str, seconds: float = 15.0) -> None:
