@@ -44,7 +44,8 @@ class Sender(Protocol):
     async def find_dispatch(self, room_id: str, tag: Mapping[str, str]) -> str | None: ...
 
 
-def _failure_from_error(resp: Any) -> SendFailure:
+def failure_from_error(resp: Any) -> SendFailure:
+    """A nio error response as a transport-neutral failure."""
     transport = getattr(resp, "transport_response", None)
     status = getattr(transport, "status", None)
     errcode = getattr(resp, "status_code", None)
@@ -89,7 +90,7 @@ class MatrixSender:
         if isinstance(resp, RoomSendResponse):
             return str(resp.event_id)
         if isinstance(resp, RoomSendError):
-            raise SendFailed(_failure_from_error(resp))
+            raise SendFailed(failure_from_error(resp))
         raise SendFailed(SendFailure(None, message=f"unexpected {type(resp).__name__}"))
 
     async def prepare(self, room_id: str) -> None:
@@ -120,7 +121,7 @@ class MatrixSender:
             except (ClientError, TimeoutError, ConnectionError) as err:
                 raise SendFailed(SendFailure(None, message=err.__class__.__name__)) from None
             if isinstance(resp, RoomMessagesError):
-                raise SendFailed(_failure_from_error(resp))
+                raise SendFailed(failure_from_error(resp))
             for event in resp.chunk:
                 if getattr(event, "sender", None) != self._client.user_id:
                     continue
