@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.scenario import Diagnostic, Scenario, ScenarioError, load_scenario_text
+from bot.scenario.load import MAX_FILE_BYTES
 
 log = logging.getLogger(__name__)
-
-MAX_FILE_BYTES = 1_000_000
 
 
 @dataclass(frozen=True)

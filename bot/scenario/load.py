@@ -21,8 +21,9 @@ from bot.scenario.model import City, Gate, LatePolicy, Place, Scenario, Stage
 from bot.scenario.source import Document, SourceError, compose
 from bot.scenario.source import Path as DataPath
 
-MAX_FILE_BYTES = 1_048_576
-"""Largest scenario file accepted (1 MiB); real ones are a few kilobytes."""
+MAX_FILE_BYTES = 262_144
+"""Largest scenario file accepted (256 KiB); real ones are a few kilobytes. With
+``source.MAX_WRITTEN`` this bounds a load to about 3 s and 40 MiB (pure-Python YAML)."""
 
 
 def load_scenario_file(path: Path) -> Scenario:
