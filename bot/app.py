@@ -18,6 +18,7 @@ from nio import (
     ReactionEvent,
     RoomMemberEvent,
     RoomMessageText,
+    RoomUpgradeEvent,
     SyncResponse,
 )
 
@@ -156,6 +157,21 @@ class Bot:
 
     async def _on_sync(self, resp: SyncResponse) -> None:
         me = self.client.user_id
+        # Upgrades first: an invite to a successor room, in this same sync, is
+        # judged knowing the tombstone that names it.
+        for room_id, joined in resp.rooms.join.items():
+            for ev in (*joined.state, *joined.timeline.events):
+                if not isinstance(ev, RoomUpgradeEvent) or not isinstance(ev.replacement_room, str):
+                    continue
+
+                async def upgraded(
+                    room_id: str = room_id,
+                    successor: str = ev.replacement_room,
+                    by: str = ev.sender,
+                ) -> None:
+                    await self.rooms.on_tombstone(room_id, successor, by, self._report)
+
+                self._inbox.put_nowait(upgraded)
         for room_id, info in resp.rooms.invite.items():
             inviter: str | None = None
             is_direct = False

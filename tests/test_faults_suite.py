@@ -37,7 +37,7 @@ import aiohttp
 import pytest
 from bot_harness import BotEnv, bot_env, iso_z, seconds_ahead
 from matrix_helpers import ClientPool, content_of, room_messages
-from nio import AsyncClient, RoomCreateResponse, RoomInviteResponse
+from nio import AsyncClient, RoomCreateResponse, RoomInviteResponse, RoomPreset
 
 from bot import DISPATCH_KEY
 from bot.homeserver import EmbeddedHomeserver
@@ -751,3 +751,86 @@ async def test_kicked_mid_fan_out_and_rooms_deleted(
             assert per_city["beta"] == (14, 14) and not after_missing, after
         else:  # never heard of: tried, failed, and said so
             assert per_city["beta"] == (14, 15) and set(after_missing) == {purged}, after
+
+
+async def upgrade_room(client: AsyncClient, room_id: str) -> str:
+    """POST /rooms/{id}/upgrade as ``client``; the replacement room's id."""
+    url = f"{client.homeserver}/_matrix/client/v3/rooms/{quote(room_id, safe='')}/upgrade"
+    headers = {"Authorization": f"Bearer {client.access_token}"}
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http,
+        http.post(url, json={"new_version": "12"}, headers=headers) as resp,
+    ):
+        body = await resp.json()
+    assert resp.status == 200, body
+    return str(body["replacement_room"])
+
+
+async def test_room_upgraded_between_arming_and_release(
+    homeserver: EmbeddedHomeserver, tmp_path: Path, clients: ClientPool
+) -> None:
+    """Three of alpha's rooms are upgraded after arming. The moderator of one
+    invites the bot to the new room: it is opted in (the opt-in carries over) and
+    the stage arrives there only. One is public, so the bot follows it by itself.
+    The third's moderator does nothing: the old room no longer lets the bot post,
+    and the summary says so. A stranger's room that claims the first as its
+    predecessor (creation_content) is declined: only a tombstone leads the bot.
+    Each upgrade is reported; the other rooms are unaffected."""
+    async with bot_env(homeserver, tmp_path, clients, "upg") as env:
+        await env.start()
+        town = await setup_cities(env, homeserver, clients, {"alpha": 3, "beta": 2}, "upg")
+        mod = town.mods["alpha"]
+        resp = await mod.room_create(name="upg public", preset=RoomPreset.public_chat)
+        assert isinstance(resp, RoomCreateResponse), resp
+        public = str(resp.room_id)
+        town.rooms["alpha"].append(public)
+        plain, invited, ignored = town.rooms["alpha"][:3]
+        env.write_scenario(scenario("upg", town.rooms, seconds_ahead(12)))
+        await opt_in_all(env, {mod: [public]})
+        assert "Armed upg" in await env.command("!arm upg")
+
+        new_invited = await upgrade_room(mod, invited)
+        new_ignored = await upgrade_room(mod, ignored)
+        new_public = await upgrade_room(mod, public)
+        await mod.room_invite(new_invited, env.bot_user.user_id)
+        stranger = await clients.participant(
+            await homeserver.register(f"str-{uuid.uuid4().hex[:6]}")
+        )
+        resp = await stranger.room_create(
+            name="lookalike", predecessor={"room_id": invited, "event_id": "$x"}
+        )
+        assert isinstance(resp, RoomCreateResponse), resp
+        lookalike = str(resp.room_id)
+        await stranger.room_invite(lookalike, env.bot_user.user_id)
+        await env.control_notices(
+            [
+                f"{invited} was upgraded to {new_invited}",
+                f"{ignored} was upgraded to {new_ignored}",
+                f"{public} was upgraded to {new_public} by {mod.user_id}; the bot followed",
+                f"Joined {new_invited}: opted in by {mod.user_id} (upgrade of {invited})",
+            ]
+        )
+        ledger = ledger_of(env)
+        await ledger.wait("upg finished", lambda: ledger.run_state("upg") == "finished", 40)
+
+        seen = await dispatches_in(
+            mod, [plain, invited, new_invited, ignored, public, new_public], "upg"
+        )
+        seen.update(await dispatches_in(town.mods["beta"], town.rooms["beta"], "upg"))
+        once = [("alpha", "go", "text"), ("alpha", "go", "location")]
+        for room in (plain, new_invited, new_public):
+            assert [t[:3] for t in seen[room]] == once, (room, seen[room])
+        for room in (invited, ignored, public):
+            assert seen[room] == [], (room, seen[room])
+        for room in town.rooms["beta"]:
+            assert [t[:3] for t in seen[room]] == [
+                ("beta", "go", "text"),
+                ("beta", "go", "location"),
+            ]
+        summary = summary_of(await control_bodies(env), "upg", "go")
+        assert stage_reports([summary], "upg", "go")[0] == {"alpha": (3, 4), "beta": (2, 2)}, (
+            summary
+        )
+        assert set(not_delivered(summary)) == {ignored}, summary
+        assert lookalike not in ledger_of(env).joined_rooms()
+        assert new_ignored not in ledger_of(env).joined_rooms()

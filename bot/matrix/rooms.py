@@ -4,6 +4,12 @@ This is the one place that decides where stage messages may go
 (:meth:`RoomRegistry.served_rooms`): a room is served for a city when the city
 lists it (by id or alias), the bot is joined, and the room opted in (a member
 with power >= 50 invited the bot). A future multi-bot setup changes only this.
+
+Room upgrades: when a served room's ``m.room.tombstone`` names a successor, the
+bot records it and follows when invited there (or when it may simply join); the
+opt-in carries over from the old room, checked against the new room's
+``m.room.create`` ``predecessor``. A city listing the old room id is then served
+in the successor.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ OPT_IN_POWER = 50
 JOIN_ATTEMPTS = 6
 
 Report = Callable[[str], Awaitable[None]]
+# The reason recorded for a room joined as the successor of an upgraded room.
+UPGRADE_OF = "upgrade of "
 
 
 @dataclass(frozen=True)
@@ -56,14 +64,20 @@ def decide_invite(
     inviter_is_core: bool,
     is_direct: bool = False,
     direct_open: bool = False,
+    successor_of: str | None = None,
 ) -> InviteDecision:
-    """Pure first cut on an invite, before the inviter's power in the room is known."""
+    """Pure first cut on an invite, before the inviter's power in the room is known.
+
+    ``successor_of``: an opted-in room whose tombstone names this room as its
+    replacement; the opt-in carries over (the inviter's power is still checked)."""
     if is_direct and direct_open and not is_control_room and not listed:
         return InviteDecision(True, "direct chat")
     if is_control_room:
         return InviteDecision(True, "control room")
     if listed:
         return InviteDecision(True, "listed by a scenario")
+    if successor_of is not None:
+        return InviteDecision(True, f"{UPGRADE_OF}{successor_of}")
     if inviter_is_core:
         return InviteDecision(True, "invited by a member of the core group")
     return InviteDecision(False, "not a control room, not listed by any scenario")
@@ -159,8 +173,13 @@ class RoomRegistry:
         now = self._clock.now()
         listed = room_id in await self.resolve_all(listed_rooms)
         is_control = room_id in self.control_rooms
+        successor_of = None if listed or is_control else await self._upgraded_to(room_id)
         inviter_is_core = (
-            (not is_control) and (not listed) and (not is_direct) and await self.is_core(inviter)
+            (not is_control)
+            and (not listed)
+            and (not is_direct)
+            and successor_of is None
+            and await self.is_core(inviter)
         )
         first = decide_invite(
             room_id=room_id,
@@ -170,6 +189,7 @@ class RoomRegistry:
             inviter_is_core=inviter_is_core,
             is_direct=is_direct,
             direct_open=direct_open,
+            successor_of=successor_of,
         )
         if not first.accept:
             await self._client.room_leave(room_id)  # rejects the invite
@@ -206,6 +226,12 @@ class RoomRegistry:
             if why is not None:
                 log.warning("could not join %s: %s", room_id, why)
                 return False
+        if successor_of is not None and not await self._replaces(room_id, successor_of):
+            await self._client.room_leave(room_id)
+            reason = f"does not name {successor_of} as its predecessor"
+            await self._store.set_room(room_id, "declined", now=now, note=reason)
+            await report(f"Did not opt in room {room_id}: it {reason} (m.room.create).")
+            return False
         await self._store.set_room(
             room_id, "joined", now=now, opted_in_by=inviter, note=first.reason
         )
@@ -255,6 +281,94 @@ class RoomRegistry:
                 f"The bot was {verb} from {room_id} by {who}; it will send nothing more there."
             )
 
+    # -- upgrades ------------------------------------------------------------------
+
+    async def _upgraded_to(self, room_id: str) -> str | None:
+        """The opted-in room whose tombstone names ``room_id`` as its successor."""
+        opted = await self._store.opted_in_rooms()
+        for old in await self._store.predecessors_of(room_id):
+            if old in opted:
+                return old
+        return None
+
+    async def _replaces(self, room_id: str, old: str) -> bool:
+        """Whether ``room_id``'s m.room.create names ``old`` as its predecessor (a
+        tombstone points one way; the new room must point back)."""
+        create = await self._create_event(room_id)
+        content = create.get("content") if create else None
+        predecessor = content.get("predecessor") if isinstance(content, Mapping) else None
+        return isinstance(predecessor, Mapping) and predecessor.get("room_id") == old
+
+    async def on_tombstone(
+        self, room_id: str, successor: str, upgraded_by: str, report: Report
+    ) -> None:
+        """A served room was upgraded: remember where it went, and follow it there
+        if the new room lets the bot join; otherwise the room's moderators invite
+        the bot (the opt-in carries over). Seen again (a restart's full state), it
+        changes nothing."""
+        if not successor.startswith("!") or successor == room_id:
+            return
+        if room_id in self.control_rooms or await self._store.room_membership(room_id) != "joined":
+            return
+        if (await self._store.successors()).get(room_id) == successor:
+            return
+        now = self._clock.now()
+        await self._store.set_successor(room_id, successor, upgraded_by=upgraded_by, now=now)
+        log.info("%s was upgraded to %s by %s", room_id, successor, upgraded_by)
+        if await self._store.room_membership(successor) == "joined":
+            followed = True  # invited there before the tombstone reached us
+        else:
+            followed = await self._follow(room_id, successor)
+        if followed:
+            await report(
+                f"{room_id} was upgraded to {successor} by {upgraded_by}; the bot followed, "
+                f"and stages for {room_id} now go to {successor}."
+            )
+        else:
+            await report(
+                f"{room_id} was upgraded to {successor} by {upgraded_by}. Stages for it go to "
+                f"the new room once a member with power ≥ {OPT_IN_POWER} invites the bot "
+                "there (the opt-in carries over); until then they cannot be delivered."
+            )
+
+    async def _follow(self, old: str, successor: str) -> bool:
+        """Join the successor uninvited (a public or restricted room allows it) and
+        carry the opt-in over; False if the bot has to be invited."""
+        try:
+            resp = await self._client.join(successor)
+        except (ClientError, TimeoutError, ConnectionError):
+            return False
+        if not isinstance(resp, JoinResponse):
+            return False
+        if not await self._replaces(successor, old):
+            await self._client.room_leave(successor)
+            await self._store.set_room(
+                successor,
+                "declined",
+                now=self._clock.now(),
+                note=f"does not name {old} as its predecessor",
+            )
+            return False
+        await self._store.set_room(
+            successor,
+            "joined",
+            now=self._clock.now(),
+            opted_in_by=await self._store.opted_in_by(old),
+            note=f"{UPGRADE_OF}{old}",
+        )
+        log.info("followed the upgrade of %s to %s", old, successor)
+        return True
+
+    def _current(self, room_id: str, successors: Mapping[str, str], opted: set[str]) -> str:
+        """``room_id``, or the latest successor of it the bot is in and that opted in."""
+        seen = {room_id}
+        while (nxt := successors.get(room_id)) is not None and nxt not in seen:
+            if nxt not in opted or nxt not in self._client.rooms:
+                break
+            seen.add(nxt)
+            room_id = nxt
+        return room_id
+
     async def wait_known(self, room_id: str, seconds: float = 15.0) -> None:
         """Wait until the sync has brought ``room_id`` into the client (nio's
         room_send refuses rooms it does not know)."""
@@ -290,25 +404,36 @@ class RoomRegistry:
 
     async def served_rooms(self, listed: Iterable[str], *, refresh: bool = False) -> list[str]:
         """The rooms, of those a city lists, that get its stages now: resolved,
-        joined (known to the client) and opted in. Order follows the listing."""
+        followed through upgrades, joined (known to the client) and opted in.
+        Order follows the listing."""
         opted = await self._store.opted_in_rooms()
+        successors = await self._store.successors()
         served: list[str] = []
         for room in listed:
             rid = await self.resolve(room, refresh=refresh)
-            if rid is None or rid in served:
+            if rid is None:
                 continue
-            if rid in opted and rid in self._client.rooms:
+            rid = self._current(rid, successors, opted)
+            if rid in opted and rid in self._client.rooms and rid not in served:
                 served.append(rid)
         return served
 
     async def missing_rooms(self, listed: Iterable[str]) -> dict[str, str]:
         """Listed rooms that will not be served, with why (for !arm's reply)."""
         opted = await self._store.opted_in_rooms()
+        successors = await self._store.successors()
         missing: dict[str, str] = {}
         for room in listed:
             rid = await self.resolve(room)
             if rid is None:
                 missing[room] = "alias does not resolve"
+                continue
+            rid = self._current(rid, successors, opted)
+            if rid in successors:
+                missing[room] = (
+                    f"upgraded to {successors[rid]}: invite the bot there from an account "
+                    "with power ≥ 50"
+                )
             elif rid not in opted or rid not in self._client.rooms:
                 missing[room] = (
                     "the bot is not in this room (invite it from an account with power ≥ 50)"

@@ -138,4 +138,16 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX direct_by_room ON direct_participants (room_id);
     CREATE INDEX deliveries_by_event ON deliveries (event_id);
     """,
+    # 3: room upgrades. A served room's m.room.tombstone names its successor; the
+    # bot follows when it is invited there (or can join), and a city listing the
+    # old room id is served in the new one.
+    """
+    CREATE TABLE room_successors (
+        room_id TEXT PRIMARY KEY,
+        successor TEXT NOT NULL,
+        upgraded_by TEXT NOT NULL,
+        at TEXT NOT NULL
+    );
+    CREATE INDEX room_successors_by_successor ON room_successors (successor);
+    """,
 )

@@ -527,6 +527,34 @@ class Store:
         rows = await self._fetchall("SELECT membership FROM rooms WHERE room_id = ?", (room_id,))
         return str(rows[0]["membership"]) if rows else None
 
+    async def set_successor(
+        self, room_id: str, successor: str, *, upgraded_by: str, now: datetime
+    ) -> None:
+        """Record that ``room_id`` was upgraded (m.room.tombstone) to ``successor``."""
+        await self._write(
+            "INSERT INTO room_successors (room_id, successor, upgraded_by, at)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (room_id) DO UPDATE SET"
+            " successor = excluded.successor, upgraded_by = excluded.upgraded_by,"
+            " at = excluded.at",
+            (room_id, successor, upgraded_by, iso(now)),
+        )
+
+    async def successors(self) -> dict[str, str]:
+        """Upgraded room -> the room that replaces it."""
+        rows = await self._fetchall("SELECT room_id, successor FROM room_successors")
+        return {str(r["room_id"]): str(r["successor"]) for r in rows}
+
+    async def predecessors_of(self, room_id: str) -> list[str]:
+        """The rooms whose tombstone names ``room_id`` as their replacement."""
+        rows = await self._fetchall(
+            "SELECT room_id FROM room_successors WHERE successor = ? ORDER BY at", (room_id,)
+        )
+        return [str(r["room_id"]) for r in rows]
+
+    async def opted_in_by(self, room_id: str) -> str | None:
+        rows = await self._fetchall("SELECT opted_in_by FROM rooms WHERE room_id = ?", (room_id,))
+        return str(rows[0]["opted_in_by"]) if rows and rows[0]["opted_in_by"] else None
+
     # -- audit ---------------------------------------------------------------------
 
     async def audit(
