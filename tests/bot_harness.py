@@ -31,7 +31,7 @@ from matrix_helpers import (
 from nio import AsyncClient, RoomMessage
 
 from bot.app import run_bot
-from bot.clock import SystemClock
+from bot.clock import Clock, SystemClock
 from bot.config import Config, load_config
 from bot.homeserver import EmbeddedHomeserver, RegisteredUser
 
@@ -72,11 +72,12 @@ class BotEnv:
 
     # -- running the bot ---------------------------------------------------------
 
-    async def start(self) -> None:
-        """Run the bot in this process; returns when it has joined the control room."""
+    async def start(self, clock: Clock | None = None) -> None:
+        """Run the bot in this process (on ``clock``, the system's by default);
+        returns when it has joined the control room."""
         assert self._task is None
         self._stop = asyncio.Event()
-        self._task = asyncio.create_task(run_bot(self.config(), SystemClock(), self._stop))
+        self._task = asyncio.create_task(run_bot(self.config(), clock or SystemClock(), self._stop))
         await self.wait_joined(self.control_room)
 
     async def stop(self) -> None:
