@@ -35,7 +35,7 @@ from bot.clock import Clock
 from bot.matrix.power import user_power
 from bot.matrix.sender import failure_from_error
 from bot.retry import GiveUp, RetryPolicy, SendFailure
-from bot.store import Store
+from bot.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +158,20 @@ class RoomRegistry:
 
     # -- invites -------------------------------------------------------------------
 
+    async def _audit_declined(self, room_id: str, inviter: str, reason: str) -> None:
+        """A declined invite is a refused action, kept in the audit table like a
+        refused command (a lookalike room, a stranger's room)."""
+        try:
+            await self._store.audit(
+                now=self._clock.now(),
+                room_id=room_id,
+                sender=inviter,
+                command="(invite)",
+                result=f"refused: {reason}"[:500],
+            )
+        except StoreError as err:
+            log.error("could not record the declined invite to %s: %s", room_id, err)
+
     async def on_invite(
         self,
         room_id: str,
@@ -194,6 +208,7 @@ class RoomRegistry:
         if not first.accept:
             await self._client.room_leave(room_id)  # rejects the invite
             await self._store.set_room(room_id, "declined", now=now, note=first.reason)
+            await self._audit_declined(room_id, inviter, first.reason)
             log.info("declined invite to %s from %s: %s", room_id, inviter, first.reason)
             return False
         # The inviter's power: stripped state carries m.room.create (so creators
@@ -215,6 +230,7 @@ class RoomRegistry:
             await self._client.room_forget(room_id)
             reason = f"inviter {inviter} has power {power:g} < {OPT_IN_POWER}"
             await self._store.set_room(room_id, "declined", now=now, note=reason)
+            await self._audit_declined(room_id, inviter, reason)
             log.info("left %s: %s", room_id, reason)
             await report(
                 f"Did not opt in room {room_id}: the invite came from {inviter}, "
@@ -230,6 +246,7 @@ class RoomRegistry:
             await self._client.room_leave(room_id)
             reason = f"does not name {successor_of} as its predecessor"
             await self._store.set_room(room_id, "declined", now=now, note=reason)
+            await self._audit_declined(room_id, inviter, reason)
             await report(f"Did not opt in room {room_id}: it {reason} (m.room.create).")
             return False
         await self._store.set_room(
