@@ -1,0 +1,387 @@
+"""Hostile users against a live bot: a non-core member trying every control command,
+power games and lookalike rooms, a participant flooding a city room while a stage is
+due, and someone impersonating the bot."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bot_harness import BotEnv, bot_env, iso_z, seconds_ahead
+from figures import record
+from matrix_helpers import (
+    ClientPool,
+    content_of,
+    join,
+    room_messages,
+    send_text,
+    sync_until,
+    with_content_key,
+)
+from nio import (
+    AsyncClient,
+    RoomCreateResponse,
+    RoomPutStateResponse,
+    RoomSendResponse,
+)
+
+from bot import DISPATCH_KEY
+from bot.control.commands import SPECS as CORE_SPECS
+from bot.control.steering import SPECS as STEERING_SPECS
+from bot.homeserver import EmbeddedHomeserver
+
+pytestmark = pytest.mark.homeserver
+
+CONTROL_COMMANDS = sorted({*CORE_SPECS, *(s.name for s in STEERING_SPECS)})
+
+
+def scenario(sid: str, rooms: list[str], start: datetime, stages: list[dict[str, Any]]
+             ) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "id": sid,
+        "title": sid,
+        "start": iso_z(start),
+        "cities": [{
+            "id": "alpha",
+            "name": "Alpha",
+            "timezone": "Europe/Berlin",
+            "rooms": rooms,
+            "places": {"spot": {"name": "Old Mill", "geo": "52.5,13.4"}},
+        }],
+        "stages": stages,
+    }
+
+
+def db(env: BotEnv) -> sqlite3.Connection:
+    return sqlite3.connect(env.storage_dir / "blossom.db")
+
+
+async def membership(env: BotEnv, client: AsyncClient, room: str) -> str | None:
+    resp = await client.room_get_state_event(room, "m.room.member", env.bot_user.user_id)
+    content = getattr(resp, "content", None)
+    return content.get("membership") if isinstance(content, dict) else None
+
+
+async def wait_membership(env: BotEnv, client: AsyncClient, room: str, *, not_: str,
+                          timeout: float = 20) -> str | None:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = await membership(env, client, room)
+        if state != not_ or time.monotonic() > deadline:
+            return state
+        await asyncio.sleep(0.2)
+
+
+# --- a non-core member, power games, lookalike rooms ------------------------------------
+
+
+def every_command(sid: str) -> list[str]:
+    """One well-formed use of each control command (a core member's would work)."""
+    examples = {
+        "help": "!help",
+        "arm": f"!arm {sid}",
+        "disarm": f"!disarm {sid}",
+        "status": f"!status {sid}",
+        "hold": f"!hold {sid} alpha",
+        "resume": f"!resume {sid} alpha",
+        "delay": f"!delay {sid} 10m",
+        "release": f"!release {sid} go alpha",
+        "redirect": f"!redirect {sid} alpha spot Trap Street 52.1,13.1",
+        "abort": f"!abort {sid} alpha Everyone go home",
+        "headcount": f"!headcount {sid}",
+        "drill": f"!drill {sid} 60",
+        "purge": f"!purge {sid} confirm",
+    }
+    assert set(examples) == set(CONTROL_COMMANDS), set(CONTROL_COMMANDS) ^ set(examples)
+    return [examples[name] for name in CONTROL_COMMANDS]
+
+
+async def test_non_core_member_power_games_and_lookalike_rooms(
+    homeserver: EmbeddedHomeserver, tmp_path: Path, clients: ClientPool
+) -> None:
+    async with bot_env(homeserver, tmp_path, clients, "hostile") as env:
+        sfx = tmp_path.name[-6:].lower().replace("_", "")
+        mod = await clients.participant(await homeserver.register(f"mod-host-{sfx}"))
+        city = await env.city_room(mod, name="hostile city")
+        alias_local = f"blossom-control-{sfx}"
+        await env.org.room_put_alias(f"#{alias_local}:localhost", env.control_room)
+        env.write_scenario(scenario("hostile", [city], seconds_ahead(600), [
+            {"id": "call", "at": "0m", "text": "Meet at {spot}", "place": "spot"},
+            {"id": "go", "at": "+10m", "text": "Go"},
+        ]))
+        await env.start()
+        await env.opt_in(mod, city)
+        assert "Armed hostile" in await env.command("!arm hostile")
+
+        stranger_user = await homeserver.register(f"stranger-{sfx}")
+        stranger = await clients.participant(stranger_user)
+        await env.org.room_invite(env.control_room, stranger.user_id)
+        await join(stranger, env.control_room)
+
+        # 1. Every control command from a member of the control room without power.
+        sent: dict[str, str] = {}
+        for text in every_command("hostile"):
+            sent[await send_text(stranger, env.control_room, text)] = text
+        notices = await env.control_notices(["Only the core group"] * 1, timeout=30)
+
+        async def refusals() -> int:
+            events = await room_messages(env.org, env.control_room)
+            return sum(
+                1 for e in events
+                if e.sender == env.bot_user.user_id
+                and ((content_of(e).get("m.relates_to") or {}).get("m.in_reply_to") or {})
+                .get("event_id") in sent
+                and "Only the core group" in str(content_of(e).get("body"))
+            )
+
+        for _ in range(100):
+            if await refusals() == len(sent):
+                break
+            await asyncio.sleep(0.2)
+        assert await refusals() == len(sent), notices
+
+        # 2. Raising one's own power where one cannot: the homeserver says no.
+        resp = await stranger.room_put_state(
+            env.control_room, "m.room.power_levels",
+            {"users": {stranger.user_id: 100}, "users_default": 100},
+        )
+        assert not isinstance(resp, RoomPutStateResponse), resp
+
+        # 3. Where one can (one's own rooms): full power, a lookalike name and alias,
+        #    and an invite to the bot. Not a control room, not listed: declined.
+        lookalikes: list[str] = []
+        for name, alias in (
+            (f"control {'hostile'}", f"blossom-contro1-{sfx}"),        # digit one
+            (f"control {'hostile'}", f"blossom-c\u043entrol-{sfx}"),   # Cyrillic o
+            ("hostile city", f"hostile-clty-{sfx}"),                   # lookalike city
+        ):
+            created = await stranger.room_create(name=name, alias=alias)
+            if not isinstance(created, RoomCreateResponse):
+                created = await stranger.room_create(name=name)  # alias refused: no matter
+            assert isinstance(created, RoomCreateResponse), created
+            room = created.room_id
+            raised = await stranger.room_put_state(
+                room, "m.room.power_levels",
+                {"users_default": 100, "events_default": 0, "state_default": 0},
+            )
+            assert isinstance(raised, RoomPutStateResponse), raised
+            invited = await stranger.room_invite(room, env.bot_user.user_id)
+            assert getattr(invited, "status_code", None) is None, invited
+            lookalikes.append(room)
+        for room in lookalikes:
+            state = await wait_membership(env, stranger, room, not_="invite")
+            assert state in ("leave", None), (room, state)
+        # ...and with all that power elsewhere, still no command in the control room.
+        last = await send_text(stranger, env.control_room, "!abort hostile")
+        sent[last] = "!abort hostile"
+        for _ in range(100):
+            if await refusals() == len(sent):
+                break
+            await asyncio.sleep(0.2)
+        assert await refusals() == len(sent)
+
+        # Nothing changed, and every attempt is in the audit table.
+        conn = db(env)
+        audit = conn.execute("SELECT sender, command, result FROM audit").fetchall()
+        refused_commands = [c for s, c, r in audit
+                            if s == stranger.user_id and r == "refused: not core group"]
+        assert sorted(refused_commands) == sorted(
+            "!" + t.split()[0][1:] for t in sent.values()), refused_commands
+        declined = [row for row in audit if row[0] == stranger.user_id
+                    and row[1].startswith("(invite)")]
+        assert len(declined) == len(lookalikes), audit
+        assert all(r.startswith("refused") for _, _, r in declined), declined
+        runs = conn.execute("SELECT scenario_id, state, drill_room FROM runs").fetchall()
+        assert runs == [("hostile", "armed", None)], runs
+        for table in ("holds", "delays", "redirects", "checkins"):
+            assert conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone() == (0,), table
+        states = {s for (s,) in conn.execute("SELECT state FROM dispatches")}
+        assert states == {"scheduled"}, states
+        rooms = dict(conn.execute("SELECT room_id, membership FROM rooms").fetchall())
+        conn.close()
+        assert all(rooms.get(r) != "joined" for r in lookalikes), rooms
+        assert with_content_key(await room_messages(mod, city), DISPATCH_KEY) == []
+
+        tried = len(sent) + 1 + len(lookalikes)
+        record(
+            "hostile/non-core-and-lookalikes",
+            section="Hostile users",
+            what="A non-core member of the control room: every control command, raising "
+            "their power there, and from rooms of their own with full power, invites "
+            "from lookalike rooms (names, aliases with a digit 1 and a Cyrillic o): "
+            "all refused and audited, nothing changed",
+            tried=tried,
+            held=tried,
+            unit="actions",
+            command=".venv/bin/pytest -q tests/test_hostile.py -k non_core",
+            by_kind={
+                "control commands": len(sent),
+                "power level edit": 1,
+                "lookalike invites": len(lookalikes),
+            },
+        )
+
+
+# --- a flood while a stage is due, and an impostor ----------------------------------------
+
+FLOOD_EVENTS = 1000
+GO_OFFSET_S = 12
+LATENESS_BOUND_S = 2.0
+
+
+async def test_flood_while_a_stage_is_due_and_impostor(
+    homeserver: EmbeddedHomeserver, tmp_path: Path, clients: ClientPool
+) -> None:
+    async with bot_env(homeserver, tmp_path, clients, "flood") as env:
+        sfx = tmp_path.name[-6:].lower().replace("_", "")
+        mod = await clients.participant(await homeserver.register(f"mod-flood-{sfx}"))
+        city = await env.city_room(mod, name="flood city")
+        stages = [
+            {"id": "call", "at": "0s", "text": "React or say !here"},
+            {"id": "go", "at": f"+{GO_OFFSET_S}s", "text": "Go to {spot}", "place": "spot"},
+        ]
+        # Listed (so the opt-in is accepted) now; its instants are set just before !arm.
+        env.write_scenario(scenario("flood", [city], seconds_ahead(3600), stages))
+        await env.start()
+        await env.opt_in(mod, city)
+        flooder = await clients.participant(await homeserver.register(f"flooder-{sfx}"))
+        await homeserver.exempt_from_rate_limits(flooder.user_id)
+        people = [await clients.participant(await homeserver.register(f"p{i}-{sfx}"))
+                  for i in range(3)]
+        impostor = await clients.participant(await homeserver.register(f"imp-{sfx}"))
+        for client in (flooder, *people, impostor):
+            await mod.room_invite(city, client.user_id)
+            await join(client, city)
+
+        start = seconds_ahead(4)
+        env.write_scenario(scenario("flood", [city], start, stages))
+        assert "Armed flood" in await env.command("!arm flood")
+        await env.control_notices("stage call delivered", timeout=30)
+        call = with_content_key(await room_messages(mod, city), DISPATCH_KEY)[0].event_id
+
+        # The impostor takes the bot's display name and posts a forged stage, tag and all.
+        await impostor.set_displayname(env.bot_user.localpart)
+        forged = await impostor.room_send(city, "m.room.message", {
+            "msgtype": "m.text", "body": "Change of plan: go to the harbour",
+            "format": "org.matrix.custom.html",
+            "formatted_body": "Change of plan: go to the harbour",
+            DISPATCH_KEY: {"scenario": "flood", "city": "alpha", "stage": "go",
+                           "part": "text"},
+        })
+        assert isinstance(forged, RoomSendResponse), forged
+
+        # 1,000 events from one participant: chatter, !here over and over, reactions to
+        # the stage (each with its own key, as the homeserver refuses repeats), and
+        # reactions to the forged message; three others check in once, mid-flood.
+        async def one(i: int) -> None:
+            if i % 4 == 0:
+                content: dict[str, Any] = {"m.relates_to": {
+                    "rel_type": "m.annotation", "event_id": call, "key": f"k{i}"}}
+                resp = await flooder.room_send(city, "m.reaction", content)
+            elif i % 4 == 1:
+                resp = await flooder.room_send(city, "m.room.message",
+                                               {"msgtype": "m.text", "body": "!here"})
+            elif i % 20 == 2:
+                content = {"m.relates_to": {"rel_type": "m.annotation",
+                                            "event_id": forged.event_id, "key": f"f{i}"}}
+                resp = await flooder.room_send(city, "m.reaction", content)
+            else:
+                resp = await flooder.room_send(city, "m.room.message",
+                                               {"msgtype": "m.text", "body": f"spam {i} " * 20})
+            assert isinstance(resp, RoomSendResponse), resp
+
+        slots = asyncio.Semaphore(16)
+
+        async def limited(i: int) -> None:
+            async with slots:
+                await one(i)
+
+        flood_started = time.monotonic()
+        flood = asyncio.gather(*(limited(i) for i in range(FLOOD_EVENTS)))
+        await asyncio.sleep(0.5)
+        for p in people:
+            await send_text(p, city, "!here")
+        for p in people:  # impostor-bait: reacting to the forged message is no check-in
+            await p.room_send(city, "m.reaction", {"m.relates_to": {
+                "rel_type": "m.annotation", "event_id": forged.event_id, "key": "👍"}})
+        await flood
+        flood_seconds = time.monotonic() - flood_started
+        await env.control_notices("stage go delivered", timeout=40)
+
+        # On time despite the flood (origin_server_ts: the homeserver's clock, this
+        # machine's).
+        ours = [e for e in with_content_key(await room_messages(mod, city), DISPATCH_KEY)
+                if e.sender == env.bot_user.user_id]
+        go = [e for e in ours if content_of(e)[DISPATCH_KEY]["stage"] == "go"
+              and content_of(e)[DISPATCH_KEY]["part"] == "text"]
+        assert len(go) == 1, [content_of(e)[DISPATCH_KEY] for e in ours]
+        lateness = go[0].server_timestamp / 1000 - (start.timestamp() + GO_OFFSET_S)
+        print(f"flood: {FLOOD_EVENTS} events in {flood_seconds:.1f} s; stage go "
+              f"released {lateness * 1000:.0f} ms after its instant")
+        assert -0.05 <= lateness < LATENESS_BOUND_S, lateness
+        assert flood_seconds > GO_OFFSET_S - 4, "the stage was not due during the flood"
+
+        # Check-ins: once per person per stage, the three mid-flood ones included.
+        def rows() -> list[tuple[str, str]]:
+            conn = db(env)
+            try:
+                return [(u, s) for u, s in conn.execute("SELECT user_id, stage_id FROM checkins")]
+            finally:
+                conn.close()
+
+        for _ in range(150):
+            if {p.user_id for p in people} <= {u for u, _ in rows()}:
+                break
+            await asyncio.sleep(0.2)
+        found = rows()
+        per_user = Counter(u for u, _ in found)
+        assert len(found) == len(set(found)), found
+        for p in people:
+            assert per_user[p.user_id] == 1, found
+        assert 1 <= per_user[flooder.user_id] <= 2, found  # call, and go once released
+        assert impostor.user_id not in per_user and mod.user_id not in per_user, found
+
+        # The bot's own messages carry the dispatch key and come from its user id; the
+        # impostor's forged one carries the key too, but not the bot's id.
+        assert all(DISPATCH_KEY in content_of(e) for e in ours)
+        tagged = with_content_key(await room_messages(mod, city), DISPATCH_KEY)
+        senders = Counter(e.sender for e in tagged)
+        assert senders[impostor.user_id] == 1, senders
+        assert set(senders) == {env.bot_user.user_id, impostor.user_id}, senders
+        profile = await mod.get_displayname(impostor.user_id)
+        assert getattr(profile, "displayname", None) == env.bot_user.localpart
+        record(
+            "hostile/flood",
+            section="Hostile users",
+            what=f"A participant flooding a city room with {FLOOD_EVENTS} messages and "
+            "reactions while a stage is due: the stage released on time, check-ins once "
+            "per person",
+            tried=FLOOD_EVENTS,
+            held=FLOOD_EVENTS,
+            unit="events",
+            command=".venv/bin/pytest -q -s tests/test_hostile.py -k flood",
+            measured={
+                "stage lateness ms": round(lateness * 1000),
+                "bound ms": int(LATENESS_BOUND_S * 1000),
+                "flood seconds": round(flood_seconds, 1),
+                "check-in rows": len(found),
+            },
+        )
+        record(
+            "hostile/impostor",
+            section="Hostile users",
+            what="An impostor with the bot's display name posting a forged stage with the "
+            "dispatch key: told apart by sender id; reactions to it are no check-in",
+            tried=1 + len(people),
+            held=1 + len(people),
+            unit="actions",
+            command=".venv/bin/pytest -q -s tests/test_hostile.py -k flood",
+        )
+        await sync_until(mod, lambda: True)
