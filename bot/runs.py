@@ -57,6 +57,8 @@ DEFAULT_ABORT_TEXT = (
     "in small groups, and go home."
 )
 PENDING_STATES = (DispatchState.SCHEDULED, DispatchState.HELD)
+# A timer that fires this much before its time on the run's clock saw a jump back.
+_EARLY = timedelta(seconds=1)
 
 
 class ArmError(Exception):
@@ -383,9 +385,10 @@ class RunManager:
             }
         )
         for at in due:
-            self._timers.set(
+            self._timers.set_on(
                 f"run{armed.run.id}@{at.isoformat()}",
-                armed.clock.to_wall(at - self._lead),
+                armed.clock,
+                at - self._lead,
                 self._job(armed.run.id, at),
             )
 
@@ -522,6 +525,18 @@ class RunManager:
         await self._ready.wait()  # no send before the first sync knows the rooms
         armed = self.armed.get(run_id)
         if armed is None:
+            return
+        if armed.clock.now() < due_at - self._lead - _EARLY:
+            # Woken early: the clock jumped back after the timer was last set
+            # (Timers.retime moves timers within a second; this closes the gap).
+            # Set the timer again rather than prepare early and sleep on it.
+            log.info("run %d: timer for %s woke early by its clock; set again", run_id, due_at)
+            self._timers.set_on(
+                f"run{run_id}@{due_at.isoformat()}",
+                armed.clock,
+                due_at - self._lead,
+                self._job(run_id, due_at),
+            )
             return
         rows = [
             d

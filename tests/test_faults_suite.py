@@ -28,7 +28,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -834,3 +834,90 @@ async def test_room_upgraded_between_arming_and_release(
         assert set(not_delivered(summary)) == {ignored}, summary
         assert lookalike not in ledger_of(env).joined_rooms()
         assert new_ignored not in ledger_of(env).joined_rooms()
+
+
+# -- 5. the machine's clock jumping between arming and release ------------------------------
+
+
+class JumpingClock:
+    """The machine's clock as the bot reads it: real time plus an offset that
+    the test changes at once (an NTP step, a clock set by hand, a resumed
+    laptop). ``to_wall`` maps back to real time, which APScheduler runs on."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+        self._history: list[tuple[float, timedelta]] = [(0.0, self.offset)]
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def to_wall(self, instant: datetime) -> datetime:
+        return instant - self.offset
+
+    async def sleep_until(self, instant: datetime) -> None:
+        # Re-read in short slices, as SystemClock does, so a jump is seen at once.
+        while (remaining := (instant - self.now()).total_seconds()) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(min(remaining, 0.05))
+
+    def jump(self, by: timedelta) -> None:
+        self.offset += by
+        self._history.append((time.time(), self.offset))
+
+    def reading_at(self, real_ts: float) -> datetime:
+        """What this clock read at real (epoch) time ``real_ts``."""
+        offset = next(o for t, o in reversed(self._history) if t <= real_ts)
+        return datetime.fromtimestamp(real_ts, UTC) + offset
+
+
+async def test_clock_jumps_forward_and_back_between_arming_and_release(
+    homeserver: EmbeddedHomeserver, tmp_path: Path, clients: ClientPool
+) -> None:
+    """The bot runs on a clock that jumps 6 s forward right after arming, 6 s
+    back once the first stage is out (back before that stage's instant), and 3 s
+    back just before the second stage's timer (which then fires early by the
+    bot's clock). Each stage goes out when the bot's clock reads its instant (not
+    before, not seconds late) and once: the forward jump must pull the first
+    stage's timer in; the backward jumps must neither release the second stage
+    early nor release the first one again."""
+    clock = JumpingClock()
+    lead = timedelta(seconds=1)  # the harness's dispatch.prepare_seconds
+    async with bot_env(homeserver, tmp_path, clients, "clk") as env:
+        await env.start(clock)
+        town = await setup_cities(env, homeserver, clients, {"alpha": 2, "beta": 2}, "clk")
+        start = clock.now() + timedelta(seconds=10)
+        stages = [
+            {"id": "one", "at": "0s", "text": "One"},
+            {"id": "two", "at": "+6s", "text": "Two"},
+        ]
+        instants = {"one": start, "two": start + timedelta(seconds=6)}
+        env.write_scenario(scenario("clk", town.rooms, start, stages))
+        assert "Armed clk" in await env.command("!arm clk")
+        clock.jump(timedelta(seconds=6))
+        ledger = ledger_of(env)
+        total = len(town.city_of)
+        await ledger.wait("stage one", lambda: ledger.deliveries("clk")["sent"] >= total, 20)
+        clock.jump(timedelta(seconds=-6))
+        await clock.sleep_until(instants["two"] - lead - timedelta(seconds=0.2))
+        clock.jump(timedelta(seconds=-3))
+        await ledger.wait("clk finished", lambda: ledger.run_state("clk") == "finished", 30)
+
+        late: dict[str, float] = {}
+        for city, mod in town.mods.items():
+            for room in town.rooms[city]:
+                events = [
+                    e
+                    for e in await room_messages(mod, room)
+                    if content_of(e).get(DISPATCH_KEY, {}).get("scenario") == "clk"
+                ]
+                stages_seen = [content_of(e)[DISPATCH_KEY]["stage"] for e in events]
+                assert stages_seen == ["one", "two"], (room, stages_seen)
+                for e in events:
+                    stage = content_of(e)[DISPATCH_KEY]["stage"]
+                    read = clock.reading_at(e.server_timestamp / 1000)
+                    late[f"{room}/{stage}"] = (read - instants[stage]).total_seconds()
+        print(f"lateness by the bot's clock: {sorted(late.values())}", flush=True)
+        assert all(0 <= s < 1.5 for s in late.values()), late
+        bodies = await control_bodies(env)
+        for stage in ("one", "two"):
+            summary = summary_of(bodies, "clk", stage)
+            assert "delivered to 4 of 4" in summary and "late" not in summary, summary
