@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint bench clean
+.PHONY: test demo lint bench figures clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,13 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check bot tests
 	$(PY) -m mypy bot
+
+# Run every suite recording what it tried (docs/reliability.json), then rewrite the
+# figures table of docs/reliability.md. BLOSSOM_FUZZ_SECONDS=600 adds an atheris run
+# (needs pip install -e '.[fuzz]').
+figures: $(STAMP)
+	BLOSSOM_FIGURES=docs/reliability.json $(PY) -m pytest -q
+	$(PY) -m bot.reliability
 
 demo: $(STAMP)
 	$(VENV)/bin/blossom demo

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import subprocess
+import tempfile
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,7 +53,8 @@ def _commit() -> str:
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with (path.with_suffix(path.suffix + ".lock")).open("w") as lock:
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
+    with (Path(tempfile.gettempdir()) / f"blossom-figures-{digest}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
