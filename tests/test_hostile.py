@@ -187,7 +187,36 @@ async def test_non_core_member_power_games_and_lookalike_rooms(
             await asyncio.sleep(0.2)
         assert await refusals() == len(sent)
 
-        # Nothing changed, and every attempt is in the audit table.
+        # Power is read afresh for every command: promoted, heard; demoted, refused.
+        async def set_power(level: int) -> None:
+            levels = await env.org.room_get_state_event(env.control_room, "m.room.power_levels")
+            content = dict(levels.content)
+            content["users"] = {**content.get("users", {}), stranger.user_id: level}
+            put = await env.org.room_put_state(env.control_room, "m.room.power_levels", content)
+            assert isinstance(put, RoomPutStateResponse), put
+
+        await set_power(50)
+        await sync_until(stranger, lambda: True)
+        heard = await send_text(stranger, env.control_room, "!status hostile")
+        for _ in range(100):
+            events = await room_messages(env.org, env.control_room)
+            answer = [e for e in events if e.sender == env.bot_user.user_id and (
+                (content_of(e).get("m.relates_to") or {}).get("m.in_reply_to") or {}
+            ).get("event_id") == heard]
+            if answer:
+                break
+            await asyncio.sleep(0.2)
+        assert answer and "alpha" in str(content_of(answer[0]).get("body")), answer
+        await set_power(0)
+        demoted = await send_text(stranger, env.control_room, "!status hostile")
+        sent[demoted] = "!status hostile"
+        for _ in range(100):
+            if await refusals() == len(sent):
+                break
+            await asyncio.sleep(0.2)
+        assert await refusals() == len(sent)
+
+        # Nothing changed, and every refused attempt is in the audit table.
         conn = db(env)
         audit = conn.execute("SELECT sender, command, result FROM audit").fetchall()
         refused_commands = [c for s, c, r in audit
@@ -209,12 +238,13 @@ async def test_non_core_member_power_games_and_lookalike_rooms(
         assert all(rooms.get(r) != "joined" for r in lookalikes), rooms
         assert with_content_key(await room_messages(mod, city), DISPATCH_KEY) == []
 
-        tried = len(sent) + 1 + len(lookalikes)
+        tried = len(sent) + 1 + len(lookalikes)  # the demoted !status is in sent
         record(
             "hostile/non-core-and-lookalikes",
             section="Hostile users",
             what="A non-core member of the control room: every control command, raising "
-            "their power there, and from rooms of their own with full power, invites "
+            "their power there, a command right after being demoted, and from rooms of "
+            "their own with full power, invites "
             "from lookalike rooms (names, aliases with a digit 1 and a Cyrillic o): "
             "all refused and audited, nothing changed",
             tried=tried,
@@ -222,7 +252,7 @@ async def test_non_core_member_power_games_and_lookalike_rooms(
             unit="actions",
             command=".venv/bin/pytest -q tests/test_hostile.py -k non_core",
             by_kind={
-                "control commands": len(sent),
+                "control commands (one after a demotion)": len(sent),
                 "power level edit": 1,
                 "lookalike invites": len(lookalikes),
             },
@@ -311,6 +341,11 @@ async def test_flood_while_a_stage_is_due_and_impostor(
         for p in people:  # impostor-bait: reacting to the forged message is no check-in
             await p.room_send(city, "m.reaction", {"m.relates_to": {
                 "rel_type": "m.annotation", "event_id": forged.event_id, "key": "👍"}})
+        # The core group is heard mid-flood: a command's reply does not queue behind it.
+        await asyncio.sleep(2)
+        asked = time.monotonic()
+        assert "flood" in await env.command("!status flood", timeout=40)
+        command_latency = time.monotonic() - asked
         await flood
         flood_seconds = time.monotonic() - flood_started
         await env.control_notices("stage go delivered", timeout=40)
@@ -324,7 +359,8 @@ async def test_flood_while_a_stage_is_due_and_impostor(
         assert len(go) == 1, [content_of(e)[DISPATCH_KEY] for e in ours]
         lateness = go[0].server_timestamp / 1000 - (start.timestamp() + GO_OFFSET_S)
         print(f"flood: {FLOOD_EVENTS} events in {flood_seconds:.1f} s; stage go "
-              f"released {lateness * 1000:.0f} ms after its instant")
+              f"released {lateness * 1000:.0f} ms after its instant; !status answered "
+              f"in {command_latency:.2f} s mid-flood")
         assert -0.05 <= lateness < LATENESS_BOUND_S, lateness
         assert flood_seconds > GO_OFFSET_S - 4, "the stage was not due during the flood"
 
@@ -371,6 +407,7 @@ async def test_flood_while_a_stage_is_due_and_impostor(
                 "stage lateness ms": round(lateness * 1000),
                 "bound ms": int(LATENESS_BOUND_S * 1000),
                 "flood seconds": round(flood_seconds, 1),
+                "!status reply mid-flood s": round(command_latency, 2),
                 "check-in rows": len(found),
             },
         )
