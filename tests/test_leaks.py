@@ -5,7 +5,7 @@ logging at DEBUG, on a private homeserver.
 Twice before each stage's instant (before the bot prepares it, and after, a moment
 before the instant) every place a marker could be is searched for the markers of
 stages not yet released: every table of the homeserver's database (and its raw
-bytes, WAL included), the bot's log, the control room, and every file under the
+bytes, WAL included) and its log, the bot's log, the control room, and every file under the
 bot's storage (its database and WAL, the encryption store, credentials). Nothing may
 be found. After the run and ``!purge``, no marker is left anywhere in the bot's
 storage. Positive controls: released markers are found in the homeserver, so the
@@ -184,6 +184,7 @@ async def search_everything(env: BotEnv, hs: EmbeddedHomeserver, s: Searcher) ->
     for suffix in ("", "-wal", "-shm"):
         path = hs.workdir / f"homeserver.db{suffix}"
         hits += [h for h in s.raw(path, "homeserver") if not h.marker.typed]
+    hits += s.raw(hs.log_path, "homeserver log")
     if (hs.workdir / "media_store").exists():
         hits += s.tree(hs.workdir / "media_store", "homeserver media")
     hits += s.raw(env.log_path, "bot log")
