@@ -500,7 +500,7 @@ async def test_homeserver_killed_and_restarted_during_a_fan_out(
         "each part once per room, ledger = rooms, one true summary",
         tried=1,
         held=1,
-        unit="homeserver kills",
+        unit="faults injected",
         command=f"{CMD}homeserver_killed",
         measured={"deliveries sent at the kill": f"{killed_at} of 60"},
     )
@@ -607,7 +607,7 @@ async def test_database_locked_by_another_process(
         "delivered once after",
         tried=1,
         held=1,
-        unit="locks",
+        unit="faults injected",
         command=f"{CMD}'locked and {when}'",
     )
 
@@ -683,7 +683,7 @@ async def test_disk_full_while_writing_the_ledger(
         "instant (SQLITE_FULL): reported once, nothing marked sent, all delivered once after",
         tried=1,
         held=1,
-        unit="disk-full spells",
+        unit="faults injected",
         command=f"{CMD}disk_full",
     )
 
