@@ -216,7 +216,7 @@ async def test_missed_instants_follow_the_late_policy(
     goes out late, once, and the control room hears it was late."""
     async with bot_env(homeserver, tmp_path, clients, "late") as env:
         room = await create_room(env.org, name="late city")
-        start = seconds_ahead(10)
+        start = seconds_ahead(6)
         env.write_scenario(
             scenario(
                 "late",
@@ -252,7 +252,7 @@ async def test_command_sent_while_down_is_acted_on_after_restart(
 ) -> None:
     async with bot_env(homeserver, tmp_path, clients, "down") as env:
         room = await create_room(env.org, name="down city")
-        start = seconds_ahead(14)
+        start = seconds_ahead(9)
         env.write_scenario(
             scenario("down", [room], start, [{"id": "go", "at": "0s", "text": "never"}])
         )
