@@ -192,7 +192,7 @@ class Bot:
                 valid = self.library.all_valid()
                 listed = {r for ls in valid for c in ls.scenario.cities for r in c.rooms}
                 direct_open = any(c.direct for ls in valid for c in ls.scenario.cities)
-                await self.rooms.on_invite(
+                if await self.rooms.on_invite(
                     room_id,
                     inviter,
                     [],
@@ -200,7 +200,9 @@ class Bot:
                     report=self._report,
                     is_direct=is_direct,
                     direct_open=direct_open,
-                )
+                ):
+                    # Opted in again after a removal: stages may go there again.
+                    self.dispatcher.remember_room(room_id)
 
             self._inbox.put_nowait(handle)
         for room_id, left in resp.rooms.leave.items():
