@@ -67,6 +67,8 @@ class Bot:
         self.dispatcher = Dispatcher(
             store, self.sender, clock, max_in_flight=config.dispatch.max_in_flight
         )
+        self.sync.hold = self.dispatcher.quiet
+        self.sync.max_hold_s = config.dispatch.sync_hold_seconds
         self.timers = Timers()
         self.runs = RunManager(
             store=store,

@@ -68,6 +68,10 @@ class DispatchConfig(_Strict):
     # Synapse's default rc_message is 0.2 msg/s with a burst of 10.
     expected_msgs_per_second: float = Field(default=30.0, gt=0, le=100_000)
     rate_burst: int = Field(default=0, ge=0, le=100_000)
+    # The bot's next /sync waits while a fan-out is sending, at most this long
+    # (0: never wait). Syncing during a fan-out costs the homeserver about as much
+    # as the sends; commands typed meanwhile are read when it ends.
+    sync_hold_seconds: float = Field(default=30.0, ge=0, le=600)
 
 
 class Config(_Strict):

@@ -596,3 +596,23 @@ async def test_a_failing_pilot_opens_the_way(store: Store) -> None:
     rel = release(run, [f"!r{i}:x" for i in range(6)], messages=TEXT)
     (outcome,) = await d.release([rel])
     assert list(outcome.failed) == ["!r0:x"] and len(outcome.delivered) == 5
+
+
+async def test_quiet_while_sending_not_while_backing_off(store: Store) -> None:
+    """The sync loop waits on quiet(): it holds while requests are waiting or in
+    flight, and not while the only room left is waiting out a 429."""
+    run = await make_run(store)
+    sender = ScriptedSender(latency=0.02)
+    sender.script["!r5:x"] = [SendFailure(429, "M_LIMIT_EXCEEDED", retry_after_ms=400)]
+    d = Dispatcher(store, sender, SystemClock(), max_in_flight=2, policy=FAST)
+    await asyncio.wait_for(d.quiet(), 0.1)  # idle
+    rel = release(run, [f"!r{i}:x" for i in range(6)], messages=TEXT)
+    task = asyncio.create_task(d.release([rel]))
+    await sender.wait_requests(1)
+    t0 = time.monotonic()
+    await asyncio.wait_for(d.quiet(), 2)
+    quiet_after = time.monotonic() - t0
+    assert not task.done()  # !r5 is still backing off
+    (outcome,) = await task
+    assert len(outcome.delivered) == 6
+    assert 0.03 < quiet_after < 0.35  # after the first pass, before the retry

@@ -10,6 +10,7 @@ encryption keys are kept current (upload, query, claim), as nio's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import traceback
@@ -56,6 +57,11 @@ class SyncLoop:
         self.first_sync_ever = client.loaded_sync_token is None
         self.synced_once = False
         self._rng = random.Random()
+        # Before each long-poll, wait for ``hold`` (the dispatcher: no fan-out
+        # under way), at most ``max_hold_s``: commands typed during a fan-out are
+        # read when it ends, or after this long at the latest.
+        self.hold: Callable[[], Awaitable[None]] | None = None
+        self.max_hold_s = 30.0
 
     async def _keys(self) -> None:
         client = self._client
@@ -75,6 +81,12 @@ class SyncLoop:
     async def run(self) -> None:
         failures = 0
         while True:
+            if self.synced_once and self.hold is not None and self.max_hold_s > 0:
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a
+                # cancellation (shutdown) when the awaited hold ends at that moment.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.max_hold_s):
+                        await self.hold()
             try:
                 resp = await self._client.sync(
                     timeout=self._poll_ms if self.synced_once else 0,
