@@ -88,15 +88,21 @@ async def measure_encrypted(
 ) -> dict[str, Any]:
     rooms_n, devices = args.encrypted_rooms, args.encrypted_devices
     log(f"== encrypted: {rooms_n} rooms, {devices} participant devices each ==")
-    world: World = await build_world(
-        hs, http, room_count=rooms_n, bot_rooms={"bot": rooms_n}, prefix="enc", encrypted=True
-    )
-    account = world.bots["bot"]
     people = [
         await participant(hs, f"enc-p{i}", workdir / "enc-participants" / str(i))
         for i in range(devices)
     ]
     try:
+        world: World = await build_world(
+            hs,
+            http,
+            room_count=rooms_n,
+            bot_rooms={"bot": rooms_n},
+            prefix="enc",
+            encrypted=True,
+            invite_all=[p.user_id for p in people],
+        )
+        account = world.bots["bot"]
         joins = [
             (RawClient(http, hs.url, p.access_token, p.user_id), room)
             for p in people

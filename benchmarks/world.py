@@ -146,12 +146,13 @@ async def build_world(
     prefix: str = "bench",
     encrypted: bool = False,
     public: bool = False,
+    invite_all: Sequence[str] = (),
 ) -> World:
     """Register an organiser and one bot account per entry of ``bot_rooms`` (name ->
     how many of the rooms it is in: always the first ones), create ``room_count``
     rooms (the organiser creates them and invites the bots), join the bots, and give
     each bot a control room where the organiser is the creator. ``public`` rooms
-    can be joined without an invite."""
+    can be joined without an invite; ``invite_all`` are invited to every room."""
     timings: dict[str, float] = {}
     organiser = await register(hs, f"{prefix}-organiser")
     org = await RawClient.login(http, hs.url, organiser.localpart, organiser.password)
@@ -171,6 +172,7 @@ async def build_world(
     async def create(i: int) -> str:
         nonlocal done
         invite = [] if public else [b.user.user_id for n, b in bots.items() if i < bot_rooms[n]]
+        invite += list(invite_all)
         room = await org.create_room(
             f"{prefix} room {i:04d}", invite=invite, encrypted=encrypted, public=public
         )
