@@ -36,6 +36,7 @@ class Fanout:
     msgs_per_s: float  # rooms / (last response - go), i.e. until the sender knows
     span_ms: float  # last origin_server_ts - go
     first_ms: float  # first origin_server_ts - go
+    done_ms: float  # last reply - go: when the sender knows every room has it
     extra: Mapping[str, Any]
 
 
@@ -47,6 +48,7 @@ def _fanout(run: SendRun, ts: Mapping[str, int], **extra: Any) -> Fanout:
         msgs_per_s=len(run.sent) / run.seconds,
         span_ms=max(stamps) - go_ms,
         first_ms=min(stamps) - go_ms,
+        done_ms=run.seconds * 1000,
         extra=extra,
     )
 
@@ -357,6 +359,7 @@ class Blossom:
             msgs_per_s=len(sent) / done_s,
             span_ms=max(late.values()),
             first_ms=min(late.values()),
+            done_ms=done_s * 1000,
             extra={},
         )
         return BlossomRun(
