@@ -16,7 +16,14 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-from nio import AsyncClient, AsyncClientConfig, LoginResponse, MegolmEvent, RoomMessageText
+from nio import (
+    AsyncClient,
+    AsyncClientConfig,
+    LoginResponse,
+    MegolmEvent,
+    RoomMessageText,
+    SyncResponse,
+)
 
 from benchmarks.measure import Blossom, BlossomRun
 from benchmarks.raw import RawClient, bounded
@@ -54,18 +61,21 @@ async def participant(hs: EmbeddedHomeserver, name: str, store: Path) -> AsyncCl
     return client
 
 
-async def decryptable(client: AsyncClient, room_id: str, scenario_id: str) -> bool:
-    """Whether a participant can read the stage message in one room."""
-    await client.sync(timeout=0, full_state=True, sync_filter={"room": {"timeline": {"limit": 5}}})
-    resp = await client.room_messages(room_id, limit=10)
-    for event in getattr(resp, "chunk", []):
-        if isinstance(event, RoomMessageText):
-            tag = event.source.get("content", {}).get(DISPATCH_KEY, {})
-            if tag.get("scenario") == scenario_id:
-                return True
-        elif isinstance(event, MegolmEvent):
-            continue
-    return False
+async def read_stage(client: AsyncClient, scenario_id: str) -> tuple[int, int]:
+    """(decrypted, undecryptable) stage messages of ``scenario_id`` that reach a
+    participant in one incremental sync (each room's new events)."""
+    resp = await client.sync(timeout=0, sync_filter={"room": {"timeline": {"limit": 20}}})
+    if not isinstance(resp, SyncResponse):
+        raise RuntimeError(f"participant sync: {resp}")
+    decrypted = undecryptable = 0
+    for room in resp.rooms.join.values():
+        for event in room.timeline.events:
+            if isinstance(event, RoomMessageText):
+                tag = event.source.get("content", {}).get(DISPATCH_KEY, {})
+                decrypted += tag.get("scenario") == scenario_id
+            elif isinstance(event, MegolmEvent):
+                undecryptable += 1
+    return decrypted, undecryptable
 
 
 def _summary(runs: list[BlossomRun]) -> dict[str, Any]:
@@ -114,9 +124,15 @@ async def measure_encrypted(
 
         await bounded(JOIN_CONCURRENCY, joins, join)
         log(f"  {len(joins)} participant joins done")
+        reader = people[0]
+        await reader.sync(
+            timeout=0, full_state=True, sync_filter={"room": {"timeline": {"limit": 1}}}
+        )
         result: dict[str, Any] = {"rooms": rooms_n, "participant_devices_per_room": devices}
         for variant, prepare in (("keys_shared_ahead", args.prepare), ("keys_at_instant", 0.0)):
             runs: list[BlossomRun] = []
+            readable_counts: list[int] = []
+            unreadable_counts: list[int] = []
             for rep in range(args.repeats):
                 bot_dir = workdir / f"enc-{variant}-{rep}"
                 blossom = Blossom(
@@ -125,18 +141,24 @@ async def measure_encrypted(
                 sid = f"enc-{variant.replace('_', '-')}-{rep}"
                 run = await blossom.measure(world.rooms, sid, args.lead + rooms_n / 100)
                 runs.append(run)
+                readable, unreadable = await read_stage(reader, sid)
+                readable_counts.append(readable)
+                unreadable_counts.append(unreadable)
                 log(
                     f"  {variant} repeat {rep + 1}: fan-out {run.last_lateness_ms:.0f} ms, "
                     f"first +{run.first_lateness_ms:.0f} ms, {run.fanout.msgs_per_s:.1f} msg/s, "
-                    f"CPU {run.release_cpu_s:.2f} s"
+                    f"CPU {run.release_cpu_s:.2f} s; a participant decrypts {readable} of "
+                    f"{rooms_n} rooms ({unreadable} undecryptable)"
                 )
                 # The next repeat starts from a new device without megolm sessions.
                 creds = json.loads((bot_dir / "data" / "credentials.json").read_text())
                 await _device(hs, account.user.user_id, creds["device_id"])
                 shutil.rmtree(bot_dir / "data" / "nio-store", ignore_errors=True)
-                last_sid = sid
-            result[variant] = _summary(runs)
-        result["participant_can_decrypt"] = await decryptable(people[0], world.rooms[0], last_sid)
+            result[variant] = {
+                **_summary(runs),
+                "participant_decrypted_rooms": readable_counts,
+                "participant_undecryptable": unreadable_counts,
+            }
         ahead, instant = result["keys_shared_ahead"], result["keys_at_instant"]
         result["instant_saving_ms"] = round(instant["fanout_ms"] - ahead["fanout_ms"], 1)
         return result

@@ -62,6 +62,8 @@ def failure_from_error(resp: Any) -> SendFailure:
 class MatrixSender:
     def __init__(self, client: AsyncClient) -> None:
         self._client = client
+        # One device-key query and one-time-key claim at a time (see prepare).
+        self._keys_lock = asyncio.Lock()
 
     async def send(
         self, room_id: str, event_type: str, content: Mapping[str, Any], txn_id: str
@@ -103,8 +105,17 @@ class MatrixSender:
         try:
             if not room.members_synced:
                 await self._client.joined_members(room_id)
-            if self._client.should_query_keys:
-                await self._client.keys_query()
+            # Rooms are prepared concurrently. Unserialised, every room would query
+            # the same devices and claim a one-time key from each of them: 100 rooms
+            # spend 100 keys per device (a client uploads ~50), and rooms whose
+            # claim comes back empty share their room key with nobody. So: one
+            # query and one claim at a time; later rooms find the sessions made.
+            async with self._keys_lock:
+                if self._client.should_query_keys:
+                    await self._client.keys_query()
+                missing = olm.get_missing_sessions(list(room.users))
+                if missing:
+                    await self._client.keys_claim(missing)
             if olm.should_share_group_session(room_id):
                 await self._client.share_group_session(room_id, ignore_unverified_devices=True)
         except (ClientError, TimeoutError, ConnectionError, LocalProtocolError) as err:
