@@ -70,8 +70,9 @@ class DispatchConfig(_Strict):
     rate_burst: int = Field(default=0, ge=0, le=100_000)
     # The bot's next /sync waits while a fan-out is sending, at most this long
     # (0: never wait). Syncing during a fan-out costs the homeserver about as much
-    # as the sends; commands typed meanwhile are read when it ends.
-    sync_hold_seconds: float = Field(default=30.0, ge=0, le=600)
+    # as the sends; commands typed meanwhile are read when it ends. Safety first:
+    # an !abort typed during a fan-out waits up to this long, so keep it short.
+    sync_hold_seconds: float = Field(default=1.0, ge=0, le=10)
 
 
 class Config(_Strict):

@@ -61,7 +61,7 @@ class SyncLoop:
         # under way), at most ``max_hold_s``: commands typed during a fan-out are
         # read when it ends, or after this long at the latest.
         self.hold: Callable[[], Awaitable[None]] | None = None
-        self.max_hold_s = 30.0
+        self.max_hold_s = 1.0
 
     async def _keys(self) -> None:
         client = self._client
