@@ -191,9 +191,7 @@ class Bot:
             async def handle(
                 room_id: str = room_id, inviter: str = inviter, is_direct: bool = is_direct
             ) -> None:
-                valid = self.library.all_valid()
-                listed = {r for ls in valid for c in ls.scenario.cities for r in c.rooms}
-                direct_open = any(c.direct for ls in valid for c in ls.scenario.cities)
+                listed, direct_open = self.library.opt_in_facts()
                 if await self.rooms.on_invite(
                     room_id,
                     inviter,

@@ -92,6 +92,9 @@ class ScenarioLibrary:
             raise invalid
         raise LibraryError(f"no scenario with id {scenario_id} in the scenarios directory")
 
-    def rooms_listed(self) -> set[str]:
-        """Every room id or alias listed by a valid scenario (for opt-in)."""
-        return {room for ls in self.all_valid() for c in ls.scenario.cities for room in c.rooms}
+    def opt_in_facts(self) -> tuple[set[str], bool]:
+        """For an invite, from one read of the directory: every room id or alias a
+        valid scenario lists, and whether any city takes private (DM) participants."""
+        valid = self.all_valid()
+        listed = {room for ls in valid for c in ls.scenario.cities for room in c.rooms}
+        return listed, any(c.direct for ls in valid for c in ls.scenario.cities)

@@ -39,6 +39,11 @@ def plan_table(lines: Sequence[PlanLine], now: datetime) -> str:
                 else (format_duration(until) if until > timedelta(0) else "past"),
             )
         )
+    return text_table(rows)
+
+
+def text_table(rows: Sequence[Sequence[str]]) -> str:
+    """Rows as left-aligned columns two spaces apart (shown in a <pre> block)."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows

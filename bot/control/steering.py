@@ -19,6 +19,7 @@ from bot.control.commands import Controller, Reply
 from bot.control.parse import ArgSpec, Command, CommandSpec
 from bot.ledger import DeliveryState, DispatchState
 from bot.policy import format_duration
+from bot.report import text_table
 from bot.runs import ArmedRun, ArmError, RunManager
 from bot.scenario.durations import parse_offset
 from bot.store import Store
@@ -202,12 +203,8 @@ class Steering:
                     )
                 )
             lines.append(f"{armed.label()} (run {armed.run.id}) armed by {armed.run.armed_by}")
-        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-        text_table = "\n".join(
-            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table
-        )
         lines.append(f"as of {now:%Y-%m-%d %H:%M:%SZ}")
-        return Reply("\n".join(lines), text_table)
+        return Reply("\n".join(lines), text_table(table))
 
     async def hold(self, command: Command, sender: str, room_id: str) -> Reply:
         armed = self._armed(command)
@@ -287,12 +284,8 @@ class Steering:
         table = [("city", "stage", "check-ins")]
         table += [(c, st or "(before the first stage)", str(n)) for c, st, n in rows]
         total = sum(n for _, _, n in rows)
-        widths = [max(len(r[i]) for r in table) for i in range(3)]
-        text = "\n".join(
-            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table
-        )
         where = f" in {city}" if city else ""
-        return Reply(f"{label}: {total} check-ins{where}.", text)
+        return Reply(f"{label}: {total} check-ins{where}.", text_table(table))
 
     async def drill(self, command: Command, sender: str, room_id: str) -> Reply:
         scenario_id = command.args["scenario"]
