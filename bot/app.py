@@ -27,6 +27,7 @@ from bot.config import Config
 from bot.control.commands import Controller
 from bot.control.participants import Participants
 from bot.control.steering import Steering
+from bot.control.watch import ControlWatch
 from bot.dispatch import Dispatcher
 from bot.library import ScenarioLibrary
 from bot.matrix.crosssign import ensure_cross_signing
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 
 DB_FILE = "blossom.db"
 SHUTDOWN_GRACE_S = 10.0
+# Command event ids remembered against a second reading (watch, then sync).
+_TAKEN_KEPT = 4096
 
 
 class Bot:
@@ -69,6 +72,13 @@ class Bot:
         )
         self.sync.hold = self.dispatcher.quiet
         self.sync.max_hold_s = config.dispatch.sync_hold_seconds
+        self.watch = ControlWatch(
+            client,
+            lambda: self.rooms.control_rooms,
+            self._on_watched_command,
+            interval_s=config.dispatch.control_poll_seconds,
+        )
+        self.sync.while_held = self.watch.watch
         self.timers = Timers()
         self.runs = RunManager(
             store=store,
@@ -100,6 +110,12 @@ class Bot:
         # Room events are handled one at a time, in order, off the sync path:
         # nio runs callbacks inside sync, and a slow command must not stall it.
         self._inbox: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
+        # Control-room commands have their own lane, in order among themselves:
+        # an !abort must not queue behind a crowd's check-ins.
+        self._commands: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
+        # Command event ids already taken (the control watch and the sync both
+        # read the control rooms during a fan-out); bounded, oldest dropped.
+        self._taken: dict[str, None] = {}
         # room id -> origin_server_ts of the bot's join seen in this session. The
         # sync that brings a newly joined room carries its history too: commands
         # older than the join are history, not orders.
@@ -117,20 +133,33 @@ class Bot:
         if event.sender == self.client.user_id or not self._taking_commands():
             return
         if room.room_id in self.rooms.control_rooms:
-            body = event.body if isinstance(event.body, str) else ""
-
-            async def command() -> None:
-                # Checked in the inbox: the join comes later in the same timeline.
-                if event.server_timestamp < self._joined_at.get(room.room_id, 0):
-                    return
-                await self.controller.handle(room.room_id, event.event_id, event.sender, body)
-
-            self._inbox.put_nowait(command)
+            self._take_command(room.room_id, event)
             return
         body = event.body if isinstance(event.body, str) else ""
         self._inbox.put_nowait(
             lambda: self.participants.on_message(room.room_id, event.event_id, event.sender, body)
         )
+
+    def _take_command(self, room_id: str, event: RoomMessageText) -> None:
+        """Queue a control-room command once, however many times it is read."""
+        if event.event_id in self._taken:
+            return
+        self._taken[event.event_id] = None
+        if len(self._taken) > _TAKEN_KEPT:
+            del self._taken[next(iter(self._taken))]
+        body = event.body if isinstance(event.body, str) else ""
+
+        async def command() -> None:
+            # Checked in the lane: the join comes later in the same timeline.
+            if event.server_timestamp < self._joined_at.get(room_id, 0):
+                return
+            await self.controller.handle(room_id, event.event_id, event.sender, body)
+
+        self._commands.put_nowait(command)
+
+    async def _on_watched_command(self, room_id: str, event: RoomMessageText) -> None:
+        if self._taking_commands() and room_id in self.rooms.control_rooms:
+            self._take_command(room_id, event)
 
     async def _on_reaction(self, room: MatrixRoom, event: ReactionEvent) -> None:
         if event.sender == self.client.user_id or not self._taking_commands():
@@ -227,9 +256,10 @@ class Bot:
 
             self._inbox.put_nowait(removed)
 
-    async def _work_inbox(self) -> None:
+    @staticmethod
+    async def _work(queue: asyncio.Queue[Callable[[], Awaitable[None]]]) -> None:
         while True:
-            job = await self._inbox.get()
+            job = await queue.get()
             try:
                 await job()
             except Exception:
@@ -243,7 +273,8 @@ class Bot:
         await self.runs.restore()
         tasks = [
             asyncio.create_task(self.sync.run(), name="sync"),
-            asyncio.create_task(self._work_inbox(), name="inbox"),
+            asyncio.create_task(self._work(self._inbox), name="inbox"),
+            asyncio.create_task(self._work(self._commands), name="commands"),
         ]
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)

@@ -69,10 +69,13 @@ class DispatchConfig(_Strict):
     expected_msgs_per_second: float = Field(default=30.0, gt=0, le=100_000)
     rate_burst: int = Field(default=0, ge=0, le=100_000)
     # The bot's next /sync waits while a fan-out is sending, at most this long
-    # (0: never wait). Syncing during a fan-out costs the homeserver about as much
-    # as the sends; commands typed meanwhile are read when it ends. Safety first:
-    # an !abort typed during a fan-out waits up to this long, so keep it short.
-    sync_hold_seconds: float = Field(default=1.0, ge=0, le=10)
+    # (0: never wait): on one Synapse, syncing during a fan-out costs about as much
+    # as the sends. Meanwhile the control rooms are polled every
+    # control_poll_seconds (bot/control/watch.py), so an !abort typed during a
+    # fan-out is read within that, not after the hold; participants' messages
+    # (check-ins, !stop) are read when the hold ends.
+    sync_hold_seconds: float = Field(default=30.0, ge=0, le=120)
+    control_poll_seconds: float = Field(default=0.25, ge=0.05, le=5)
 
 
 class Config(_Strict):

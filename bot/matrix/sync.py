@@ -61,7 +61,39 @@ class SyncLoop:
         # under way), at most ``max_hold_s``: commands typed during a fan-out are
         # read when it ends, or after this long at the latest.
         self.hold: Callable[[], Awaitable[None]] | None = None
-        self.max_hold_s = 1.0
+        self.max_hold_s = 30.0
+        # Run while a hold lasts longer than ``watch_after_s``, from the last sync's
+        # token, and cancelled when it ends: the control-room watch, so a command
+        # typed during a fan-out is not kept waiting by the hold. If it returns,
+        # the hold ends at once (it saw something only a sync can bring, e.g. a
+        # message whose room key arrives over /sync).
+        self.while_held: Callable[[str], Awaitable[None]] | None = None
+        self.watch_after_s = 0.1
+
+    async def _held(self, hold: Callable[[], Awaitable[None]]) -> None:
+        """Wait for ``hold`` (at most ``max_hold_s``), running ``while_held``
+        alongside once the wait is more than a moment."""
+        waiting = asyncio.ensure_future(hold())
+        watcher: asyncio.Future[None] | None = None
+        try:
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a
+            # cancellation (shutdown) when the awaited hold ends at that moment.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.max_hold_s):
+                    done, _ = await asyncio.wait({waiting}, timeout=self.watch_after_s)
+                    since = self._client.next_batch
+                    if not done and self.while_held is not None and since:
+                        watcher = asyncio.ensure_future(self.while_held(since))
+                        await asyncio.wait({waiting, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                    else:
+                        await waiting
+        finally:
+            for task in (waiting, watcher):
+                if task is None:
+                    continue
+                task.cancel()  # no-op when done; awaited either way, so no error is left unread
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     async def _keys(self) -> None:
         client = self._client
@@ -82,11 +114,7 @@ class SyncLoop:
         failures = 0
         while True:
             if self.synced_once and self.hold is not None and self.max_hold_s > 0:
-                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a
-                # cancellation (shutdown) when the awaited hold ends at that moment.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.max_hold_s):
-                        await self.hold()
+                await self._held(self.hold)
             try:
                 resp = await self._client.sync(
                     timeout=self._poll_ms if self.synced_once else 0,

@@ -1,0 +1,103 @@
+"""Read the control rooms while the sync loop is held for a fan-out.
+
+During a large fan-out the sync loop waits (``dispatch.sync_hold_seconds``):
+every stage message wakes the bot's /sync, and on one Synapse each sync costs
+about as much as the sends it reports. An ``!abort`` typed meanwhile must not
+wait for the hold, so this polls only the control rooms, forward from the last
+sync's token, with ``/rooms/{id}/messages`` — one cheap request per control room
+per poll, whatever the number of rooms being sent to. The main sync still reads
+these events later; the handler ignores a command it has already taken.
+
+An encrypted control room's command is readable here only if the bot already
+holds the sender's room key. Keys arrive over /sync, so a message the bot cannot
+decrypt ends the watch, and with it the hold: the sync that follows brings the
+key and the command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+
+from aiohttp import ClientError
+from nio import (
+    AsyncClient,
+    MegolmEvent,
+    MessageDirection,
+    RoomMessagesResponse,
+    RoomMessageText,
+)
+
+log = logging.getLogger(__name__)
+
+OnCommand = Callable[[str, RoomMessageText], Awaitable[None]]
+
+# Only messages can be commands; encrypted ones are decrypted by nio if it can.
+_FILTER = {"types": ["m.room.message", "m.room.encrypted"]}
+_PAGE = 50
+
+
+class ControlWatch:
+    def __init__(
+        self,
+        client: AsyncClient,
+        control_rooms: Callable[[], Iterable[str]],
+        on_command: OnCommand,
+        *,
+        interval_s: float = 0.3,
+    ) -> None:
+        self._client = client
+        self._control_rooms = control_rooms
+        self._on_command = on_command
+        self._interval = interval_s
+
+    async def watch(self, since: str) -> None:
+        """Poll every control room from ``since`` until cancelled, or until a
+        message only a sync can make readable: then return (ending the hold).
+        Never raises: a failed poll is retried at the next interval (the main
+        sync is the fallback that always comes)."""
+        tokens: dict[str, str] = {}
+        while True:
+            for room_id in list(self._control_rooms()):
+                start = tokens.setdefault(room_id, since)
+                try:
+                    tokens[room_id], unreadable = await self._poll(room_id, start)
+                except (ClientError, TimeoutError, ConnectionError) as err:
+                    log.debug("control watch: %s poll failed: %s", room_id, type(err).__name__)
+                    continue
+                except Exception as err:
+                    log.warning("control watch: %s poll failed: %s", room_id, type(err).__name__)
+                    continue
+                if unreadable:
+                    log.info("control watch: undecryptable message in %s; syncing now", room_id)
+                    return
+            await asyncio.sleep(self._interval)
+
+    async def _poll(self, room_id: str, start: str) -> tuple[str, bool]:
+        """Hand new messages of one room to the handler; returns the next token
+        and whether a message could not be decrypted (stopping there)."""
+        while True:
+            resp = await self._client.room_messages(
+                room_id,
+                start=start,
+                direction=MessageDirection.front,
+                limit=_PAGE,
+                message_filter=_FILTER,
+            )
+            if not isinstance(resp, RoomMessagesResponse):
+                return start, False
+            for event in resp.chunk:
+                if event.sender == self._client.user_id:
+                    continue
+                if isinstance(event, MegolmEvent):
+                    # Later commands wait too: they must not overtake this one.
+                    return start, True
+                if isinstance(event, RoomMessageText):
+                    await self._on_command(room_id, event)
+            # No ``end``: nothing newer yet; keep asking from the same place.
+            if not resp.end or resp.end == start:
+                return start, False
+            start = resp.end
+            if len(resp.chunk) < _PAGE:
+                return start, False
