@@ -58,12 +58,15 @@ def write_config(
     control_room: str,
     max_in_flight: int | None = None,
     prepare_seconds: float | None = None,
+    sync_hold_seconds: float | None = None,
 ) -> None:
     dispatch: dict[str, Any] = {}
     if max_in_flight is not None:
         dispatch["max_in_flight"] = max_in_flight
     if prepare_seconds is not None:
         dispatch["prepare_seconds"] = prepare_seconds
+    if sync_hold_seconds is not None:
+        dispatch["sync_hold_seconds"] = sync_hold_seconds
     config: dict[str, Any] = {
         "matrix": {"homeserver": homeserver, "user_id": user_id, "password": password},
         "storage": {"path": "data"},
@@ -190,21 +193,27 @@ class BotProcess:
         uri = f"file:{self.storage / DB_FILE}?mode=ro"
         return sqlite3.connect(uri, uri=True, timeout=5)
 
-    def terminal_count(self, run_id: int) -> int:
+    def terminal_count(self, run_id: int, stage_id: str | None = None) -> int:
+        """Deliveries of the run (of one stage, if given) that are done."""
         with self._db() as db:
             row = db.execute(
                 "SELECT COUNT(*) FROM deliveries WHERE run_id = ?"
-                " AND state IN ('sent', 'failed', 'skipped')",
-                (run_id,),
+                " AND state IN ('sent', 'failed', 'skipped')"
+                " AND (? IS NULL OR stage_id = ?)",
+                (run_id, stage_id, stage_id),
             ).fetchone()
         return int(row[0])
 
-    def deliveries(self, run_id: int) -> list[tuple[str, str, str, str | None]]:
-        """(city_id, room_id, state, event_id) of every delivery of the run."""
+    def deliveries(
+        self, run_id: int, stage_id: str | None = None
+    ) -> list[tuple[str, str, str, str | None]]:
+        """(city_id, room_id, state, event_id) of every delivery of the run (of one
+        stage, if given)."""
         with self._db() as db:
             rows = db.execute(
-                "SELECT city_id, room_id, state, event_id FROM deliveries WHERE run_id = ?",
-                (run_id,),
+                "SELECT city_id, room_id, state, event_id FROM deliveries WHERE run_id = ?"
+                " AND (? IS NULL OR stage_id = ?)",
+                (run_id, stage_id, stage_id),
             ).fetchall()
         return [(str(c), str(r), str(s), e) for c, r, s, e in rows]
 

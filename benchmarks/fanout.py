@@ -42,6 +42,7 @@ from benchmarks.measure import (
     BlossomRun,
     Fanout,
     TypicalBot,
+    measure_abort,
     measure_ceiling,
     measure_typical,
     sweep,
@@ -107,6 +108,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--presence-members", type=int, default=10, help="members per room")
     p.add_argument("--direct", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--direct-participants", type=int, default=1000)
+    p.add_argument(
+        "--abort",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time an !abort typed into the largest fan-out (on)",
+    )
+    p.add_argument("--abort-after", type=float, default=1.0, help="seconds after the instant (1.0)")
     p.add_argument("--quick", action="store_true", help="50 and 200 rooms, 1 repeat, no extras")
     p.add_argument("--smoke", action="store_true", help="3 rooms, 2 cities, tiny sweep, no extras")
     p.add_argument("--profile", type=Path, default=None, help="py-spy the bot and Synapse into DIR")
@@ -121,6 +129,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.rooms, args.repeats, args.cities = [3], 1, 2
         args.sweep, args.candidates = [1, 2], 1
         args.lead, args.prepare, args.quiet_wait = 5.0, 1.0, 0.0
+        args.abort_after = 0.0
         args.encrypted = args.presence = args.direct = False
     return args
 
@@ -305,6 +314,32 @@ async def measure_size(
     return summarise(rooms_n, rates, ceilings, typicals, blossoms)
 
 
+async def measure_abort_size(
+    world: World, args: argparse.Namespace, rooms_n: int, workdir: Path
+) -> dict[str, Any]:
+    """One !abort typed ``--abort-after`` seconds into a fan-out to ``rooms_n`` rooms."""
+    account = world.bots[f"bot-{rooms_n}"]
+    log(f"== !abort {args.abort_after:g} s into a fan-out to {rooms_n} rooms ==")
+    await quiet(args, lambda: [os.getpid(), world.hs.pid])
+    blossom = Blossom(
+        world,
+        account,
+        workdir / f"abort-{rooms_n}",
+        cities=args.cities,
+        max_in_flight=args.max_in_flight,
+        prepare_seconds=args.prepare,
+    )
+    a = await measure_abort(
+        blossom, account.rooms, f"abort-{rooms_n}", args.lead + rooms_n / 500, args.abort_after
+    )
+    log(
+        f"  reply +{a.reply_ms:.0f} ms, every room told to stop +{a.last_stop_ms:.0f} ms "
+        f"(first +{a.first_stop_ms:.0f}); the stage reached {a.stage_rooms} of {a.rooms} rooms "
+        f"({a.stage_rooms_after_reply} of them after the reply: in flight)"
+    )
+    return asdict(a)
+
+
 def machine() -> dict[str, Any]:
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     versions: dict[str, str | None] = {}
@@ -386,6 +421,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             results = [await measure_size(world, args, n, workdir) for n in args.rooms]
             report["results"] = results
             report["memory"] = memory_model(results)
+            if args.abort:
+                report["abort"] = await measure_abort_size(world, args, max(args.rooms), workdir)
             if args.encrypted:
                 from benchmarks.encrypted import measure_encrypted
 

@@ -199,6 +199,7 @@ class Blossom:
         cities: int,
         max_in_flight: int | None = None,
         prepare_seconds: float = 3.0,
+        sync_hold_seconds: float | None = None,
     ) -> None:
         self.world = world
         self.account = account
@@ -215,10 +216,11 @@ class Blossom:
             control_room=account.control_room,
             max_in_flight=max_in_flight,
             prepare_seconds=prepare_seconds,
+            sync_hold_seconds=sync_hold_seconds,
         )
         self._seeded = False
 
-    async def _arm(self, scenario_id: str, timeout: float = 60) -> int:  # noqa: ASYNC109
+    async def arm(self, scenario_id: str, timeout: float = 60) -> int:  # noqa: ASYNC109
         org = self.world.org
         control = self.account.control_room
         command = await org.send(control, {"msgtype": "m.text", "body": f"!arm {scenario_id}"})
@@ -314,7 +316,7 @@ class Blossom:
                 proc.scenarios,
                 scenario_data(scenario_id, rooms, self.cities, instant, direct=bool(direct)),
             )
-            run_id = await self._arm(scenario_id)
+            run_id = await self.arm(scenario_id)
             armed_left = (instant - datetime.now(UTC)).total_seconds()
             if armed_left < self.prepare_seconds + 0.5:
                 log(f"  warning: armed only {armed_left:.1f} s before the instant; raise --lead")
@@ -377,3 +379,86 @@ class Blossom:
             peak_rss_mb=usage.peak_rss_mb,
             rss_ready_mb=rss_ready,
         )
+
+
+# -- 4. an abort during the fan-out ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AbortRun:
+    """``!abort`` typed ``abort_after_s`` into a one-stage fan-out to ``rooms``."""
+
+    rooms: int
+    abort_after_s: float
+    reply_ms: float  # !abort's origin_server_ts -> the bot's reply's
+    first_stop_ms: float  # -> the first stop message in a room
+    last_stop_ms: float  # -> the last one: every room told to stop
+    stage_rooms: int  # rooms the stage reached before the abort stopped it
+    stage_rooms_after_reply: int  # of those, stamped after the bot's reply (in flight)
+    stop_failed: int
+
+
+async def measure_abort(
+    blossom: Blossom,
+    rooms: Sequence[str],
+    scenario_id: str,
+    lead_s: float,
+    abort_after_s: float,
+) -> AbortRun:
+    """The organiser aborts while the stage is still going out; how soon is it
+    read, and how soon has every room been told to stop?"""
+    proc = blossom.proc
+    org, control = blossom.world.org, blossom.account.control_room
+    for old in proc.scenarios.glob("*.yaml"):
+        old.unlink()
+    await seed_rooms(
+        proc.storage, [control, *blossom.account.rooms], blossom.world.organiser.user_id
+    )
+    proc.spawn()
+    try:
+        await proc.wait_ready()
+        instant = datetime.now(UTC) + timedelta(seconds=lead_s)
+        data = scenario_data(scenario_id, rooms, blossom.cities, instant)
+        # A later stage keeps the run armed however soon the first one is done.
+        data["stages"].append({"id": "later", "at": "+10m", "text": "Not sent: aborted"})
+        write_scenario(proc.scenarios, data)
+        run_id = await blossom.arm(scenario_id)
+        await asyncio.sleep(max(0.0, instant.timestamp() + abort_after_s - time.time()))
+        command = await org.send(control, {"msgtype": "m.text", "body": f"!abort {scenario_id}"})
+        deadline = time.monotonic() + 60 + len(rooms) / 5
+        while proc.terminal_count(run_id, "!abort") < len(rooms) or proc.terminal_count(
+            run_id, "go"
+        ) < len(rooms):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{scenario_id}: the abort did not finish")
+            await asyncio.sleep(0.05)
+        reply_ts: int | None = None
+        while reply_ts is None and time.monotonic() < deadline:
+            for ev in await org.messages(control, 50):
+                content = ev.get("content", {})
+                reply_to = (content.get("m.relates_to") or {}).get("m.in_reply_to", {})
+                if reply_to.get("event_id") == command:
+                    reply_ts = int(ev["origin_server_ts"])
+            await asyncio.sleep(0.2)
+        stops = proc.deliveries(run_id, "!abort")
+        stages = proc.deliveries(run_id, "go")
+    finally:
+        await proc.stop()
+    if reply_ts is None:
+        raise TimeoutError(f"{scenario_id}: no reply to !abort")
+    raw = blossom.account.raw
+    command_ts = int((await org.event(control, command))["origin_server_ts"])
+    stop_sent = [(room, eid) for _, room, state, eid in stops if state == "sent" and eid]
+    stage_sent = [(room, eid) for _, room, state, eid in stages if state == "sent" and eid]
+    stop_ts = await origin_timestamps(raw, stop_sent)
+    stage_ts = await origin_timestamps(raw, stage_sent)
+    return AbortRun(
+        rooms=len(rooms),
+        abort_after_s=abort_after_s,
+        reply_ms=reply_ts - command_ts,
+        first_stop_ms=min(stop_ts.values(), default=float("nan")) - command_ts,
+        last_stop_ms=max(stop_ts.values(), default=float("nan")) - command_ts,
+        stage_rooms=len(stage_sent),
+        stage_rooms_after_reply=sum(1 for t in stage_ts.values() if t > reply_ts),
+        stop_failed=len(rooms) - len(stop_sent),
+    )

@@ -50,3 +50,5 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
     assert row["rooms"] == 3 and row["failed"] == 0
     assert row["blossom_msgs_per_s"] > 0 and row["bot_peak_rss_mb"] > 0
     assert report["machine"]["cores"] >= 1
+    abort = report["abort"]
+    assert abort["rooms"] == 3 and abort["stop_failed"] == 0 and abort["reply_ms"] >= 0
