@@ -109,6 +109,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--direct", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--direct-participants", type=int, default=1000)
     p.add_argument(
+        "--sync-hold",
+        type=float,
+        default=None,
+        help="the bot's dispatch.sync_hold_seconds (its default)",
+    )
+    p.add_argument(
         "--abort",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -279,6 +285,7 @@ async def measure_size(
         cities=args.cities,
         max_in_flight=args.max_in_flight,
         prepare_seconds=args.prepare,
+        sync_hold_seconds=args.sync_hold,
     )
     if args.profile is not None:
         blossom.profile_dir = args.profile.resolve()
@@ -328,6 +335,7 @@ async def measure_abort_size(
         cities=args.cities,
         max_in_flight=args.max_in_flight,
         prepare_seconds=args.prepare,
+        sync_hold_seconds=args.sync_hold,
     )
     a = await measure_abort(
         blossom, account.rooms, f"abort-{rooms_n}", args.lead + rooms_n / 500, args.abort_after

@@ -462,13 +462,18 @@ class RunManager:
 
     # -- rooms ---------------------------------------------------------------------------
 
-    async def served_rooms(self, armed: ArmedRun, city_id: str) -> list[str]:
+    async def served_rooms(
+        self, armed: ArmedRun, city_id: str, *, refresh: bool = True
+    ) -> list[str]:
         """Rooms that get this city's stages now: the drill room in a drill;
-        otherwise the opted-in listed rooms plus private (direct) participants."""
+        otherwise the opted-in listed rooms plus private (direct) participants.
+        ``refresh=False`` takes aliases as last resolved (no request for those
+        already known): for check-ins, and for an abort, which must not wait on
+        the homeserver before its stop message leaves."""
         if armed.drill_room is not None:
             return [armed.drill_room]
         city = armed.scenario.city(city_id)
-        rooms = await self._rooms.served_rooms(city.rooms, refresh=True)
+        rooms = await self._rooms.served_rooms(city.rooms, refresh=refresh)
         if city.direct:
             direct = await self._store.direct_rooms(armed.scenario_id, city_id)
             rooms += [r for r in await self._rooms.served_rooms(direct) if r not in rooms]
@@ -479,7 +484,7 @@ class RunManager:
         found: list[tuple[ArmedRun, str]] = []
         for armed in list(self.armed.values()):
             for city in armed.scenario.cities:
-                if room_id in await self.served_rooms(armed, city.id):
+                if room_id in await self.served_rooms(armed, city.id, refresh=False):
                     found.append((armed, city.id))
         return found
 
@@ -808,7 +813,7 @@ class RunManager:
                     city_id=city_id,
                     stage_id=ABORT_STAGE,
                     due_at=now,
-                    rooms=tuple(await self.served_rooms(armed, city_id)),
+                    rooms=tuple(await self.served_rooms(armed, city_id, refresh=False)),
                     messages=(Message(Part.TEXT, "m.room.message", content),),
                     final=True,
                 )
