@@ -134,7 +134,7 @@ class BotEnv:
                 return
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"bot did not join {room_id}")
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.1)
 
     # -- rooms and scenarios ------------------------------------------------------
 

@@ -81,11 +81,19 @@ async def sync_until(
     *,
     timeout: float = 10,
 ) -> None:
-    """Sync until ``condition()`` holds (checked after each sync)."""
+    """Sync until ``condition()`` holds (checked after each sync).
+
+    The first sync does not long-poll: it only catches up with what the server already
+    has, which is often all the condition needs (``lambda: True`` is "catch up"). A
+    long poll there would wait out its full second whenever nothing new arrives.
+    """
     deadline = time.monotonic() + timeout
+    first = True
     while True:
         remaining = deadline - time.monotonic()
-        await sync_once(client, timeout_ms=int(max(0, min(remaining, 1)) * 1000))
+        poll = 0 if first else max(0, min(remaining, 1))
+        first = False
+        await sync_once(client, timeout_ms=int(poll * 1000))
         if condition():
             return
         if time.monotonic() >= deadline:
