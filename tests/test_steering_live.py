@@ -28,6 +28,11 @@ from bot.homeserver import EmbeddedHomeserver
 
 pytestmark = pytest.mark.homeserver
 
+# Seconds from writing a scenario's real start to its first instant, for tests that arm
+# at once: !arm is answered well within a second, and the harness prepares each stage
+# 1 s ahead (dispatch.prepare_seconds), which leaves a few seconds' margin under load.
+ARM_LEAD_S = 4
+
 
 def scenario(
     sid: str,
@@ -125,23 +130,25 @@ async def test_gate_holds_then_release_and_gate_skips(
 ) -> None:
     async with bot_env(homeserver, tmp_path, clients, "gate") as env:
         mod, rooms = await setup_rooms(env, clients, homeserver, 2, "gate")
-        start = seconds_ahead(7)
-        env.write_scenario(scenario("gated", [("alpha", [rooms[0]]), ("beta", [rooms[1]])],
-                                    start, [
+        stages = [
             {"id": "call", "at": "0s", "text": "Check in at {meet}", "place": "meet"},
             {"id": "go", "at": "+3s", "text": "Go to {spot}", "place": "spot",
              "require": {"checkins": 2, "else": "hold"}},
             {"id": "end", "at": "+5s", "text": "Disperse",
              "require": {"checkins": 1, "else": "skip"}},
-        ]))
+        ]
+        cities = [("alpha", [rooms[0]]), ("beta", [rooms[1]])]
+        # Listed now (so the opt-ins are accepted); the real instants are set before !arm.
+        env.write_scenario(scenario("gated", cities, seconds_ahead(3600), stages))
         await env.start()
         await env.opt_in(mod, rooms[0])
         await env.opt_in(mod, rooms[1])
-        assert "Armed gated" in await env.command("!arm gated")
-        # beta: two people check in after the call (one twice: counts once).
         p1 = await clients.participant(await homeserver.register(f"g1-{tmp_path.name[-6:]}"))
         await mod.room_invite(rooms[1], p1.user_id)
         await join(p1, rooms[1])
+        env.write_scenario(scenario("gated", cities, seconds_ahead(ARM_LEAD_S), stages))
+        assert "Armed gated" in await env.command("!arm gated")
+        # beta: two people check in after the call (one twice: counts once).
         await env.control_notices("stage call delivered")
         await send_text(p1, rooms[1], "!here")
         await send_text(p1, rooms[1], "!here")
@@ -169,14 +176,20 @@ async def test_abort_three_cities_before_later_stage(
     async with bot_env(homeserver, tmp_path, clients, "abort") as env:
         mod, rooms = await setup_rooms(env, clients, homeserver, 6, "abort")
         cities = [("alpha", rooms[0:2]), ("beta", rooms[2:4]), ("gamma", rooms[4:6])]
-        start = seconds_ahead(6)
-        env.write_scenario(scenario("stopme", cities, start, [
+        plan = [
             {"id": "call", "at": "0s", "text": "Ready in {city}"},
-            {"id": "go", "at": "+20s", "text": "Go to {spot}", "place": "spot"},
-        ], abort_text="ABORT in {city}: go home"))
+            # Far enough after the call for the abort (sent once the call is out) to
+            # be in well before this stage's prepare, even on a loaded machine.
+            {"id": "go", "at": "+10s", "text": "Go to {spot}", "place": "spot"},
+        ]
+        env.write_scenario(scenario("stopme", cities, seconds_ahead(3600), plan,
+                                    abort_text="ABORT in {city}: go home"))
         await env.start()
         for r in rooms:
             await env.opt_in(mod, r)
+        start = seconds_ahead(ARM_LEAD_S)
+        env.write_scenario(scenario("stopme", cities, start, plan,
+                                    abort_text="ABORT in {city}: go home"))
         await env.command("!arm stopme")
         await env.control_notices("stage call delivered to 6 of 6")
         reply = await env.command("!abort stopme")
@@ -188,7 +201,7 @@ async def test_abort_three_cities_before_later_stage(
                 stages = [content_of(e)[DISPATCH_KEY]["stage"] for e in events]
                 assert stages == ["call", "!abort"], stages
                 assert content_of(events[-1])["body"] == f"ABORT in {cid.capitalize()}: go home"
-        await asyncio.sleep(max(0.0, (start.timestamp() + 21) - datetime.now().timestamp()))
+        await asyncio.sleep(max(0.0, (start.timestamp() + 11) - datetime.now().timestamp()))
         for r in rooms:
             assert [s for s, _ in await dispatches(mod, r)] == ["call", "!abort"]
 
@@ -198,13 +211,15 @@ async def test_redirect_before_and_after_reveal(
 ) -> None:
     async with bot_env(homeserver, tmp_path, clients, "redir") as env:
         mod, rooms = await setup_rooms(env, clients, homeserver, 1, "redir")
-        start = seconds_ahead(7)
-        env.write_scenario(scenario("redir", [("alpha", rooms)], start, [
+        stages = [
             {"id": "call", "at": "0s", "text": "Meet at {meet}", "place": "meet"},
             {"id": "go", "at": "+4s", "text": "Now to {spot}", "place": "spot"},
-        ]))
+        ]
+        env.write_scenario(scenario("redir", [("alpha", rooms)], seconds_ahead(3600), stages))
         await env.start()
         await env.opt_in(mod, rooms[0])
+        env.write_scenario(
+            scenario("redir", [("alpha", rooms)], seconds_ahead(ARM_LEAD_S), stages))
         await env.command("!arm redir")
         reply = await env.command("!redirect redir alpha spot Town Hall 52.51,13.41")
         assert "before it was revealed" in reply, reply
@@ -229,13 +244,14 @@ async def test_checkins_by_reaction_and_here_count_once(
 ) -> None:
     async with bot_env(homeserver, tmp_path, clients, "chk") as env:
         mod, rooms = await setup_rooms(env, clients, homeserver, 1, "chk")
-        start = seconds_ahead(6)
-        env.write_scenario(scenario("chk", [("alpha", rooms)], start, [
+        stages = [
             {"id": "call", "at": "0s", "text": "React to check in"},
             {"id": "later", "at": "+10m", "text": "Later"},
-        ]))
+        ]
+        env.write_scenario(scenario("chk", [("alpha", rooms)], seconds_ahead(3600), stages))
         await env.start()
         await env.opt_in(mod, rooms[0])
+        env.write_scenario(scenario("chk", [("alpha", rooms)], seconds_ahead(ARM_LEAD_S), stages))
         await env.command("!arm chk")
         await env.control_notices("stage call delivered")
         people = []
@@ -285,13 +301,15 @@ async def test_direct_participant_join_two_stages_stop(
 ) -> None:
     async with bot_env(homeserver, tmp_path, clients, "dm") as env:
         mod, rooms = await setup_rooms(env, clients, homeserver, 1, "dm")
-        start = seconds_ahead(12)
-        data = scenario("dmx", [("alpha", rooms)], start, [
-            {"id": "one", "at": "0s", "text": "First for {city}"},
-            {"id": "two", "at": "+3s", "text": "Second"},
-            {"id": "three", "at": "+8s", "text": "Third"},
-        ], city_extra={"direct": True, "direct_limit": 5})
-        env.write_scenario(data)
+
+        def data(start: datetime) -> dict[str, Any]:
+            return scenario("dmx", [("alpha", rooms)], start, [
+                {"id": "one", "at": "0s", "text": "First for {city}"},
+                {"id": "two", "at": "+3s", "text": "Second"},
+                {"id": "three", "at": "+8s", "text": "Third"},
+            ], city_extra={"direct": True, "direct_limit": 5})
+
+        env.write_scenario(data(seconds_ahead(3600)))
         await env.start()
         await env.opt_in(mod, rooms[0])
         person_user = await homeserver.register(f"dm-{tmp_path.name[-6:]}")
@@ -301,6 +319,8 @@ async def test_direct_participant_join_two_stages_stop(
         dm = resp.room_id
         await env.wait_joined(dm, by=person)
         await sync_until(person, lambda: dm in person.rooms)
+        # The !join must be in before stage one's prepare: a little more lead.
+        env.write_scenario(data(seconds_ahead(ARM_LEAD_S + 1)))
         await env.command("!arm dmx")
         await send_text(person, dm, "!join dmx alpha")
         await env.control_notices("stage two delivered", timeout=40)
