@@ -560,13 +560,21 @@ class RunManager:
     async def _decide_and_release(
         self, armed: ArmedRun, prepared: Sequence[Release], *, forced: bool = False
     ) -> None:
+        """At the instant: decide each (city, stage), commit the decisions, start
+        the fan-out, and only then tell the control room about skips and holds.
+        One read and one write for all cities before the first request leaves:
+        every database round trip here is lateness for the first room."""
         run_id = armed.run.id
         now = armed.clock.now()
+        rows = {(d.city_id, d.stage_id): d for d in await self._store.dispatches(run_id)}
         to_release: list[Release] = []
+        releasing: list[tuple[str, str]] = []
         late_by: dict[str, dict[str, timedelta]] = defaultdict(dict)
+        reports: list[str] = []
+        gate_aborts: list[str] = []
         for release in prepared:
             city_id, stage_id = release.city_id, release.stage_id
-            row = await self._store.dispatch(run_id, city_id, stage_id)
+            row = rows.get((city_id, stage_id))
             if row is None or row.state in DISPATCH_DONE:
                 continue
             if not forced and row.due_at != release.due_at:
@@ -592,38 +600,42 @@ class RunManager:
                 forced=forced,
             )
             if decision.action is Action.RELEASE:
-                await self._store.set_dispatch_state(
-                    run_id, city_id, stage_id, DispatchState.RELEASING, released_at=now
-                )
+                releasing.append((city_id, stage_id))
                 to_release.append(release)
                 late_by[stage_id][city_id] = decision.late_by
             elif decision.action is Action.SKIP:
                 await self._store.set_dispatch_state(
                     run_id, city_id, stage_id, DispatchState.SKIPPED, note=decision.reason
                 )
-                await self._notifier.report(
-                    armed.run.control_room,
-                    f"⏭️ {armed.label()}: stage {stage_id} skipped in {city_id}: {decision.reason}.",
+                reports.append(
+                    f"⏭️ {armed.label()}: stage {stage_id} skipped in {city_id}: {decision.reason}."
                 )
             elif decision.action is Action.HOLD:
                 await self._store.set_dispatch_state(
                     run_id, city_id, stage_id, DispatchState.HELD, note=decision.reason
                 )
-                await self._notifier.report(
-                    armed.run.control_room,
+                reports.append(
                     f"⏸️ {armed.label()}: stage {stage_id} held in {city_id}: {decision.reason}. "
                     f"Use !release {armed.scenario_id} {stage_id} {city_id} or "
-                    f"!abort {armed.scenario_id} {city_id}.",
+                    f"!abort {armed.scenario_id} {city_id}."
                 )
             elif decision.action is Action.ABORT:
-                await self._notifier.report(
-                    armed.run.control_room,
+                reports.append(
                     f"⛔ {armed.label()}: stage {stage_id} in {city_id}: {decision.reason}; "
-                    "the gate says abort.",
+                    "the gate says abort."
                 )
-                await self.abort(armed, [city_id], None)
-        if to_release:
-            outcomes = await self._dispatcher.release(to_release)
+                gate_aborts.append(city_id)
+        # RELEASING is committed before any request leaves (a restart resumes it).
+        await self._store.set_dispatches_releasing(run_id, releasing, released_at=now)
+        fanout = asyncio.ensure_future(self._dispatcher.release(to_release)) if to_release else None
+        try:
+            for text in reports:
+                await self._notifier.report(armed.run.control_room, text)
+            if gate_aborts:
+                await self.abort(armed, gate_aborts, None)
+        finally:
+            outcomes = await fanout if fanout is not None else []
+        if outcomes:
             await self._finish_releases(armed, outcomes, late_by)
         await self._maybe_finish(armed)
 

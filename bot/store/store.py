@@ -358,6 +358,25 @@ class Store:
             (state, note, iso(released_at) if released_at else None, run_id, city_id, stage_id),
         )
 
+    async def set_dispatches_releasing(
+        self, run_id: int, keys: Sequence[tuple[str, str]], *, released_at: datetime
+    ) -> None:
+        """(city, stage) dispatches -> RELEASING, in one round trip (the instant's
+        critical path). Each row commits on its own: cities are independent."""
+        if not keys:
+            return
+        try:
+            await self._db.executemany(
+                "UPDATE dispatches SET state = ?, released_at = COALESCE(?, released_at)"
+                " WHERE run_id = ? AND city_id = ? AND stage_id = ?",
+                [
+                    (DispatchState.RELEASING, iso(released_at), run_id, city, stage)
+                    for city, stage in keys
+                ],
+            )
+        except sqlite3.Error as err:
+            raise StoreError(f"database write failed: {err}") from None
+
     async def set_dispatch_due(
         self, run_id: int, city_id: str, stage_id: str, due_at: datetime
     ) -> None:
