@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,19 @@ async def dispatches(client: AsyncClient, room: str) -> list[tuple[str, str]]:
     events = with_content_key(await room_messages(client, room), DISPATCH_KEY)
     return [(content_of(e)[DISPATCH_KEY]["stage"], content_of(e)[DISPATCH_KEY]["part"])
             for e in events]
+
+
+async def notice_in_history(env: BotEnv, text: str, timeout: float = 30) -> None:
+    """Wait until a bot message in the control room's whole history contains ``text``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        events = await room_messages(env.org, env.control_room)
+        if any(e.sender == env.bot_user.user_id and text in str(content_of(e).get("body"))
+               for e in events):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no notice {text!r} within {timeout:g} s")
+        await asyncio.sleep(0.2)
 
 
 async def setup_rooms(
@@ -338,22 +352,31 @@ async def test_purge_leaves_no_trace(
 ) -> None:
     async with bot_env(homeserver, tmp_path, clients, "purge") as env:
         mod, rooms = await setup_rooms(env, clients, homeserver, 1, "purge")
-        start = seconds_ahead(5)
-        env.write_scenario(scenario("purgeme", [("alpha", rooms)], start, [
-            {"id": "only", "at": "0s", "text": "Only stage"},
-        ]))
+        stages = [{"id": "only", "at": "0s", "text": "Only stage"}]
+        # Listed now (so the opt-in is accepted); the real instant is set just before !arm.
+        env.write_scenario(scenario("purgeme", [("alpha", rooms)], seconds_ahead(3600), stages))
         await env.start()
         await env.opt_in(mod, rooms[0])
-        await env.command("!arm purgeme")
-        await env.control_notices("purgeme (run 1) is complete")
         walker = await clients.participant(await homeserver.register(f"w-{tmp_path.name[-6:]}"))
         await mod.room_invite(rooms[0], walker.user_id)
         await join(walker, rooms[0])
+        env.write_scenario(
+            scenario("purgeme", [("alpha", rooms)], seconds_ahead(ARM_LEAD_S), stages))
+        assert "Armed purgeme" in await env.command("!arm purgeme")
+        # A check-in while the run is armed (one after it has ended would count for
+        # nothing, and the check below would prove nothing): the participant's id is
+        # stored, and must be gone after the purge.
         await send_text(walker, rooms[0], "!here")
-        for _ in range(50):
+        for _ in range(100):
             if "1 check-ins" in await env.command("!headcount purgeme"):
                 break
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.1)
+        assert "1 check-ins" in await env.command("!headcount purgeme")
+        # Read from the room's history: the commands above may have synced past it.
+        await notice_in_history(env, "purgeme (run 1) is complete")
+        db = sqlite3.connect(env.storage_dir / "blossom.db")
+        assert db.execute("SELECT user_id FROM checkins").fetchall() == [(walker.user_id,)]
+        db.close()
         assert "confirm" in await env.command("!purge purgeme")
         assert "Purged purgeme" in await env.command("!purge purgeme confirm")
         await env.stop()
