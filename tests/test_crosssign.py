@@ -697,7 +697,7 @@ async def release_and_read(
     env: BotEnv, reader: AsyncClient, room: str, sid: str, text: str
 ) -> None:
     """Arm a one-stage scenario to ``room`` and wait until ``reader`` has decrypted it."""
-    env.write_scenario(one_room_scenario(sid, room, seconds_ahead(6), text))
+    env.write_scenario(one_room_scenario(sid, room, seconds_ahead(4), text))
     reply = await env.command(f"!arm {sid}")
     assert f"Armed {sid}" in reply, reply
     msgs = await collect_messages(

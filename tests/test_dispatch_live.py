@@ -52,13 +52,16 @@ async def test_two_cities_four_rooms(
         mod_b = await clients.participant(await homeserver.register(f"modb-{tmp_path.name[-6:]}"))
         rooms_a = [await env.city_room(mod_a, name=f"alpha {i}") for i in range(2)]
         rooms_b = [await env.city_room(mod_b, name=f"beta {i}") for i in range(2)]
-        start = seconds_ahead(8)
-        env.write_scenario(two_city(rooms_a, rooms_b, start))
+        # Listed now (so the opt-ins are accepted); the real instants are set before !arm.
+        env.write_scenario(two_city(rooms_a, rooms_b, seconds_ahead(3600)))
         await env.start()
         for r in rooms_a:
             await env.opt_in(mod_a, r)
         for r in rooms_b:
             await env.opt_in(mod_b, r)
+        # !arm is answered well within a second; stages are prepared 1 s ahead.
+        start = seconds_ahead(4)
+        env.write_scenario(two_city(rooms_a, rooms_b, start))
         reply = await env.command("!arm two-city")
         assert "Armed two-city" in reply, reply
         assert "Walk to" not in reply and "Market Square" not in reply  # secret until release

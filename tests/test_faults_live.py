@@ -343,19 +343,14 @@ async def test_homeserver_down_across_the_instant(fresh_homeserver: Any, tmp_pat
         bot_env(hs, tmp_path / "env", pool, "hsdown") as env,
     ):
         rooms = [await create_room(env.org, name=f"hs city {i}") for i in range(2)]
-        start = seconds_ahead(9)
-        env.write_scenario(
-            scenario(
-                "hsdown",
-                rooms,
-                start,
-                [{"id": "go", "at": "0s", "text": "go", "place": "spot"}],
-                place=True,
-            )
-        )
+        stages = [{"id": "go", "at": "0s", "text": "go", "place": "spot"}]
+        env.write_scenario(scenario("hsdown", rooms, seconds_ahead(3600), stages, place=True))
         await env.start()
         for room in rooms:
             await env.opt_in(env.org, room)
+        # The real instant: armed at once, the homeserver stopped 2 s before it.
+        start = seconds_ahead(5)
+        env.write_scenario(scenario("hsdown", rooms, start, stages, place=True))
         assert "Armed hsdown" in await env.command("!arm hsdown")
         await sleep_until(start - timedelta(seconds=2))
         await hs.stop()
@@ -422,18 +417,11 @@ async def test_encrypted_room_participant_decrypts(
         alice = await clients.participant(await homeserver.register(f"p-{tag}"))
         room = await create_room(mod, name="secret city", encrypted=True, invite=[alice.user_id])
         await join(alice, room)
-        start = seconds_ahead(8)
-        env.write_scenario(
-            scenario(
-                "e2e",
-                [room],
-                start,
-                [{"id": "go", "at": "0s", "text": "Meet at {spot}", "place": "spot"}],
-                place=True,
-            )
-        )
+        stages = [{"id": "go", "at": "0s", "text": "Meet at {spot}", "place": "spot"}]
+        env.write_scenario(scenario("e2e", [room], seconds_ahead(3600), stages, place=True))
         await env.start()
         await env.opt_in(mod, room)
+        env.write_scenario(scenario("e2e", [room], seconds_ahead(4), stages, place=True))
         assert "Armed e2e" in await env.command("!arm e2e")
         msgs = await collect_messages(
             alice,
