@@ -22,6 +22,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -348,6 +349,28 @@ async def measure_abort_size(
     return asdict(a)
 
 
+def source_version() -> str | None:
+    """The commit measured (with "+dirty" for uncommitted changes), if in a git checkout."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "bot", "benchmarks"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def machine() -> dict[str, Any]:
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     versions: dict[str, str | None] = {}
@@ -409,6 +432,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "benchmark": "fanout",
         "started": started.isoformat(timespec="seconds"),
         "command": " ".join(["python -m benchmarks.fanout", *sys.argv[1:]]),
+        "source": source_version(),
         "machine": machine(),
         "settings": {
             k: (str(v) if isinstance(v, Path) else v)
