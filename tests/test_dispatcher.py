@@ -17,7 +17,7 @@ import pytest_asyncio
 
 from bot import DISPATCH_KEY
 from bot.clock import ManualClock, SystemClock
-from bot.dispatch import Dispatcher, Message, Release
+from bot.dispatch import Dispatcher, Message, Release, interleave
 from bot.ledger import DeliveryKey, DeliveryState, IllegalTransition, Part
 from bot.matrix.sender import SendFailed
 from bot.retry import RetryPolicy, SendFailure
@@ -616,3 +616,29 @@ async def test_quiet_while_sending_not_while_backing_off(store: Store) -> None:
     (outcome,) = await task
     assert len(outcome.delivered) == 6
     assert 0.03 < quiet_after < 0.35  # after the first pass, before the retry
+
+
+class SlowKeysSender(FakeSender):
+    """Key sharing that takes a while per room, recording the order."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self.shared: list[str] = []
+
+    async def prepare(self, room_id: str) -> None:
+        await asyncio.sleep(0.02)
+        self.shared.append(room_id)
+
+
+async def test_prepare_does_not_wait_for_key_sharing_which_follows_release_order(
+    store: Store,
+) -> None:
+    """Awaiting key sharing made the first message seconds late when sharing
+    outlasted prepare_seconds; it now runs behind, first rooms first."""
+    rels = await releases(store, 3, 10)
+    sender = SlowKeysSender(store)
+    d = dispatcher(store, sender, rels)
+    await asyncio.wait_for(d.prepare(rels), 0.1)  # 30 rooms x 20 ms would be 0.6 s
+    assert len(sender.shared) < 30
+    await d.keys_shared()
+    assert sender.shared == [room for _, room in interleave(rels)]
