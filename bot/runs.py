@@ -403,6 +403,12 @@ class RunManager:
                     f"the release due {due_at:%H:%M:%SZ}",
                     reraise=(StoreError,),
                 )
+            except asyncio.CancelledError:
+                # Shutdown cut the release short (e.g. mid-report): not an error.
+                # Its dispatch is not RELEASED yet, so the restart resumes it.
+                # Ending the job here keeps a traceback out of the scheduler's log.
+                log.info("run %d: release due %s interrupted by shutdown", run_id, due_at)
+                return
             except StoreError as err:
                 # The database is locked or full. Nothing was marked sent that was
                 # not sent (SENDING is written before each request), so firing
