@@ -235,7 +235,7 @@ class Dispatcher:
         await asyncio.gather(*(one(room) for room in rooms), return_exceptions=True)
 
     async def keys_shared(self) -> None:
-        """Wait for background key sharing started by prepare() (tests, shutdown)."""
+        """Wait for background key sharing started by prepare() (for tests)."""
         while self._sharing:
             await asyncio.gather(*list(self._sharing), return_exceptions=True)
 

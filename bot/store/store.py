@@ -29,6 +29,14 @@ from bot.ledger import (
 )
 from bot.store.migrations import MIGRATIONS
 
+# One dispatch's state (note and released_at kept unless given): set_dispatch_state
+# and, for many at once, set_dispatches_releasing.
+_SET_DISPATCH_STATE = (
+    "UPDATE dispatches SET state = ?, note = COALESCE(?, note),"
+    " released_at = COALESCE(?, released_at)"
+    " WHERE run_id = ? AND city_id = ? AND stage_id = ?"
+)
+
 
 class StoreError(Exception):
     """The database cannot be used (locked, full, corrupt). Never carries secrets."""
@@ -352,9 +360,7 @@ class Store:
         released_at: datetime | None = None,
     ) -> None:
         await self._write(
-            "UPDATE dispatches SET state = ?, note = COALESCE(?, note),"
-            " released_at = COALESCE(?, released_at)"
-            " WHERE run_id = ? AND city_id = ? AND stage_id = ?",
+            _SET_DISPATCH_STATE,
             (state, note, iso(released_at) if released_at else None, run_id, city_id, stage_id),
         )
 
@@ -367,10 +373,9 @@ class Store:
             return
         try:
             await self._db.executemany(
-                "UPDATE dispatches SET state = ?, released_at = COALESCE(?, released_at)"
-                " WHERE run_id = ? AND city_id = ? AND stage_id = ?",
+                _SET_DISPATCH_STATE,
                 [
-                    (DispatchState.RELEASING, iso(released_at), run_id, city, stage)
+                    (DispatchState.RELEASING, None, iso(released_at), run_id, city, stage)
                     for city, stage in keys
                 ],
             )
