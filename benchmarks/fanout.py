@@ -48,7 +48,8 @@ from benchmarks.measure import (
     measure_typical,
     sweep,
 )
-from benchmarks.world import StageContent, World, build_world, log
+from benchmarks.report import FANOUT_COLUMNS, fanout_cells
+from benchmarks.world import BotAccount, StageContent, World, build_world, log
 from bot.homeserver import EmbeddedHomeserver
 
 RESULTS = Path(__file__).parent / "results" / "latest.json"
@@ -267,6 +268,24 @@ async def quiet(args: argparse.Namespace, pids: Callable[[], list[int | None]]) 
         log(f"  note: other work is using {cores:.2f} cores; measuring anyway")
 
 
+def new_blossom(
+    world: World, account: BotAccount, args: argparse.Namespace, where: Path
+) -> Blossom:
+    """The real bot, configured by the command line's dispatch settings."""
+    blossom = Blossom(
+        world,
+        account,
+        where,
+        cities=args.cities,
+        max_in_flight=args.max_in_flight,
+        prepare_seconds=args.prepare,
+        sync_hold_seconds=args.sync_hold,
+    )
+    if args.profile is not None:
+        blossom.profile_dir = args.profile.resolve()
+    return blossom
+
+
 async def measure_size(
     world: World, args: argparse.Namespace, rooms_n: int, workdir: Path
 ) -> dict[str, Any]:
@@ -279,17 +298,7 @@ async def measure_size(
     rates = await sweep(account.raw, rooms[: args.sweep_rooms], content, args.sweep)
     candidates = sorted(rates, key=rates.__getitem__, reverse=True)[: args.candidates]
     typical_bot = await TypicalBot.login(world.hs.url, account, workdir / f"typical-{rooms_n}")
-    blossom = Blossom(
-        world,
-        account,
-        workdir / f"blossom-{rooms_n}",
-        cities=args.cities,
-        max_in_flight=args.max_in_flight,
-        prepare_seconds=args.prepare,
-        sync_hold_seconds=args.sync_hold,
-    )
-    if args.profile is not None:
-        blossom.profile_dir = args.profile.resolve()
+    blossom = new_blossom(world, account, args, workdir / f"blossom-{rooms_n}")
     ceilings: list[Fanout] = []
     typicals: list[Fanout] = []
     blossoms: list[BlossomRun] = []
@@ -329,15 +338,7 @@ async def measure_abort_size(
     account = world.bots[f"bot-{rooms_n}"]
     log(f"== !abort {args.abort_after:g} s into a fan-out to {rooms_n} rooms ==")
     await quiet(args, lambda: [os.getpid(), world.hs.pid])
-    blossom = Blossom(
-        world,
-        account,
-        workdir / f"abort-{rooms_n}",
-        cities=args.cities,
-        max_in_flight=args.max_in_flight,
-        prepare_seconds=args.prepare,
-        sync_hold_seconds=args.sync_hold,
-    )
+    blossom = new_blossom(world, account, args, workdir / f"abort-{rooms_n}")
     a = await measure_abort(
         blossom, account.rooms, f"abort-{rooms_n}", args.lead + rooms_n / 500, args.abort_after
     )
@@ -391,36 +392,10 @@ def machine() -> dict[str, Any]:
 
 def print_table(results: Sequence[dict[str, Any]], console: Console) -> None:
     table = Table(title="Fan-out: one message to each room (medians)")
-    for col in (
-        "rooms",
-        "ceiling msg/s\n(in flight)",
-        "typical\nbot msg/s",
-        "Blossom\nmsg/s",
-        "Blossom /\nceiling",
-        "Blossom /\ntypical",
-        "first\nlate ms",
-        "last\nlate ms",
-        "ceiling\ntime ms",
-        "city skew ms\nlast (mean)",
-        "bot\nCPU s",
-        "bot peak\nRSS MiB",
-    ):
+    for col in FANOUT_COLUMNS:
         table.add_column(col, justify="right")
     for r in results:
-        table.add_row(
-            str(r["rooms"]),
-            f"{r['ceiling_msgs_per_s']:.1f} ({r['best_concurrency']:g})",
-            f"{r['typical_bot_msgs_per_s']:.1f}",
-            f"{r['blossom_msgs_per_s']:.1f}",
-            f"{r['blossom_vs_ceiling']:.0%}",
-            f"{r['blossom_vs_typical']:.1f}x",
-            f"{r['first_lateness_ms']:.0f}",
-            f"{r['last_lateness_ms']:.0f}",
-            f"{r['ceiling_time_ms']:.0f}",
-            f"{r['city_skew_ms']:.0f} ({r['city_mean_skew_ms']:.0f})",
-            f"{r['bot_cpu_s']:.2f}",
-            f"{r['bot_peak_rss_mb']:.0f}",
-        )
+        table.add_row(*fanout_cells(r))
     console.print(table)
 
 

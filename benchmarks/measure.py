@@ -220,23 +220,37 @@ class Blossom:
         )
         self._seeded = False
 
-    async def arm(self, scenario_id: str, timeout: float = 60) -> int:  # noqa: ASYNC109
-        org = self.world.org
-        control = self.account.control_room
-        command = await org.send(control, {"msgtype": "m.text", "body": f"!arm {scenario_id}"})
+    async def command(self, text: str, timeout: float = 60) -> tuple[str, dict[str, Any]]:  # noqa: ASYNC109
+        """Send a control-room command as the organiser; (its event id, the bot's reply)."""
+        org, control = self.world.org, self.account.control_room
+        command = await org.send(control, {"msgtype": "m.text", "body": text})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for ev in await org.messages(control, 20):
+            for ev in await org.messages(control, 50):
                 content = ev.get("content", {})
                 reply_to = (content.get("m.relates_to") or {}).get("m.in_reply_to", {})
                 if reply_to.get("event_id") == command:
-                    body = str(content.get("body", ""))
-                    match = re.search(r"\(run (\d+)\)", body)
-                    if not body.startswith("Armed") or match is None:
-                        raise RuntimeError(f"!arm {scenario_id} refused: {body}")
-                    return int(match.group(1))
+                    return command, ev
             await asyncio.sleep(0.2)
-        raise TimeoutError(f"no reply to !arm {scenario_id}")
+        raise TimeoutError(f"no reply to {text}")
+
+    async def arm(self, scenario_id: str, timeout: float = 60) -> int:  # noqa: ASYNC109
+        _, reply = await self.command(f"!arm {scenario_id}", timeout)
+        body = str(reply.get("content", {}).get("body", ""))
+        match = re.search(r"\(run (\d+)\)", body)
+        if not body.startswith("Armed") or match is None:
+            raise RuntimeError(f"!arm {scenario_id} refused: {body}")
+        return int(match.group(1))
+
+    async def seed(self) -> None:
+        """Record the control room and the rooms as opted in (once per bot store)."""
+        if not self._seeded:
+            await seed_rooms(
+                self.proc.storage,
+                [self.account.control_room, *self.account.rooms],
+                self.world.organiser.user_id,
+            )
+            self._seeded = True
 
     async def _wait_notice(self, text: str, timeout: float = 60) -> None:  # noqa: ASYNC109
         deadline = time.monotonic() + timeout
@@ -297,13 +311,7 @@ class Blossom:
         participants that ``seed`` registers in the bot's store), in a fresh process."""
         if seed is not None:
             await seed(self.proc.storage, scenario_id)
-        if not self._seeded:
-            await seed_rooms(
-                self.proc.storage,
-                [self.account.control_room, *self.account.rooms],
-                self.world.organiser.user_id,
-            )
-            self._seeded = True
+        await self.seed()
         proc = self.proc
         for old in proc.scenarios.glob("*.yaml"):
             old.unlink()  # finished runs; keep !arm's library scan the same size each time
@@ -411,9 +419,7 @@ async def measure_abort(
     org, control = blossom.world.org, blossom.account.control_room
     for old in proc.scenarios.glob("*.yaml"):
         old.unlink()
-    await seed_rooms(
-        proc.storage, [control, *blossom.account.rooms], blossom.world.organiser.user_id
-    )
+    await blossom.seed()
     proc.spawn()
     try:
         await proc.wait_ready()
@@ -424,28 +430,19 @@ async def measure_abort(
         write_scenario(proc.scenarios, data)
         run_id = await blossom.arm(scenario_id)
         await asyncio.sleep(max(0.0, instant.timestamp() + abort_after_s - time.time()))
-        command = await org.send(control, {"msgtype": "m.text", "body": f"!abort {scenario_id}"})
         deadline = time.monotonic() + 60 + len(rooms) / 5
+        command, reply = await blossom.command(f"!abort {scenario_id}", 60)
+        reply_ts = int(reply["origin_server_ts"])
         while proc.terminal_count(run_id, "!abort") < len(rooms) or proc.terminal_count(
             run_id, "go"
         ) < len(rooms):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{scenario_id}: the abort did not finish")
             await asyncio.sleep(0.05)
-        reply_ts: int | None = None
-        while reply_ts is None and time.monotonic() < deadline:
-            for ev in await org.messages(control, 50):
-                content = ev.get("content", {})
-                reply_to = (content.get("m.relates_to") or {}).get("m.in_reply_to", {})
-                if reply_to.get("event_id") == command:
-                    reply_ts = int(ev["origin_server_ts"])
-            await asyncio.sleep(0.2)
         stops = proc.deliveries(run_id, "!abort")
         stages = proc.deliveries(run_id, "go")
     finally:
         await proc.stop()
-    if reply_ts is None:
-        raise TimeoutError(f"{scenario_id}: no reply to !abort")
     raw = blossom.account.raw
     command_ts = int((await org.event(control, command))["origin_server_ts"])
     stop_sent = [(room, eid) for _, room, state, eid in stops if state == "sent" and eid]

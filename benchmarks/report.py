@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.fanout import RESULTS
-
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -27,44 +25,45 @@ def _f(value: Any, fmt: str = ".0f") -> str:
     return "–" if value is None else format(value, fmt)
 
 
+FANOUT_COLUMNS = (
+    "rooms",
+    "ceiling msg/s (in flight)",
+    "typical bot msg/s",
+    "Blossom msg/s",
+    "Blossom / ceiling",
+    "Blossom / typical",
+    "first late ms",
+    "last late ms",
+    "ceiling time ms",
+    "city skew ms last (mean)",
+    "bot CPU s",
+    "bot peak RSS MiB",
+    "other load (cores)",
+)
+
+
+def fanout_cells(r: dict[str, Any]) -> list[str]:
+    """One room count's summary as the cells of FANOUT_COLUMNS (Markdown and the
+    benchmark's own console table share them)."""
+    return [
+        str(r["rooms"]),
+        f"{r['ceiling_msgs_per_s']:.1f} ({r['best_concurrency']:g})",
+        f"{r['typical_bot_msgs_per_s']:.1f}",
+        f"{r['blossom_msgs_per_s']:.1f}",
+        f"{r['blossom_vs_ceiling']:.0%}",
+        f"{r['blossom_vs_typical']:.1f}x",
+        _f(r["first_lateness_ms"]),
+        _f(r["last_lateness_ms"]),
+        _f(r["ceiling_time_ms"]),
+        f"{r['city_skew_ms']:.0f} ({r['city_mean_skew_ms']:.0f})",
+        f"{r['bot_cpu_s']:.2f}",
+        _f(r["bot_peak_rss_mb"]),
+        f"{r['background_cores']:.2f}",
+    ]
+
+
 def fanout_table(report: dict[str, Any]) -> str:
-    rows = []
-    for r in report["results"]:
-        rows.append(
-            [
-                str(r["rooms"]),
-                f"{r['ceiling_msgs_per_s']:.1f} ({r['best_concurrency']:g})",
-                f"{r['typical_bot_msgs_per_s']:.1f}",
-                f"{r['blossom_msgs_per_s']:.1f}",
-                f"{r['blossom_vs_ceiling']:.0%}",
-                f"{r['blossom_vs_typical']:.1f}x",
-                _f(r["first_lateness_ms"]),
-                _f(r["last_lateness_ms"]),
-                _f(r["ceiling_time_ms"]),
-                f"{r['city_skew_ms']:.0f} ({r['city_mean_skew_ms']:.0f})",
-                f"{r['bot_cpu_s']:.2f}",
-                _f(r["bot_peak_rss_mb"]),
-                f"{r['background_cores']:.2f}",
-            ]
-        )
-    return _table(
-        [
-            "rooms",
-            "ceiling msg/s (in flight)",
-            "typical bot msg/s",
-            "Blossom msg/s",
-            "Blossom / ceiling",
-            "Blossom / typical",
-            "first late ms",
-            "last late ms",
-            "ceiling time ms",
-            "city skew ms last (mean)",
-            "bot CPU s",
-            "bot peak RSS MiB",
-            "other load (cores)",
-        ],
-        rows,
-    )
+    return _table(FANOUT_COLUMNS, [fanout_cells(r) for r in report["results"]])
 
 
 def extras(report: dict[str, Any]) -> str:
@@ -129,6 +128,8 @@ def extras(report: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from benchmarks.fanout import RESULTS  # here: fanout imports this module
+
     args = list(sys.argv[1:] if argv is None else argv)
     path = Path(args[0]) if args else RESULTS
     report = json.loads(path.read_text())
