@@ -17,15 +17,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import yaml
 from aiohttp import web
 from bot_harness import bot_env, iso_z, seconds_ahead
+from loopback_proxy import LoopbackProxy
 from matrix_helpers import ClientPool, content_of, room_messages, with_content_key
 
 from bot import DISPATCH_KEY
-from bot.homeserver import EmbeddedHomeserver, free_loopback_port
+from bot.homeserver import EmbeddedHomeserver
 
 pytestmark = pytest.mark.homeserver
 
@@ -33,37 +33,15 @@ ROOMS = 16
 STAGE_DELAY_S = 0.5  # per stage message, one in flight: ~8 s for the whole fan-out
 
 
-class SlowStageProxy:
+class SlowStageProxy(LoopbackProxy):
     """Forwards everything to the homeserver; requests that send the ``go`` stage
     wait ``delay`` seconds first (a homeserver at its limit)."""
 
     def __init__(self, upstream: str, delay: float) -> None:
-        self._upstream = upstream.rstrip("/")
+        super().__init__(upstream)
         self._delay = delay
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self.url = ""
 
-    async def start(self) -> None:
-        app = web.Application(client_max_size=2**20)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
-        # A held long-poll must not keep close() waiting for it.
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        port = free_loopback_port()
-        await web.TCPSite(self._runner, "127.0.0.1", port).start()
-        self.url = f"http://127.0.0.1:{port}"
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        assert self._session is not None
-        body = await request.read()
+    async def before_forward(self, request: web.Request, body: bytes) -> None:
         if request.method == "PUT" and "/send/" in request.path:
             try:
                 tag = json.loads(body).get(DISPATCH_KEY) or {}
@@ -71,15 +49,6 @@ class SlowStageProxy:
                 tag = {}
             if tag.get("stage") == "go":
                 await asyncio.sleep(self._delay)
-        keep = ("authorization", "content-type")
-        headers = {k: v for k, v in request.headers.items() if k.lower() in keep}
-        async with self._session.request(
-            request.method, self._upstream + request.path_qs, data=body or None, headers=headers
-        ) as upstream:
-            data = await upstream.read()
-            status = upstream.status
-            ctype = upstream.headers.get("Content-Type", "application/json")
-        return web.Response(body=data, status=status, headers={"Content-Type": ctype})
 
 
 def stages_in(events: list[Any]) -> list[str]:

@@ -34,6 +34,7 @@ from bot_harness import bot_env, iso_z, seconds_ahead
 from figures import record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from loopback_proxy import LoopbackProxy
 from matrix_helpers import (
     ClientPool,
     MatrixError,
@@ -51,7 +52,7 @@ from bot.control.commands import SPECS as CORE_SPECS
 from bot.control.parse import SLUG, Command, CommandSpec, UsageError, parse
 from bot.control.participants import PARTICIPANT_SPECS
 from bot.control.steering import SPECS as STEERING_SPECS
-from bot.homeserver import EmbeddedHomeserver, free_loopback_port
+from bot.homeserver import EmbeddedHomeserver
 from bot.matrix.sanitize import clean_sync_body
 
 CORPUS = Path(__file__).parent / "corpus" / "commands"
@@ -627,7 +628,7 @@ async def _send_raw(client: AsyncClient, room: str, event_type: str, content: An
     return isinstance(resp, RoomSendResponse)
 
 
-class SyncInjector:
+class SyncInjector(LoopbackProxy):
     """A loopback HTTP proxy between the bot and the homeserver that adds events to
     the bot's next /sync response.
 
@@ -637,31 +638,9 @@ class SyncInjector:
     """
 
     def __init__(self, upstream: str) -> None:
-        self._upstream = upstream.rstrip("/")
+        super().__init__(upstream)
         self._pending: list[Callable[[dict[str, Any]], None]] = []
         self.delivered = 0
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self.url = ""
-
-    async def start(self) -> str:
-        app = web.Application(client_max_size=2**20)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
-        # At close, a /sync long poll the stopped bot left in flight is dropped: waiting
-        # for it (aiohttp's default: up to 60 s) would hold the test for ~30 s.
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        port = free_loopback_port()
-        await web.TCPSite(self._runner, "127.0.0.1", port).start()
-        self.url = f"http://127.0.0.1:{port}"
-        return self.url
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._session is not None:
-            await self._session.close()
 
     def inject(self, mutate: Callable[[dict[str, Any]], None]) -> None:
         self._pending.append(mutate)
@@ -670,24 +649,14 @@ class SyncInjector:
     def pending(self) -> int:
         return len(self._pending)
 
-    async def _handle(self, request: web.Request) -> web.Response:
-        assert self._session is not None
-        body = await request.read()
-        keep = ("authorization", "content-type")
-        headers = {k: v for k, v in request.headers.items() if k.lower() in keep}
-        async with self._session.request(
-            request.method, self._upstream + request.path_qs, data=body or None, headers=headers
-        ) as upstream:
-            data = await upstream.read()
-            status = upstream.status
-            ctype = upstream.headers.get("Content-Type", "application/json")
+    def rewrite(self, request: web.Request, status: int, data: bytes) -> bytes:
         if request.path.endswith("/sync") and status == 200 and self._pending:
             doc = json.loads(data)
             while self._pending:
                 self._pending.pop(0)(doc)
             self.delivered += 1
             data = json.dumps(doc).encode()
-        return web.Response(body=data, status=status, headers={"Content-Type": ctype})
+        return data
 
 
 def add_to_timeline(room: str, events: list[Any]) -> Callable[[dict[str, Any]], None]:
