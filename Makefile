@@ -26,7 +26,7 @@ lint: $(STAMP)
 # (needs pip install -e '.[fuzz]').
 figures: $(STAMP)
 	BLOSSOM_FIGURES=docs/reliability.json $(PY) -m pytest -q
-	$(PY) -m bot.reliability
+	$(PY) -m bot.devtools.reliability
 
 demo: $(STAMP)
 	$(VENV)/bin/blossom demo

@@ -27,7 +27,7 @@ from benchmarks.world import (
 )
 from bot.app import DB_FILE
 from bot.clock import SystemClock
-from bot.homeserver import EmbeddedHomeserver
+from bot.devtools.homeserver import EmbeddedHomeserver
 from bot.store import Store
 
 

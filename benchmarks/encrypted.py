@@ -29,7 +29,7 @@ from benchmarks.measure import Blossom, BlossomRun
 from benchmarks.raw import RawClient, bounded
 from benchmarks.world import JOIN_CONCURRENCY, World, build_world, log, register
 from bot import DISPATCH_KEY
-from bot.homeserver import EmbeddedHomeserver
+from bot.devtools.homeserver import EmbeddedHomeserver
 
 
 async def _device(hs: EmbeddedHomeserver, user_id: str, device_id: str) -> None:

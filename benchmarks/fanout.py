@@ -50,7 +50,7 @@ from benchmarks.measure import (
 )
 from benchmarks.report import FANOUT_COLUMNS, fanout_cells
 from benchmarks.world import BotAccount, StageContent, World, build_world, log
-from bot.homeserver import EmbeddedHomeserver
+from bot.devtools.homeserver import EmbeddedHomeserver
 
 RESULTS = Path(__file__).parent / "results" / "latest.json"
 

@@ -21,7 +21,7 @@ import aiohttp
 from benchmarks.botproc import BotProcess, seed_rooms, write_config
 from benchmarks.raw import RawClient, bounded
 from benchmarks.world import JOIN_CONCURRENCY, build_world, log, register
-from bot.homeserver import EmbeddedHomeserver
+from bot.devtools.homeserver import EmbeddedHomeserver
 from bot.matrix.sync import SYNC_FILTER
 
 MEMBER_CONCURRENCY = 16

@@ -16,7 +16,7 @@ import yaml
 from benchmarks.raw import RawClient, bounded
 from bot import DISPATCH_KEY
 from bot.content import stage_messages
-from bot.homeserver import EmbeddedHomeserver, RegisteredUser
+from bot.devtools.homeserver import EmbeddedHomeserver, RegisteredUser
 from bot.scenario import load_scenario_text, render_stage
 
 STAGE_ID = "go"

@@ -162,6 +162,6 @@ def demo(ctx: click.Context, speed: float, cities: int, keep: bool, plain: bool)
     Exit status: 0 every dispatch arrived exactly once, 1 a problem (listed), 2 the
     homeserver extra is missing, 130 interrupted (everything is stopped anyway).
     """
-    from bot.demo.command import demo_command  # Synapse and nio load only for `demo`
+    from bot.devtools.demo.command import demo_command  # Synapse and nio load only for `demo`
 
     ctx.exit(demo_command(speed=speed, cities=cities, keep=keep, plain=plain))

@@ -33,7 +33,7 @@ from nio import AsyncClient, RoomMessage
 from bot.app import run_bot
 from bot.clock import Clock, SystemClock
 from bot.config import Config, load_config
-from bot.homeserver import EmbeddedHomeserver, RegisteredUser
+from bot.devtools.homeserver import EmbeddedHomeserver, RegisteredUser
 
 
 def iso_z(instant: datetime) -> str:

@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from matrix_helpers import ClientPool
 
-from bot.homeserver import EmbeddedHomeserver, RegisteredUser
+from bot.devtools.homeserver import EmbeddedHomeserver, RegisteredUser
 
 NewUser = Callable[..., Awaitable[RegisteredUser]]
 FreshHomeserver = Callable[..., Awaitable[EmbeddedHomeserver]]

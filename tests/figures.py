@@ -4,7 +4,7 @@ A test computes its counts and, after its assertions passed, calls :func:`record
 Recording is on only when ``BLOSSOM_FIGURES`` names a results file (``make figures``
 sets it to ``docs/reliability.json``); a plain ``make test`` leaves the repository
 untouched. Rows are merged by id, so a partial run updates only the rows it ran.
-``python -m bot.reliability`` turns the file into the table in docs/reliability.md.
+``python -m bot.devtools.reliability`` turns the file into the table in docs/reliability.md.
 """
 
 from __future__ import annotations

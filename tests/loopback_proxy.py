@@ -7,7 +7,7 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
-from bot.homeserver import free_loopback_port
+from bot.devtools.homeserver import free_loopback_port
 
 
 class LoopbackProxy:

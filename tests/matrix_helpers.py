@@ -27,7 +27,7 @@ from nio import (
     SyncResponse,
 )
 
-from bot.homeserver import EmbeddedHomeserver, RegisteredUser
+from bot.devtools.homeserver import EmbeddedHomeserver, RegisteredUser
 
 # Synapse's /sync timeline holds 10 events per room by default; a burst of more between
 # two syncs would leave a gap that collect_messages() silently misses. This filter asks

@@ -25,7 +25,7 @@ from loopback_proxy import LoopbackProxy
 from matrix_helpers import ClientPool, content_of, room_messages, with_content_key
 
 from bot import DISPATCH_KEY
-from bot.homeserver import EmbeddedHomeserver
+from bot.devtools.homeserver import EmbeddedHomeserver
 
 pytestmark = pytest.mark.homeserver
 

@@ -52,7 +52,7 @@ from bot.control.commands import SPECS as CORE_SPECS
 from bot.control.parse import SLUG, Command, CommandSpec, UsageError, parse
 from bot.control.participants import PARTICIPANT_SPECS
 from bot.control.steering import SPECS as STEERING_SPECS
-from bot.homeserver import EmbeddedHomeserver
+from bot.devtools.homeserver import EmbeddedHomeserver
 from bot.matrix.sanitize import clean_sync_body
 
 CORPUS = Path(__file__).parent / "corpus" / "commands"

@@ -35,7 +35,7 @@ from matrix_helpers import ClientPool, collect_messages, content_of, sync_until
 from nio import AsyncClient
 
 from bot.config import Config, parse_config
-from bot.homeserver import EmbeddedHomeserver, free_loopback_port
+from bot.devtools.homeserver import EmbeddedHomeserver, free_loopback_port
 from bot.matrix import crosssign
 from bot.matrix.crosssign import (
     CROSS_SIGNING_FILE,

@@ -10,7 +10,7 @@ from bot_harness import bot_env, iso_z, seconds_ahead
 from matrix_helpers import ClientPool, content_of, join, room_messages, with_content_key
 
 from bot import DISPATCH_KEY
-from bot.homeserver import EmbeddedHomeserver
+from bot.devtools.homeserver import EmbeddedHomeserver
 
 pytestmark = pytest.mark.homeserver
 

@@ -52,7 +52,7 @@ from bot.control.commands import SPECS as CONTROL_SPECS
 from bot.control.parse import Command, CommandSpec, parse
 from bot.control.participants import PARTICIPANT_SPECS
 from bot.control.steering import SPECS as STEERING_SPECS
-from bot.homeserver import EmbeddedHomeserver
+from bot.devtools.homeserver import EmbeddedHomeserver
 from bot.scenario import load_scenario_file, load_scenario_text
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -33,7 +33,7 @@ from matrix_helpers import (
 from nio import AsyncClient, RoomCreateResponse, RoomMemberEvent, RoomMessageText
 
 from bot import DISPATCH_KEY
-from bot.homeserver import EmbeddedHomeserver
+from bot.devtools.homeserver import EmbeddedHomeserver
 
 pytestmark = pytest.mark.homeserver
 

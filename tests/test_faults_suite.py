@@ -41,7 +41,7 @@ from matrix_helpers import ClientPool, content_of, room_messages
 from nio import AsyncClient, RoomCreateResponse, RoomInviteResponse, RoomPreset
 
 from bot import DISPATCH_KEY
-from bot.homeserver import EmbeddedHomeserver
+from bot.devtools.homeserver import EmbeddedHomeserver
 
 pytestmark = pytest.mark.homeserver
 

@@ -29,7 +29,7 @@ from matrix_helpers import (
 from nio import RoomMessageText
 
 from bot import DISPATCH_KEY
-from bot.homeserver import EmbeddedHomeserver, HomeserverError, rate_limit_config
+from bot.devtools.homeserver import EmbeddedHomeserver, HomeserverError, rate_limit_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -85,7 +85,7 @@ def test_rate_limit_profiles() -> None:
 
 
 def test_importable_without_synapse() -> None:
-    code = "import sys; sys.modules['synapse'] = None; import bot.homeserver"
+    code = "import sys; sys.modules['synapse'] = None; import bot.devtools.homeserver"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
@@ -131,7 +131,7 @@ async def test_child_dies_with_its_parent(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import asyncio, pathlib
-        from bot.homeserver import EmbeddedHomeserver
+        from bot.devtools.homeserver import EmbeddedHomeserver
         async def main():
             hs = EmbeddedHomeserver(pathlib.Path({str(tmp_path / "orphan")!r}))
             await hs.start()

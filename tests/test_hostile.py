@@ -34,7 +34,7 @@ from nio import (
 from bot import DISPATCH_KEY
 from bot.control.commands import SPECS as CORE_SPECS
 from bot.control.steering import SPECS as STEERING_SPECS
-from bot.homeserver import EmbeddedHomeserver
+from bot.devtools.homeserver import EmbeddedHomeserver
 
 pytestmark = pytest.mark.homeserver
 

@@ -29,7 +29,7 @@ from bot_harness import BotEnv, bot_env, iso_z, seconds_ahead
 from figures import record
 from matrix_helpers import ClientPool, content_of, room_messages
 
-from bot.homeserver import EmbeddedHomeserver
+from bot.devtools.homeserver import EmbeddedHomeserver
 
 pytestmark = pytest.mark.homeserver
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.reliability import END, FiguresError, load_rows, main, regenerate, render_table
+from bot.devtools.reliability import END, FiguresError, load_rows, main, regenerate, render_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,4 +61,4 @@ def test_committed_doc_is_current() -> None:
         "--results", str(ROOT / "docs" / "reliability.json"),
         "--doc", str(ROOT / "docs" / "reliability.md"),
         "--check",
-    ]) == 0, "run: python -m bot.reliability"
+    ]) == 0, "run: python -m bot.devtools.reliability"

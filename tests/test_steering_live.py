@@ -25,7 +25,7 @@ from matrix_helpers import (
 from nio import AsyncClient, RoomCreateResponse
 
 from bot import DISPATCH_KEY
-from bot.homeserver import EmbeddedHomeserver
+from bot.devtools.homeserver import EmbeddedHomeserver
 
 pytestmark = pytest.mark.homeserver
 

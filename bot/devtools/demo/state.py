@@ -1,7 +1,7 @@
 """What the demo knows while it runs, and the summary it ends with. Pure.
 
-The orchestration (:mod:`bot.demo.run`) feeds this model; the views
-(:mod:`bot.demo.view`) only read it. Nothing here touches the network or the
+The orchestration (:mod:`bot.devtools.demo.run`) feeds this model; the views
+(:mod:`bot.devtools.demo.view`) only read it. Nothing here touches the network or the
 clock: instants are passed in.
 
 Secret until release: the model only ever holds stage content that a

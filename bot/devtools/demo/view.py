@@ -1,6 +1,6 @@
 """What the demo shows: a rich live view on a terminal, plain lines otherwise (CI).
 
-Both only read :class:`bot.demo.state.DemoState`. Secret until release: the only
+Both only read :class:`bot.devtools.demo.state.DemoState`. Secret until release: the only
 stage content shown is what a participant's client received.
 """
 
@@ -18,7 +18,7 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from bot.demo.state import LOCATION, CityState, DemoState, Summary
+from bot.devtools.demo.state import LOCATION, CityState, DemoState, Summary
 
 Echo = Callable[[str], None]
 

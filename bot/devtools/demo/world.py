@@ -15,11 +15,11 @@ from typing import Any
 
 import yaml
 
-from bot.homeserver import EmbeddedHomeserver, rate_limit_config
+from bot.devtools.homeserver import EmbeddedHomeserver, rate_limit_config
 from bot.scenario import Scenario
 
 # The repository's demo scenario (the project is installed editable by `make`).
-DEMO_SCENARIO = Path(__file__).resolve().parents[2] / "scenarios" / "demo.yaml"
+DEMO_SCENARIO = Path(__file__).resolve().parents[3] / "scenarios" / "demo.yaml"
 
 BOT_LOCALPART = "blossom"
 ORGANISER_LOCALPART = "organiser"

@@ -16,11 +16,11 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from bot.demo.run import DemoOptions, run_demo
-from bot.demo.state import DemoState, Summary
-from bot.demo.view import LiveView, PlainView, keep_text, summary_text
-from bot.demo.world import DEMO_SCENARIO
-from bot.homeserver import HomeserverError
+from bot.devtools.demo.run import DemoOptions, run_demo
+from bot.devtools.demo.state import DemoState, Summary
+from bot.devtools.demo.view import LiveView, PlainView, keep_text, summary_text
+from bot.devtools.demo.world import DEMO_SCENARIO
+from bot.devtools.homeserver import HomeserverError
 
 EXIT_PROBLEM = 1
 EXIT_MISSING = 2

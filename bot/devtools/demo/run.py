@@ -43,8 +43,8 @@ from bot import DISPATCH_KEY
 from bot.app import run_bot
 from bot.clock import ScaledClock
 from bot.config import load_config
-from bot.demo.clients import DemoClient
-from bot.demo.state import (
+from bot.devtools.demo.clients import DemoClient
+from bot.devtools.demo.state import (
     TEXT,
     CityState,
     DemoState,
@@ -55,7 +55,7 @@ from bot.demo.state import (
     expected_dispatches,
     summarise,
 )
-from bot.demo.world import (
+from bot.devtools.demo.world import (
     BOT_LOCALPART,
     DEMO_SCENARIO,
     ORGANISER_LOCALPART,
@@ -68,7 +68,7 @@ from bot.demo.world import (
     load_base,
     write_yaml,
 )
-from bot.homeserver import RegisteredUser
+from bot.devtools.homeserver import RegisteredUser
 from bot.scenario import Scenario, load_scenario_file
 from bot.scenario.svg import plan_svg
 
