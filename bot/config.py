@@ -10,10 +10,21 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from bot.scenario.fields import is_user_id
 
 ENV_PASSWORD = "BLOSSOM_PASSWORD"
 ENV_ACCESS_TOKEN = "BLOSSOM_ACCESS_TOKEN"
@@ -78,12 +89,54 @@ class DispatchConfig(_Strict):
     control_poll_seconds: float = Field(default=0.25, ge=0.05, le=5)
 
 
+def _member_id(value: str) -> str:
+    # The value is not echoed: config errors never quote what was typed.
+    if not is_user_id(value):
+        raise PydanticCustomError(
+            "crew_member", "not a Matrix user id (expected @name:server, like @blossom:example.org)"
+        )
+    return value
+
+
+class CrewConfig(_Strict):
+    """The crew of bots this one belongs to (docs/crew.md).
+
+    ``members`` is the same list, in the same order, in every member's config:
+    the order is the preference (first = on duty, and the speaker in the control
+    rooms, while alive), so members that disagree would both act.
+    """
+
+    members: tuple[Annotated[str, AfterValidator(_member_id)], ...] = Field(min_length=1)
+    # A member is down when its heartbeat is older than three of these.
+    heartbeat_seconds: float = Field(default=30.0, ge=1, le=600)
+
+    @field_validator("members")
+    @classmethod
+    def _unique(cls, members: tuple[str, ...]) -> tuple[str, ...]:
+        for index, member in enumerate(members):
+            if member in members[:index]:
+                raise PydanticCustomError(
+                    "crew_duplicate",
+                    "{member} is listed twice (a member's place in the list is its rank)",
+                    {"member": member},
+                )
+        return members
+
+
 class Config(_Strict):
     matrix: MatrixConfig
     storage: StorageConfig
     control: ControlConfig
     scenarios: ScenariosConfig
     dispatch: DispatchConfig = DispatchConfig()
+    crew: CrewConfig | None = None
+
+    def effective_crew(self) -> CrewConfig:
+        """The crew from the config, or without a ``crew`` section a crew of one:
+        this bot alone, which is exactly how Blossom behaved before crews."""
+        if self.crew is not None:
+            return self.crew
+        return CrewConfig(members=(self.matrix.user_id,))
 
 
 def _format_error(err: ValidationError) -> str:
@@ -126,6 +179,11 @@ def parse_config(data: Any, *, base_dir: Path, environ: Mapping[str, str] | None
         raise ConfigError(
             "matrix.device_id: required with matrix.access_token (the device the token "
             "belongs to); or give a password"
+        )
+    if config.crew is not None and config.matrix.user_id not in config.crew.members:
+        raise ConfigError(
+            f"crew.members: must list this bot's own user id {config.matrix.user_id} "
+            "(matrix.user_id); every member lists the whole crew, itself included"
         )
     return config.model_copy(
         update={

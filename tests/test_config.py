@@ -275,3 +275,64 @@ def test_cli_runtime_failure_is_exit_1_without_secrets(tmp_path: Path) -> None:
     for file in (tmp_path / "data").rglob("*"):
         if file.is_file():
             assert SECRET.encode() not in file.read_bytes(), file
+
+
+# -- crew (docs/crew.md) ------------------------------------------------------------------
+
+NORTH = "@blossom:example.org"  # GOOD's own user id
+SOUTH = "@blossom:south.example"
+
+
+def with_crew(crew: Any) -> dict[str, Any]:
+    data = copy.deepcopy(GOOD)
+    data["crew"] = crew
+    return data
+
+
+def test_without_crew_the_bot_is_a_crew_of_one() -> None:
+    config = parse(GOOD)
+    assert config.crew is None
+    crew = config.effective_crew()
+    assert crew.members == (NORTH,)
+    assert crew.heartbeat_seconds == 30
+
+
+def test_crew_in_the_config_order() -> None:
+    config = parse(with_crew({"members": [SOUTH, NORTH], "heartbeat_seconds": 10}))
+    assert config.effective_crew().members == (SOUTH, NORTH)
+    assert config.effective_crew().heartbeat_seconds == 10
+    assert parse(with_crew({"members": [NORTH, SOUTH]})).effective_crew().heartbeat_seconds == 30
+
+
+@pytest.mark.parametrize(
+    ("crew", "start"),
+    [
+        ({"members": [NORTH, "blossom"]}, "crew.members.1: not a Matrix user id"),
+        ({"members": [NORTH, "@blossom"]}, "crew.members.1: not a Matrix user id"),
+        ({"members": [NORTH, "@blossom:bad host"]}, "crew.members.1: not a Matrix user id"),
+        ({"members": [NORTH, 7]}, "crew.members.1"),
+        ({"members": [NORTH, SOUTH, NORTH]}, f"crew.members: {NORTH} is listed twice"),
+        ({"members": []}, "crew.members"),
+        ({"members": NORTH}, "crew.members"),
+        ({}, "crew.members"),
+        ({"members": [SOUTH]}, f"crew.members: must list this bot's own user id {NORTH}"),
+        ({"members": [NORTH], "heartbeat_seconds": 0}, "crew.heartbeat_seconds"),
+        ({"members": [NORTH], "heartbeat_seconds": 601}, "crew.heartbeat_seconds"),
+        ({"members": [NORTH], "heartbeat_seconds": "often"}, "crew.heartbeat_seconds"),
+        ({"members": [NORTH], "heartbeat": 30}, "crew.heartbeat"),
+        ([NORTH, SOUTH], "crew"),
+    ],
+)
+def test_bad_crew_is_one_error_naming_the_key(crew: Any, start: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(with_crew(crew))
+    message = str(info.value)
+    assert message.startswith(start), message
+    assert "\n" not in message
+
+
+def test_secret_pasted_into_the_crew_is_not_echoed() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(with_crew({"members": [NORTH, SECRET]}))
+    assert str(info.value).startswith("crew.members.1")
+    assert SECRET not in str(info.value)

@@ -2,7 +2,7 @@
 
 from bot.scenario.diagnostics import Diagnostic, ScenarioError
 from bot.scenario.load import load_scenario_file, load_scenario_text
-from bot.scenario.model import City, Gate, LatePolicy, Place, Scenario, Stage
+from bot.scenario.model import City, Failover, Gate, LatePolicy, Place, Scenario, Stage
 from bot.scenario.render import (
     Location,
     RenderedStage,
@@ -16,6 +16,7 @@ __all__ = [
     "City",
     "Diagnostic",
     "Dispatch",
+    "Failover",
     "Gate",
     "LatePolicy",
     "Location",

@@ -97,13 +97,12 @@ NonBlank = Annotated[
 # "Server names").
 # Room version 12 (Synapse's default) room ids carry no server name: they are
 # ``!`` and the create event's hash, unpadded URL-safe base64 (MSC4291).
-ROOM_PATTERN = (
-    r"^(?:![A-Za-z0-9_-]{20,}|"
-    r"[!#][^\s:]+:(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)"
-    r"(?::[0-9]{1,5})?)$"
+SERVER_NAME_PATTERN = (
+    r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(?::[0-9]{1,5})?"
 )
+ROOM_PATTERN = r"^(?:![A-Za-z0-9_-]{20,}|[!#][^\s:]+:" + SERVER_NAME_PATTERN + r")$"
 _ROOM_RE = re.compile(ROOM_PATTERN)
-_MAX_ROOM_BYTES = 255  # the spec's limit on identifiers
+_MAX_ROOM_BYTES = 255  # the spec's limit on identifiers (room ids, aliases, user ids)
 
 
 def _check_room(value: str) -> str:
@@ -118,6 +117,37 @@ def _check_room(value: str) -> str:
 RoomId = Annotated[
     str, AfterValidator(_check_room), WithJsonSchema({"type": "string", "pattern": ROOM_PATTERN})
 ]
+
+# --- Matrix users ------------------------------------------------------------
+
+# ``@localpart:server``. The localpart is any printable ASCII but ``:`` (the
+# spec's historical grammar, which clients must still accept; new accounts use
+# a-z 0-9 ._=-/+), at most 255 bytes in all.
+USER_ID_PATTERN = r"^@[!-9;-~]+:" + SERVER_NAME_PATTERN + r"$"
+_USER_ID_RE = re.compile(USER_ID_PATTERN)
+
+
+def is_user_id(value: object) -> bool:
+    """Whether ``value`` is a well-formed Matrix user id (``@name:server``)."""
+    return (
+        isinstance(value, str)
+        and _USER_ID_RE.match(value) is not None
+        and len(value.encode()) <= _MAX_ROOM_BYTES
+    )
+
+
+def _check_user_id(value: str) -> str:
+    if not is_user_id(value):
+        raise fail(f"'{value}' is not a Matrix user id (expected @name:server)")
+    return value
+
+
+UserId = Annotated[
+    str,
+    AfterValidator(_check_user_id),
+    WithJsonSchema({"type": "string", "pattern": USER_ID_PATTERN}),
+]
+"""A Matrix user id, such as a crew member's ``@blossom:south.example``."""
 
 # --- time zones --------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from pydantic_core import ErrorDetails
 from bot.scenario import semantics
 from bot.scenario.diagnostics import Diagnostic, ScenarioError
 from bot.scenario.fields import ERROR_TYPE
-from bot.scenario.model import City, Gate, LatePolicy, Place, Scenario, Stage
+from bot.scenario.model import City, Failover, Gate, LatePolicy, Place, Scenario, Stage
 from bot.scenario.source import Document, SourceError, compose
 from bot.scenario.source import Path as DataPath
 
@@ -182,6 +182,8 @@ def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
             model = City
         elif model is Scenario and segment == "stages":
             model = Stage
+        elif model is Scenario and segment == "failover":
+            model = Failover
         elif model is City and segment == "places":
             model = Place
             next(segments, None)  # the place's own key

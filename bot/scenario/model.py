@@ -9,7 +9,7 @@ runs both. A ``Scenario`` built in code is only checked for shape.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -26,6 +26,7 @@ from pydantic import (
     field_validator,
 )
 
+from bot.scenario.durations import format_offset
 from bot.scenario.fields import (
     At,
     Duration,
@@ -38,6 +39,7 @@ from bot.scenario.fields import (
     Slug,
     Text,
     TimeZoneName,
+    UserId,
     fail,
 )
 
@@ -116,6 +118,9 @@ class City(BaseModel):
     )
     direct: StrictBool = False
     direct_limit: StrictInt | None = Field(default=None, ge=1)
+    # Which crew member serves this city's rooms, most preferred first
+    # (docs/crew.md); ``None``: the order of the bots' config (crew.members).
+    crew: Annotated[tuple[UserId, ...], Field(min_length=1)] | None = None
 
     @property
     def tz(self) -> ZoneInfo:
@@ -213,6 +218,30 @@ class Stage(BaseModel):
     late: Late = LatePolicy()
 
 
+MIN_GRACE = timedelta(seconds=2)
+MAX_GRACE = timedelta(minutes=10)
+DEFAULT_GRACE = timedelta(seconds=20)
+
+
+class Failover(BaseModel):
+    """How long each standby crew member waits for the one before it (docs/crew.md)."""
+
+    model_config = _CONFIG
+
+    # The schema shows the default as the file writes it, not as ISO 8601.
+    grace: Duration = Field(default=DEFAULT_GRACE, json_schema_extra={"default": "20s"})
+
+    @field_validator("grace")
+    @classmethod
+    def _grace_in_range(cls, value: timedelta) -> timedelta:
+        # Under 2 s a standby would race the member on duty's own send and
+        # federation; over 10 min a covered room hears its stage far too late.
+        if not MIN_GRACE <= value <= MAX_GRACE:
+            given = format_offset(value).removeprefix("+")
+            raise fail(f"must be between 2s and 10m (not {given})")
+        return value
+
+
 def _check_version(value: Any) -> int:
     if isinstance(value, bool) or value != FORMAT_VERSION:
         raise fail(f"unsupported version; this Blossom reads version {FORMAT_VERSION}")
@@ -233,6 +262,9 @@ class Scenario(BaseModel):
     cities: tuple[City, ...] = Field(min_length=1)
     stages: tuple[Stage, ...] = Field(min_length=1)
     abort_text: NonBlank | None = None
+    failover: Failover = Field(
+        default_factory=Failover, json_schema_extra={"default": {"grace": "20s"}}
+    )
 
     def city(self, city_id: str) -> City:
         """The city with this id; ``KeyError`` if there is none."""

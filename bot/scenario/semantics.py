@@ -43,6 +43,7 @@ def check(scenario: Scenario) -> list[Problem]:
     """Every cross-field problem of ``scenario`` (empty when it is sound)."""
     problems: list[Problem] = []
     problems += _check_cities(scenario)
+    problems += _check_city_crews(scenario)
     problems += _check_stage_ids(scenario)
     out_of_range = _check_range(scenario)
     if out_of_range:
@@ -90,6 +91,27 @@ def _check_cities(scenario: Scenario) -> list[Problem]:
                 problems.append(Problem(path, f"room {room} is already a room of city '{owner}'"))
             else:
                 room_owner[room] = city.id
+    return problems
+
+
+def _check_city_crews(scenario: Scenario) -> list[Problem]:
+    """A city's crew order names each member once (docs/crew.md).
+
+    Whether the members belong to the bots' crew is known only to the bot, so
+    ``!arm`` checks that (:func:`bot.crew.order.unknown_members`).
+    """
+    problems: list[Problem] = []
+    for index, city in enumerate(scenario.cities):
+        first: dict[str, int] = {}
+        for position, member in enumerate(city.crew or ()):
+            if member in first:
+                problems.append(
+                    Problem(
+                        ("cities", index, "crew", position),
+                        f"{member} is listed twice (also crew[{first[member]}])",
+                    )
+                )
+            first.setdefault(member, position)
     return problems
 
 
