@@ -1,0 +1,215 @@
+"""The crew's heartbeat: its content, reading other members', and its rate. Pure.
+
+Each member keeps one state event in each control room: type
+``org.blossom.crew``, state key = its own user id. Every room version lets only
+that user write a state key that is its user id, so no one else can fake a
+member's heartbeat. The content::
+
+    {"time": 1764594194000,        # the member's clock, ms since the epoch
+     "interval": 30000,            # ms until its next heartbeat at the latest
+     "version": "0.1.0",           # the member's Blossom version
+     "armed": ["<sha256 hex>", …], # digests of the scenario files it has armed
+     "stopping": true}             # optional: it is shutting down cleanly
+
+**Rate.** State events stay in the room's history for good, so a member beats
+every ``heartbeat_seconds`` only while that matters — while it has something
+armed, and for :data:`AWAKE_FOR` after it reads a control command — and every
+:data:`IDLE_INTERVAL` otherwise: about 144 events a day per control room when
+idle, 120 an hour while armed at 30 s. It beats at once when what it would say
+changes (armed digests, a faster rate, stopping), and at once on reading a
+control command: that is the *roll call* by which the others tell, within three
+intervals, that a member idling at the slow rate is gone
+(:meth:`bot.crew.members.Member.is_down`).
+
+Reading is total: whatever another server relays, :func:`parse_heartbeat`
+returns a :class:`Heartbeat` or ``None`` and never raises.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bot.crew.members import DOWN_AFTER_BEATS, Member
+
+EVENT_TYPE = "org.blossom.crew"
+
+IDLE_INTERVAL = timedelta(minutes=10)
+"""The rate with nothing armed and no recent command."""
+AWAKE_FOR = timedelta(minutes=10)
+"""How long a member keeps the fast rate after reading a control command."""
+
+MAX_ARMED = 256  # more digests than any member arms; beyond it the content is hostile
+_MAX_VERSION = 64
+_MIN_INTERVAL_MS = 1_000
+_MAX_INTERVAL_MS = 3_600_000
+_MAX_TIME_MS = 2**53 - 1  # what every JSON reader keeps exact
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+_VERSION = re.compile(r"[\x21-\x7e]{1,64}")
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """One member's heartbeat, as it publishes it or as another member read it."""
+
+    member: str
+    time: datetime
+    interval: timedelta
+    version: str
+    armed: frozenset[str] = frozenset()
+    stopping: bool = False
+
+    def content(self) -> dict[str, Any]:
+        """The state event's content (its state key is ``member``)."""
+        content: dict[str, Any] = {
+            "time": _ms(self.time - _EPOCH),
+            "interval": _ms(self.interval),
+            "version": self.version,
+            "armed": sorted(self.armed),
+        }
+        if self.stopping:
+            content["stopping"] = True
+        return content
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _ms(delta: timedelta) -> int:
+    return delta // timedelta(milliseconds=1)
+
+
+def parse_heartbeat(event: object, *, members: Collection[str]) -> Heartbeat | None:
+    """A crew member's heartbeat from a state event as Matrix returns it, or ``None``.
+
+    ``None`` for anything else: another event type, a state key that is not the
+    sender, a sender outside ``members``, an emptied slot (a retired member's
+    ``{}``), or content of the wrong shape — a heartbeat is used whole or not at
+    all, since one writer made all of it.
+    """
+    try:
+        return _parse(event, members)
+    except Exception:
+        # Hostile content must never stop the bot; the checks below should
+        # already catch everything, this is the last line.
+        return None
+
+
+def _parse(event: object, members: Collection[str]) -> Heartbeat | None:
+    if not isinstance(event, Mapping) or event.get("type") != EVENT_TYPE:
+        return None
+    sender = event.get("sender")
+    if not isinstance(sender, str) or event.get("state_key") != sender or sender not in members:
+        return None
+    content = event.get("content")
+    if not isinstance(content, Mapping):
+        return None
+    time = _int(content.get("time"), 1, _MAX_TIME_MS)
+    interval = _int(content.get("interval"), _MIN_INTERVAL_MS, _MAX_INTERVAL_MS)
+    version, armed = content.get("version"), content.get("armed", [])
+    stopping = content.get("stopping", False)
+    if time is None or interval is None or not isinstance(stopping, bool):
+        return None
+    if not (isinstance(version, str) and _VERSION.fullmatch(version)):
+        return None
+    if not (isinstance(armed, list) and len(armed) <= MAX_ARMED):
+        return None
+    if not all(isinstance(d, str) and _DIGEST.fullmatch(d) for d in armed):
+        return None
+    return Heartbeat(
+        member=sender,
+        time=_EPOCH + timedelta(milliseconds=time),
+        interval=timedelta(milliseconds=interval),
+        version=version,
+        armed=frozenset(armed),
+        stopping=stopping,
+    )
+
+
+def _int(value: object, low: int, high: int) -> int | None:
+    """``value`` if it is a whole number (not a bool) in [low, high]."""
+    if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+        return value
+    return None
+
+
+def sighting(heartbeat: Heartbeat, received_at: datetime) -> Member:
+    """The member as seen from a heartbeat this bot received at ``received_at``
+    (on its own clock).
+
+    The heartbeat counts from when it arrived, so members' clocks may disagree
+    by up to one interval without effect. One whose own time is older than one
+    interval on arrival — held back by federation, or read from room state at
+    start-up — counts from its own time instead, so a stale heartbeat can never
+    make a dead member look alive.
+    """
+    stale = received_at - heartbeat.time > heartbeat.interval
+    seen_at = heartbeat.time if stale else received_at
+    return Member(
+        user_id=heartbeat.member,
+        seen_at=seen_at,
+        interval=heartbeat.interval,
+        armed=heartbeat.armed,
+        stopping=heartbeat.stopping,
+    )
+
+
+def clock_skew(heartbeat: Heartbeat, received_at: datetime) -> timedelta:
+    """How far the member's clock seems ahead of this bot's (for ``!crew``).
+
+    It includes the delivery delay, so only large values mean a wrong clock.
+    """
+    return heartbeat.time - received_at
+
+
+# --- the rate --------------------------------------------------------------------
+
+
+def interval(
+    *, base: timedelta, armed: bool, last_command: datetime | None, now: datetime
+) -> timedelta:
+    """How often to beat now: ``base`` (``heartbeat_seconds``) while something is
+    armed or a control command was read within :data:`AWAKE_FOR`, else
+    :data:`IDLE_INTERVAL` (never faster than ``base``)."""
+    awake = last_command is not None and now - last_command < AWAKE_FOR
+    return base if armed or awake else max(IDLE_INTERVAL, base)
+
+
+def next_due(
+    last: Heartbeat | None,
+    wanted: Heartbeat,
+    *,
+    last_command: datetime | None = None,
+) -> datetime:
+    """When to publish ``wanted`` (built with ``time`` = now), given the ``last``
+    heartbeat this member published.
+
+    At once when there is none, when what it says changed (armed digests, a
+    faster rate, stopping), and when a control command was read since (the roll
+    call); otherwise one ``wanted.interval`` after the last.
+    """
+    now = wanted.time
+    if (
+        last is None
+        or last.armed != wanted.armed
+        or wanted.interval < last.interval
+        or wanted.stopping != last.stopping
+        or (last_command is not None and last_command > last.time)
+    ):
+        return now
+    return last.time + wanted.interval
+
+
+def missed(published: Iterable[datetime], at: datetime, base: timedelta) -> bool:
+    """Whether this member's heartbeats were not reaching the room at ``at``:
+    no heartbeat accepted by the homeserver in the three intervals before it.
+
+    ``published`` are the times of this member's own accepted heartbeats (a
+    few recent ones are enough). Then the others counted it down at ``at`` and
+    may have covered for it, so it must look before sending.
+    """
+    before = [t for t in published if t <= at]
+    return not before or at - max(before) > DOWN_AFTER_BEATS * base
