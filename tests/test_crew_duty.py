@@ -272,3 +272,25 @@ def test_redaction_is_antisymmetric(perm: list[str], first: str, second: str, cu
     assert who in (first, second)
     keeper = second if who == first else first
     assert precedence(order, keeper) < precedence(order, who)
+
+
+@settings(max_examples=200, deadline=None)
+@given(situations())
+def test_members_that_are_up_agree_with_each_other(
+    situation: tuple[CrewView, tuple[str, ...], frozenset[str]],
+) -> None:
+    """Each member decides alone from what it sees: when they all see the same,
+    a member that is up gets the same duty from its own view as the others
+    compute for it, so no two of them are on duty for one room."""
+    v, order, joined = situation
+    up = [m for m in order if m in joined and not v.is_down(m, T)]
+    for me in up:
+        own = CrewView(v.crew, v.members, me=me)
+        assert own.on_duty(order, joined, T) == v.on_duty(order, joined, T)
+        mine = own.duty(me, order=order, joined=joined, instant=T, grace=GRACE, now=T)
+        theirs = v.duty(me, order=order, joined=joined, instant=T, grace=GRACE, now=T)
+        assert mine == theirs
+    speakers = {
+        CrewView(v.crew, v.members, me=m).speaker(T) for m in v.crew.members if not v.is_down(m, T)
+    }
+    assert len(speakers) <= 1
