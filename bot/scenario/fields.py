@@ -20,6 +20,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Discriminator, PlainValidator, Tag, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from bot.i18n.tags import LanguageError, parse_language
 from bot.scenario.durations import (
     DURATION_PATTERN,
     OFFSET_HINT,
@@ -173,6 +174,41 @@ TimeZoneName = Annotated[
     AfterValidator(_check_timezone),
     WithJsonSchema({"type": "string", "examples": ["Europe/Berlin", "America/New_York"]}),
 ]
+
+# --- languages ----------------------------------------------------------------
+
+# What editors see; Babel decides what is accepted (a well-formed tag it has no
+# locale data for is still refused).
+LANGUAGE_PATTERN = r"^[A-Za-z]{2,3}(-[A-Za-z]{4})?(-(?:[A-Za-z]{2}|[0-9]{3}))?(-[A-Za-z0-9]{4,8})*$"
+
+
+def _parse_language(value: object) -> str:
+    if isinstance(value, bool):
+        # `language: no` (Norwegian) is YAML 1.1's false.
+        raise fail(
+            "expected a language tag; put it in quotes (YAML reads no, yes, on, off as true/false)"
+        )
+    if not isinstance(value, str):
+        raise fail("expected a BCP 47 language tag such as de, pt-BR or zh-Hant")
+    try:
+        parse_language(value)
+    except LanguageError as exc:
+        raise fail(str(exc)) from None
+    return value
+
+
+LanguageTag = Annotated[
+    str,
+    PlainValidator(_parse_language),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": LANGUAGE_PATTERN,
+            "examples": ["de", "fa", "zh-Hant", "pt-BR"],
+        }
+    ),
+]
+"""A BCP 47 language tag Babel knows, kept as written (``zh-Hant``, ``fa``)."""
 
 # --- instants and local times --------------------------------------------------
 

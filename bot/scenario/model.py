@@ -32,6 +32,7 @@ from bot.scenario.fields import (
     Duration,
     Geo,
     Instant,
+    LanguageTag,
     LocalTime,
     NonBlank,
     PlaceId,
@@ -121,6 +122,8 @@ class City(BaseModel):
     # Which crew member serves this city's rooms, most preferred first
     # (docs/crew.md); ``None``: the order of the bots' config (crew.members).
     crew: Annotated[tuple[UserId, ...], Field(min_length=1)] | None = None
+    # What the bot's own replies to this city's participants are in; None: English.
+    language: LanguageTag | None = None
 
     @property
     def tz(self) -> ZoneInfo:
