@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint bench figures clean
+.PHONY: test demo lint bench figures catalogs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,14 @@ lint: $(STAMP)
 figures: $(STAMP)
 	BLOSSOM_FIGURES=docs/reliability.json $(PY) -m pytest -q
 	$(PY) -m bot.devtools.reliability
+
+# After changing bot/i18n/messages.py: re-extract the template and merge it into every
+# catalog (new entries come empty; tests/test_i18n_catalogs.py fails until translated).
+catalogs: $(STAMP)
+	$(VENV)/bin/pybabel extract -F babel.cfg -c TRANSLATORS: --no-location --sort-output \
+		--project=Blossom --copyright-holder="Blossom contributors" -o bot/i18n/locale/blossom.pot .
+	$(VENV)/bin/pybabel update -i bot/i18n/locale/blossom.pot -d bot/i18n/locale -D blossom \
+		--no-fuzzy-matching --ignore-pot-creation-date
 
 demo: $(STAMP)
 	$(VENV)/bin/blossom demo

@@ -76,7 +76,8 @@ def city_full(t: Translator, *, city_name: str) -> Reply:
 
 def joined(t: Translator, *, city_name: str) -> Reply:
     """``!join`` accepted."""
-    # TRANSLATORS: %(city)s is the city's name; %(here)s and %(stop)s are commands.
+    # TRANSLATORS: %(city)s is the city's name; %(here)s and %(stop)s are the
+    # commands !here and !stop.
     template = t.gettext(
         "You're in for %(city)s. Each stage will come to this chat when it is released. "
         "Say %(here)s to check in, %(stop)s to leave at once."
@@ -154,13 +155,15 @@ def join_usage(t: Translator, *, problem: str, argument: str = "city") -> Reply:
     city = t.pgettext("join command", "city")
     word = {"scenario": scenario, "city": city}.get(argument, argument)
     if problem == "missing":
-        # TRANSLATORS: %(argument)s is "scenario" or "city" (translated on their own).
+        # TRANSLATORS: %(argument)s is "scenario" or "city" (translated on their own);
+        # %(join)s is the command !join.
         template = t.gettext("missing %(argument)s. Usage: %(join)s <scenario> <city>")
     elif problem == "extra":
         # TRANSLATORS: %(join)s is the command !join.
         template = t.gettext("too many arguments. Usage: %(join)s <scenario> <city>")
     else:
-        # TRANSLATORS: ids are short lowercase names such as demo or london.
+        # TRANSLATORS: ids are short lowercase names such as demo or london;
+        # %(join)s is the command !join.
         template = t.gettext(
             "%(argument)s is not an id (lowercase letters, digits, hyphens). "
             "Usage: %(join)s <scenario> <city>"

@@ -1,0 +1,341 @@
+"""Participants' languages: tags, replies, right-to-left layout, times. No server, milliseconds."""
+
+from __future__ import annotations
+
+import unicodedata
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from bot.control.parse import Command as ParsedCommand
+from bot.control.parse import CommandSpec, parse
+from bot.i18n import Catalogs, LanguageError, Translator, bidi, english, parse_language
+from bot.i18n import messages as m
+
+CATALOGS = Catalogs()
+EN = english()
+FA = CATALOGS.translator("fa")
+ZH = CATALOGS.translator("zh-Hant")
+COMMANDS = ("!here", "!join", "!stop", "!help", "!role")
+# What a participant may send, for checking what they would copy.
+SPECS = {name: CommandSpec(name, (), "", f"!{name}", True) for name in ("here", "stop", "help")}
+
+
+# --- tags ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tag", "expected"),
+    [
+        ("de", "de"),
+        ("fa", "fa"),
+        ("zh-Hant", "zh_Hant"),
+        ("zh-hant", "zh_Hant"),
+        ("pt-BR", "pt_BR"),
+        ("sr-Latn", "sr_Latn"),
+        ("es-419", "es_419"),
+    ],
+)
+def test_tags_babel_knows_are_accepted(tag: str, expected: str) -> None:
+    assert str(parse_language(tag)) == expected
+
+
+@pytest.mark.parametrize(
+    ("tag", "message"),
+    [
+        ("tlh", "unknown language tag 'tlh'"),
+        ("pt_BR", "write the BCP 47 tag 'pt-BR'"),
+        ("und", "'und' names no language"),
+        ("de-DE-u-co-phonebk", "is not a language tag Blossom reads"),
+        ("", "empty language tag"),
+        ("x" * 200, "this value"),  # long input is not echoed
+    ],
+)
+def test_unknown_or_malformed_tags_are_refused(tag: str, message: str) -> None:
+    with pytest.raises(LanguageError, match=message):
+        parse_language(tag)
+
+
+# --- which catalog speaks to a city ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tag", "language", "direction"),
+    [
+        (None, "en", "ltr"),
+        ("de", "de", "ltr"),
+        ("de-AT", "de", "ltr"),
+        ("fa", "fa", "rtl"),
+        ("fa-AF", "fa", "rtl"),
+        ("zh-Hant", "zh-Hant", "ltr"),
+        ("zh-TW", "zh-Hant", "ltr"),  # Taiwan writes Traditional
+        ("zh-HK", "zh-Hant", "ltr"),
+        ("zh", "en", "ltr"),  # Simplified: no catalog, so English rather than the wrong script
+        ("pt-BR", "en", "ltr"),  # valid, no catalog yet
+        ("ar", "en", "ltr"),  # English words are laid out left to right, whatever the city
+    ],
+)
+def test_catalog_choice(tag: str | None, language: str, direction: str) -> None:
+    t = CATALOGS.translator(tag)
+    assert (t.language, t.direction) == (language, direction)
+
+
+def test_catalogs_load_in_milliseconds() -> None:
+    import time
+
+    start = time.perf_counter()
+    Catalogs()
+    assert time.perf_counter() - start < 0.5  # ~15 ms; generous for a loaded machine
+
+
+# --- English is exactly what the bot said before languages -------------------------------
+
+# The literals of bot/control/participants.py and bot/runs.py before bot/i18n.
+BEFORE = {
+    "help": (
+        "Blossom: you get each stage of the action here when it is released.\n"
+        "!join <scenario> <city> — get a city's stages privately in this chat\n"
+        "!here — check in (or react to the latest stage message)\n"
+        "!stop — stop at once; the bot forgets you"
+    ),
+    "not_direct": "Send !join in a direct chat with the bot.",
+    "no_city": "There is no city lndon open for private joining in demo.",
+    "full": "London is full for private participants.",
+    "joined": (
+        "You're in for London. Each stage will come to this chat when it is "
+        "released. Say !here to check in, !stop to leave at once."
+    ),
+    "not_signed_up": "You are not signed up in this chat.",
+    "stopped": "Stopped. You will get nothing more from Blossom here.",
+    "abort": (
+        "STOP. The action in London is called off. Do not go on. Leave calmly, "
+        "in small groups, and go home."
+    ),
+    "unknown": "unknown command; !help lists them",
+    "unknown_named": "unknown command !jion; !help lists them",
+    "invisible": "the command contains invisible formatting characters",
+    "missing": "missing city. Usage: !join <scenario> <city>",
+    "extra": "too many arguments. Usage: !join <scenario> <city>",
+}
+
+
+def replies(t: Translator) -> dict[str, m.Reply]:
+    """Every participant reply, with sample values."""
+    at = datetime(2026, 12, 5, 17, 30, tzinfo=UTC)
+    roles = [m.RoleLine("front", "In the action", "at the square"), m.RoleLine("remote", "Home")]
+    return {
+        "help": m.help_text(t),
+        "help_roles": m.help_text(t, roles=True),
+        "not_direct": m.join_in_direct_chat(t),
+        "no_city": m.no_such_city(t, scenario_id="demo", city_id="lndon"),
+        "full": m.city_full(t, city_name="London"),
+        "joined": m.joined(t, city_name="London"),
+        "joined_late": m.joined_late(t, released=2, latest_at=at, zone=ZoneInfo("Europe/London")),
+        "not_signed_up": m.not_signed_up(t),
+        "stopped": m.stopped(t),
+        "abort": m.abort_text(t, city_name="London"),
+        "unknown": m.unknown_command(t),
+        "unknown_named": m.unknown_command(t, typed="jion"),
+        "invisible": m.invisible_characters(t),
+        "missing": m.join_usage(t, problem="missing", argument="city"),
+        "missing_scenario": m.join_usage(t, problem="missing", argument="scenario"),
+        "extra": m.join_usage(t, problem="extra"),
+        "invalid": m.join_usage(t, problem="invalid", argument="scenario"),
+        "roles": m.role_list(t, roles=roles),
+        "role_chosen": m.role_chosen(t, role_name="In the action"),
+        "role_unknown": m.role_unknown(t, role_id="frnt"),
+        "role_locked": m.role_locked(t),
+        "no_roles": m.no_roles(t),
+        "role_needs_join": m.role_needs_join(t),
+    }
+
+
+def test_a_city_without_language_gets_the_replies_of_before() -> None:
+    got = replies(EN)
+    for name, text in BEFORE.items():
+        assert got[name].body == text, name
+    none = CATALOGS.translator(None)
+    assert (none.language, none.locale, none.direction) == ("en", None, "ltr")
+    assert none.format_time(datetime(2026, 1, 1, 9, 5, tzinfo=UTC), ZoneInfo("UTC")) == "09:05"
+
+
+def test_english_html_is_what_the_notifier_made_of_the_text() -> None:
+    import html
+
+    for name, reply in replies(EN).items():
+        assert reply.html == html.escape(reply.body).replace("\n", "<br/>"), name
+        assert not any(unicodedata.category(ch) == "Cf" for ch in reply.body), name
+        assert reply.direction == "ltr"
+
+
+def test_reply_content_is_an_html_notice() -> None:
+    content = m.stopped(FA).content(reply_to="$ev")
+    assert content["msgtype"] == "m.notice"
+    assert content["format"] == "org.matrix.custom.html"
+    assert content["body"] == m.stopped(FA).body
+    assert content["m.relates_to"] == {"m.in_reply_to": {"event_id": "$ev"}}
+
+
+@pytest.mark.parametrize("tag", ["de", "es", "fr", "fa", "zh-Hant"])
+def test_every_reply_is_in_the_language(tag: str) -> None:
+    english_replies = replies(EN)
+    for name, reply in replies(CATALOGS.translator(tag)).items():
+        assert reply.body != english_replies[name].body, (tag, name)
+
+
+@pytest.mark.parametrize("tag", [None, "de", "es", "fr", "fa", "zh-Hant"])
+def test_commands_are_the_same_words_in_every_language(tag: str | None) -> None:
+    got = replies(CATALOGS.translator(tag))
+    assert "!join" in got["help"].body and "!here" in got["help"].body
+    assert "!stop" in got["help"].body and "!role" in got["help_roles"].body
+    assert "!here" in got["joined"].body and "!stop" in got["joined"].body
+    assert "!join" in got["not_direct"].body and "!help" in got["unknown"].body
+    assert "!role" in got["roles"].body and "!role" in got["role_unknown"].body
+
+
+def test_values_are_escaped_in_html_only() -> None:
+    for t in (EN, FA):
+        reply = m.joined(t, city_name="<b>Rock & Roll</b>")
+        assert "<b>Rock & Roll</b>" in reply.body
+        assert "&lt;b&gt;Rock &amp; Roll&lt;/b&gt;" in reply.html
+        assert "<b>" not in reply.html
+
+
+def test_help_says_when_its_translation_is_machine_made() -> None:
+    note = "translated by a machine"
+    assert FA.machine_made and ZH.machine_made
+    assert m.help_text(FA).body != m.help_text(EN).body
+    assert "ماشین" in m.help_text(FA).body.splitlines()[-1]
+    assert note not in m.help_text(EN).body
+    reviewed = Translator("fa", FA.translations, FA.locale, "rtl", machine_made=False)
+    assert len(m.help_text(reviewed).body.splitlines()) == len(m.help_text(EN).body.splitlines())
+
+
+# --- right to left -----------------------------------------------------------------------
+
+
+def test_rtl_reply_lines_start_with_rlm_and_html_sets_direction() -> None:
+    reply = m.help_text(FA)
+    assert reply.direction == "rtl"
+    lines = reply.body.split("\n")
+    assert len(lines) == 5  # four lines of help, then the machine-translation note
+    assert all(line.startswith(bidi.RLM) for line in lines)
+    assert reply.html.startswith('<div dir="rtl">' + bidi.RLM) and reply.html.endswith("</div>")
+    assert reply.html.count("<br/>" + bidi.RLM) == 4
+    # The first line starts with the Latin word "Blossom": the RLM keeps it right to left.
+    assert lines[0].startswith(bidi.RLM + "Blossom")
+
+
+def test_rtl_isolates_latin_names_and_times() -> None:
+    reply = m.joined(FA, city_name="Tehran")
+    assert f"{bidi.FSI}Tehran{bidi.PDI}" in reply.body
+    assert f"{bidi.FSI}Tehran{bidi.PDI}" in reply.html
+    late = m.joined_late(
+        FA, released=3, latest_at=datetime(2026, 12, 5, 17, 30, tzinfo=UTC), zone=ZoneInfo("UTC")
+    )
+    assert f"{bidi.FSI}17:30{bidi.PDI}" in late.body
+
+
+def test_rtl_name_in_an_ltr_reply_is_isolated_and_latin_ones_are_not() -> None:
+    de = CATALOGS.translator("de")
+    assert f"{bidi.FSI}تهران{bidi.PDI}" in m.joined(de, city_name="تهران").body
+    assert bidi.FSI not in m.joined(de, city_name="Berlin").body
+
+
+def _command_spans(body: str) -> list[tuple[str, int]]:
+    found = []
+    for word in COMMANDS:
+        start = body.find(word)
+        while start != -1:
+            found.append((word, start))
+            start = body.find(word, start + 1)
+    return found
+
+
+@pytest.mark.parametrize("tag", ["fa", "zh-Hant", "de"])
+def test_no_invisible_character_touches_a_command(tag: str) -> None:
+    for name, reply in replies(CATALOGS.translator(tag)).items():
+        for text in (reply.body, reply.html):
+            for word, start in _command_spans(text):
+                end = start + len(word)
+                before = text[start - 1] if start else " "
+                after = text[end] if end < len(text) else " "
+                assert unicodedata.category(before) != "Cf", (tag, name, word)
+                assert unicodedata.category(after) != "Cf", (tag, name, word)
+
+
+def test_rtl_commands_sit_in_a_spaced_ltr_isolate() -> None:
+    body = m.joined(FA, city_name="Tehran").body
+    assert f"{bidi.LRI} !here {bidi.PDI}" in body
+    assert f"{bidi.LRI} !stop {bidi.PDI}" in body
+    # The translation's own spaces went inside: never a double space.
+    assert "  " not in body
+
+
+def test_what_a_participant_copies_from_an_rtl_reply_is_a_command() -> None:
+    body = m.joined(FA, city_name="Tehran").body
+    start = body.index("!here")
+    exact = body[start : start + len("!here")]  # the visible word
+    spaced = body[start - 1 : start + len("!here") + 1]  # with the spaces around it
+    swept = body[start - 2 : start + len("!here") + 2]  # the selection ran over the isolate
+    assert parse(exact, SPECS) == ParsedCommand("here", {}, "!here")
+    assert parse(spaced, SPECS) == ParsedCommand("here", {}, "!here")
+    assert unicodedata.category(swept[0]) == "Cf"
+    # The control parser ignores text that does not start with "!": a parser that
+    # reads copied text should strip marks at the ends first (never inside).
+    assert parse(swept, SPECS) is None
+    assert parse(bidi.strip_edges(swept), SPECS) == ParsedCommand("here", {}, "!here")
+    assert bidi.strip_edges(bidi.RLM + " !here" + bidi.PDI) == "!here"
+    inside = "!he" + bidi.PDI + "re"
+    assert bidi.strip_edges(inside) == inside
+
+
+def test_command_slot_keeps_one_space_on_each_side() -> None:
+    lri, pdi = bidi.LRI, bidi.PDI
+    assert bidi.command_slot("a %(x)s b", "x") == f"a{lri} %(x)s {pdi}b"
+    assert bidi.command_slot("%(x)s — b", "x") == f"{lri} %(x)s {pdi}— b"
+    assert bidi.command_slot("a %(x)s.", "x") == f"a{lri} %(x)s {pdi}."
+    assert bidi.command_slot("a %(y)s", "x") == "a %(y)s"
+
+
+# --- times -------------------------------------------------------------------------------
+
+EVENING = datetime(2026, 12, 5, 17, 30, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("tag", "expected"),
+    [
+        (None, "17:30"),  # no language: the {time:…} format, as before
+        ("en-US", "5:30\u202fPM"),
+        ("en-GB", "17:30"),
+        ("de", "17:30"),
+        ("fa", "17:30"),
+        ("zh-Hant", "下午5:30"),
+    ],
+)
+def test_times_follow_the_citys_locale(tag: str | None, expected: str) -> None:
+    assert CATALOGS.translator(tag).format_time(EVENING, ZoneInfo("UTC")) == expected
+
+
+def test_times_are_in_the_citys_zone() -> None:
+    assert CATALOGS.translator("de").format_time(EVENING, ZoneInfo("Europe/Berlin")) == "18:30"
+
+
+def test_stage_text_times_keep_their_format_whatever_the_language() -> None:
+    from bot.scenario import load_scenario_text
+    from bot.scenario.render import render_template
+
+    text = """\
+version: 1
+id: t
+title: T
+start: 2026-12-05T17:30:00Z
+cities:
+  - {id: ny, name: New York, timezone: America/New_York, rooms: ["!ny:x.org"], language: en-US}
+stages:
+  - {id: a, at: 0m, text: "At {time:0m}"}
+"""
+    scenario = load_scenario_text(text)
+    assert render_template("At {time:0m}", scenario, scenario.cities[0]) == "At 12:30"
