@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint bench figures catalogs clean
+.PHONY: test demo lint bench figures catalogs catalog clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ catalogs: $(STAMP)
 		--project=Blossom --copyright-holder="Blossom contributors" -o bot/i18n/locale/blossom.pot .
 	$(VENV)/bin/pybabel update -i bot/i18n/locale/blossom.pot -d bot/i18n/locale -D blossom \
 		--no-fuzzy-matching --ignore-pot-creation-date
+
+# Start the catalog of a new language: make catalog LOCALE=pt_BR (the directory name is
+# the POSIX form of the BCP 47 tag: pt-BR -> pt_BR, zh-Hant -> zh_Hant).
+catalog: $(STAMP)
+	test -n "$(LOCALE)" || (echo "usage: make catalog LOCALE=pt_BR" >&2; exit 2)
+	$(VENV)/bin/pybabel init -i bot/i18n/locale/blossom.pot -d bot/i18n/locale -D blossom -l $(LOCALE)
 
 demo: $(STAMP)
 	$(VENV)/bin/blossom demo

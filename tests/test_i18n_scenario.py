@@ -47,3 +47,56 @@ def test_the_schema_offers_language_on_a_city() -> None:
     options = city.get("anyOf", [city])
     strings = [o for o in options if o.get("type") == "string"]
     assert strings and "zh-Hant" in strings[0]["examples"]
+
+
+RTL = """\
+version: 1
+id: t
+title: T
+start: 2026-12-05T17:00:00Z
+cities:
+  - id: teh
+    name: Tehran
+    timezone: Asia/Tehran
+    rooms: ["!teh:example.org"]
+    language: fa
+    places:
+      gather: {name: Azadi Square, geo: "35.6997,51.3380"}
+  - id: ber
+    name: Berlin
+    timezone: Europe/Berlin
+    rooms: ["!ber:example.org"]
+    places:
+      gather: {name: Alexanderplatz, geo: "52.5219,13.4132"}
+stages:
+  - id: go
+    at: 0m
+    place: gather
+    text: "ساعت {time:0m} در {gather} باشید.\\nبا !here اعلام حضور کنید."
+"""
+
+
+def test_rtl_city_stage_text_reads_right_to_left() -> None:
+    from bot.control.parse import Command, CommandSpec, parse
+    from bot.i18n import bidi
+    from bot.scenario import render_stage
+
+    scenario = load_scenario_text(RTL)
+    body = render_stage(scenario, "teh", "go").body
+    lines = body.split("\n")
+    assert all(line.startswith(bidi.RLM) for line in lines)
+    assert f"{bidi.FSI}Azadi Square{bidi.PDI}" in lines[0]
+    assert f"{bidi.FSI}20:30{bidi.PDI}" in lines[0]  # {time:…} keeps its format
+    assert f"با{bidi.LRI} !here {bidi.PDI}اعلام" in lines[1]
+    start = body.index("!here")
+    specs = {"here": CommandSpec("here", (), "", "!here", True)}
+    assert parse(body[start - 1 : start + 6], specs) == Command("here", {}, "!here")
+    # The HTML form is the escaped body: the marks are in it too.
+    assert render_stage(scenario, "teh", "go").html.startswith(bidi.RLM)
+
+
+def test_ltr_city_of_the_same_scenario_is_untouched() -> None:
+    from bot.scenario import render_stage
+
+    body = render_stage(load_scenario_text(RTL), "ber", "go").body
+    assert body == "ساعت 18:00 در Alexanderplatz باشید.\nبا !here اعلام حضور کنید."

@@ -56,8 +56,19 @@ def command_slot(template: str, name: str) -> str:
     return pattern.sub(lambda _: f"{LRI} %({name})s {PDI}", template)
 
 
+# A command written in a stage text: `!here` and its kin as whole words.
+_COMMAND_IN_TEXT = re.compile(r" ?(?<![\w!])(!(?:here|join|stop|help|role))(?![\w-]) ?")
+
+
+def isolate_commands(text: str) -> str:
+    """Every command word written in ``text`` in a spaced LTR isolate (see module doc)."""
+    return _COMMAND_IN_TEXT.sub(lambda m: f"{LRI} {m.group(1)} {PDI}", text)
+
+
 def rtl_lines(text: str) -> str:
     """Every line of ``text`` starting with RLM, so each lays out right to left."""
+    if not text.strip():
+        return text  # nothing to lay out; an empty text must still look empty
     return "\n".join(RLM + line for line in text.split("\n"))
 
 

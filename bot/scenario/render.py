@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
+from bot.i18n import bidi
+from bot.i18n.tags import LanguageError, parse_language, text_direction
 from bot.scenario.model import City, Place, Scenario, Stage
 from bot.scenario.templates import Placeholder, describe, parse_template
 from bot.scenario.timeline import city_t0
@@ -107,10 +109,32 @@ def render_template(
     if parsed.errors:
         raise RenderError(parsed.errors[0])
     shift = delay or timedelta(0)
-    return "".join(
-        part if isinstance(part, str) else _substitute(part, scenario, city, place_overrides, shift)
+    if not right_to_left(city):
+        return "".join(
+            part
+            if isinstance(part, str)
+            else _substitute(part, scenario, city, place_overrides, shift)
+            for part in parsed.parts
+        )
+    # A right-to-left city: lines laid out RTL, names and times isolated, commands
+    # typeable (bot.i18n.bidi says why each is needed in Element).
+    text = "".join(
+        bidi.isolate_commands(part)
+        if isinstance(part, str)
+        else bidi.isolate(_substitute(part, scenario, city, place_overrides, shift))
         for part in parsed.parts
     )
+    return bidi.rtl_lines(text)
+
+
+def right_to_left(city: City) -> bool:
+    """Whether the city's ``language`` is written right to left (Persian, Arabic, Hebrew)."""
+    if city.language is None:
+        return False
+    try:
+        return text_direction(parse_language(city.language)) == "rtl"
+    except LanguageError:  # a City built in code, never validated
+        return False
 
 
 def to_html(body: str) -> str:
