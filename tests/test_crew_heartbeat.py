@@ -190,12 +190,32 @@ def test_when_the_next_heartbeat_is_due() -> None:
     assert next_due(last, armed) == armed.time  # what it says changed
     idle_last = Heartbeat(A, T, IDLE_INTERVAL, "0.1.0")
     assert next_due(idle_last, same) == same.time  # speeding up
-    assert next_due(last, Heartbeat(A, T + 5 * S, IDLE_INTERVAL, "0.1.0")) == T + IDLE_INTERVAL
+    # Slowing down: the next one still comes when the last one promised it (the
+    # others count down from the interval it announced), and announces the new rate.
+    assert next_due(last, Heartbeat(A, T + 5 * S, IDLE_INTERVAL, "0.1.0")) == T + BASE
+    assert next_due(idle_last, Heartbeat(A, T + 5 * S, IDLE_INTERVAL, "0.1.0")) == (
+        T + IDLE_INTERVAL
+    )
     stop = Heartbeat(A, T + 5 * S, BASE, "0.1.0", stopping=True)
     assert next_due(last, stop) == stop.time
     # The roll call: a command read since the last heartbeat → at once.
     assert next_due(last, same, last_command=T + 2 * S) == same.time
     assert next_due(last, same, last_command=T - 2 * S) == T + BASE
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([BASE, IDLE_INTERVAL, 2 * S]), min_size=1, max_size=20))
+def test_a_member_beating_when_due_never_looks_down(rates: list[timedelta]) -> None:
+    """Whatever rate it wants at each beat (faster, slower), a member that
+    publishes at next_due is never counted down by the others."""
+    crew = Crew((A, B), 2 * S)
+    last = Heartbeat(A, T, rates[0], "0.1.0")
+    for rate in rates[1:]:
+        due = next_due(last, Heartbeat(A, last.time, rate, "0.1.0"))
+        due = max(due, last.time)
+        seen = sighting(last, last.time)
+        assert not seen.is_down(crew, due), (last.interval, rate)
+        last = Heartbeat(A, due, rate, "0.1.0")
 
 
 def test_missed_the_instant() -> None:

@@ -189,7 +189,10 @@ def next_due(
 
     At once when there is none, when what it says changed (armed digests, a
     faster rate, stopping), and when a control command was read since (the roll
-    call); otherwise one ``wanted.interval`` after the last.
+    call); otherwise one interval after the last: ``wanted.interval``, but never
+    later than the ``last.interval`` that heartbeat announced — the others count
+    this member down from what it promised, so slowing down (idle again after a
+    command) is announced when the faster beat was due, not ten minutes later.
     """
     now = wanted.time
     if (
@@ -200,7 +203,7 @@ def next_due(
         or (last_command is not None and last_command > last.time)
     ):
         return now
-    return last.time + wanted.interval
+    return last.time + min(wanted.interval, last.interval)
 
 
 def missed(published: Iterable[datetime], at: datetime, base: timedelta) -> bool:
