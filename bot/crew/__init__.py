@@ -3,8 +3,9 @@
 Pure pieces only, so far: who is a member (:mod:`~bot.crew.members`), who sends
 where and when (:mod:`~bot.crew.duty`), heartbeats and their rate
 (:mod:`~bot.crew.heartbeat`), what a room already shows (:mod:`~bot.crew.look`)
-and one gate decision per city (:mod:`~bot.crew.gate`). Nothing here does I/O;
-the bot does not act on a crew yet.
+and one gate decision per city (:mod:`~bot.crew.gate`) are pure. The one shell,
+:mod:`~bot.crew.roster`, publishes and reads heartbeats through a port
+(``bot.matrix.crew_state``); the bot does not start it or act on a crew yet.
 """
 
 from bot.crew.duty import CrewView, Duty, precedence, redactor
