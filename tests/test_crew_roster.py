@@ -564,3 +564,72 @@ async def test_a_member_that_keeps_beating_never_looks_down(clock: ManualClock) 
         assert not b.view().is_down(A, now), f"A down in B's view at {now - T}"
     await a.halt()
     await b.halt()
+
+
+async def test_a_slow_report_does_not_hold_back_the_heartbeat(clock: ManualClock) -> None:
+    """The caller's report may retry for minutes (a notice to a rate-limited
+    control room); the heartbeat in the other rooms goes on meanwhile."""
+    port = FakePort(clock)
+    port.failures[R1] = [FORBIDDEN] * 100
+    stuck = asyncio.Event()
+
+    async def report(problem: PublishProblem) -> None:
+        await stuck.wait()
+
+    r = Roster(
+        crew=CREW,
+        me=A,
+        rooms=(R1, R2),
+        port=port,
+        clock=clock,
+        version="0.1.0",
+        armed=lambda: {DIGEST},
+        report=report,
+    )
+    r.start()
+    await settle()
+    for _ in range(3):
+        clock.advance(BASE)
+        await settle()
+    assert port.times(R2) == [T + k * BASE for k in range(4)]
+    await r.halt()  # and the stuck report is ended with it
+
+
+async def test_a_refused_heartbeat_is_retried_at_once_on_a_roll_call(
+    clock: ManualClock, port: FakePort
+) -> None:
+    """Idle, a 403 is retried every 10 minutes; a command read (perhaps the
+    operator saying "fixed") retries at once."""
+    port.failures[R1] = [FORBIDDEN]
+    r = roster(clock, port)
+    r.start()
+    await settle()
+    clock.advance(30 * S)
+    await settle()
+    assert port.times() == []
+    r.command_read()
+    await settle()
+    assert port.times() == [T + 30 * S]
+    await r.halt()
+
+
+async def test_a_failing_armed_callback_does_not_end_the_heartbeat(
+    clock: ManualClock, port: FakePort
+) -> None:
+    calls = 0
+
+    def armed() -> frozenset[str]:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise RuntimeError("store closed")
+        return frozenset({DIGEST})
+
+    r = Roster(crew=CREW, me=A, rooms=(R1,), port=port, clock=clock, version="v", armed=armed)
+    r.start()
+    await settle()
+    clock.advance(BASE)
+    await settle()
+    assert port.times() == [T, T + BASE]
+    assert port.puts[-1][3]["armed"] == [DIGEST]  # the last digests it knew
+    await r.halt()

@@ -108,6 +108,8 @@ class _Slot:
 
     last: Heartbeat | None = None  # the last one the homeserver accepted here
     retry_at: datetime | None = None  # set while failing: when to try again
+    failed_at: datetime | None = None  # the last failed attempt
+    refused: bool = False  # the last failure was not transient (403, other 4xx)
     attempts: int = 0  # failed attempts in a row
     reported: bool = False  # the problem was reported (once, until it is fixed)
 
@@ -152,6 +154,8 @@ class Roster:
         self._seen_ids: deque[str] = deque(maxlen=_SEEN_IDS)
         self._published: deque[datetime] = deque(maxlen=_PUBLISHED)
         self._last_command: datetime | None = None
+        self._last_armed: frozenset[str] = frozenset()
+        self._reports: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stop = False
         self._task: asyncio.Task[None] | None = None
@@ -265,16 +269,25 @@ class Roster:
         return tuple(room for room, slot in self._slots.items() if slot.attempts)
 
     def _wanted(self, now: datetime, *, stopping: bool = False) -> Heartbeat:
-        armed = frozenset(self._armed())
+        try:
+            self._last_armed = frozenset(self._armed())
+        except Exception as err:  # the caller's bug must not end the heartbeat
+            log.warning("crew heartbeat: armed digests unreadable: %s", err.__class__.__name__)
+        armed = self._last_armed
         rate = interval(
             base=self.crew.heartbeat, armed=bool(armed), last_command=self._last_command, now=now
         )
         return Heartbeat(self.me, now, rate, self._version, armed, stopping)
 
     def _due(self, slot: _Slot, wanted: Heartbeat) -> datetime:
-        if slot.retry_at is not None:
-            return slot.retry_at
-        return next_due(slot.last, wanted, last_command=self._last_command)
+        if slot.retry_at is None:
+            return next_due(slot.last, wanted, last_command=self._last_command)
+        command = self._last_command
+        if slot.refused and command is not None and slot.failed_at and command > slot.failed_at:
+            # A refusal is retried at once on a roll call (the operator may just
+            # have fixed the power levels); a rate limit's wait is kept.
+            return wanted.time
+        return slot.retry_at
 
     def start(self) -> asyncio.Task[None]:
         """Start publishing (idempotent); ends with :meth:`stopping` or :meth:`halt`."""
@@ -283,6 +296,8 @@ class Roster:
         return self._task
 
     async def _run(self) -> None:
+        if not self._slots:
+            return
         while not self._stop:
             self._wake.clear()  # before deciding: a nudge from now on wakes the wait
             now = self._clock.now()
@@ -318,10 +333,12 @@ class Roster:
         if slot.attempts:
             log.info("crew heartbeat in %s accepted again", room)
         slot.last, slot.retry_at, slot.attempts, slot.reported = beat, None, 0, False
+        slot.failed_at, slot.refused = None, False
         self._published.append(beat.time)
 
     async def _failed(self, room: str, slot: _Slot, beat: Heartbeat, failure: SendFailure) -> None:
         slot.attempts += 1
+        slot.failed_at = beat.time
         decision = self._policy.decide(
             failure, attempt=slot.attempts, now=beat.time, deadline=None, rng=self._rng
         )
@@ -329,18 +346,22 @@ class Roster:
             # Power levels (403) and other refusals do not heal by themselves, but
             # an operator may fix them at any moment: try again at the heartbeat
             # rate, and say so once.
-            slot.retry_at = beat.time + beat.interval
+            slot.retry_at, slot.refused = beat.time + beat.interval, True
             if not slot.reported:
                 slot.reported = True
                 problem = PublishProblem(
                     room, self.me, failure.describe(), failure.http_status == 403, beat.interval
                 )
                 log.warning("%s", problem)
-                await self._tell(problem)
+                # In its own task: a report retried for minutes must not hold
+                # back the heartbeat in the other rooms.
+                task = asyncio.create_task(self._tell(problem))
+                self._reports.add(task)
+                task.add_done_callback(self._reports.discard)
             return
         # 429, 5xx, network: the retry policy's wait, but never longer than one
         # heartbeat interval, or the others would count this bot down for it.
-        slot.retry_at = beat.time + min(decision.delay, beat.interval)
+        slot.retry_at, slot.refused = beat.time + min(decision.delay, beat.interval), False
         log.info("crew heartbeat in %s failed (%s); retrying", room, decision.reason)
 
     async def _tell(self, problem: PublishProblem) -> None:
@@ -355,10 +376,11 @@ class Roster:
         """Stop publishing without a word (an unclean end, or tests of one)."""
         self._stop = True
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for pending in (task, *self._reports):
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pending
 
     async def stopping(self, *, timeout_s: float = STOP_TIMEOUT_S) -> tuple[str, ...]:
         """On a clean shutdown: stop beating and publish the "stopping" heartbeat
@@ -384,6 +406,8 @@ class Roster:
         results = await asyncio.gather(
             *(self._last_word(room, beat, deadline) for room in self.rooms)
         )
+        for report in tuple(self._reports):
+            report.cancel()
         accepted = tuple(room for room, ok in zip(self.rooms, results, strict=True) if ok)
         log.info(
             "crew heartbeat: stopping published in %d of %d control rooms",
