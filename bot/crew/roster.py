@@ -121,7 +121,21 @@ class _Seen:
 
 
 class Roster:
-    """Publishes this bot's heartbeat and keeps every other member's."""
+    """Publishes this bot's heartbeat and keeps every other member's.
+
+    Start one only when the config has a ``crew`` section: a lone bot (a crew of
+    one) writes no heartbeat, so its control rooms' history and the power it
+    needs stay exactly as before crews. Wiring, for the caller::
+
+        roster = Roster(crew=Crew.from_config(config.crew), me=..., rooms=control_rooms,
+                        port=MatrixCrewState(client), clock=clock, version=__version__,
+                        armed=<digests of armed scenario files>, report=<tell the control room>)
+        await roster.load(); roster.start()
+        # each /sync:  for room, events in crew_events(response, control_rooms).items():
+        #                  roster.ingest(room, events)
+        # each control command read: roster.command_read();  arm/disarm: roster.nudge()
+        # duty: roster.view();  clean shutdown: await roster.stopping()
+    """
 
     def __init__(
         self,
