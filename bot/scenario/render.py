@@ -142,7 +142,8 @@ def to_html(body: str) -> str:
     return html.escape(body, quote=True).replace("\n", "<br/>")
 
 
-def _location(place: Place) -> Location | None:
+def location_of(place: Place) -> Location | None:
+    """The map pin of ``place``, or ``None`` without geo."""
     uri = place.geo_uri()
     if uri is None:
         return None
@@ -176,5 +177,5 @@ def render_stage(
     location = None
     if stage.place is not None:
         place = _lookup(city, place_overrides, stage.place)
-        location = _location(place) if place is not None else None
+        location = location_of(place) if place is not None else None
     return RenderedStage(body=body, html=to_html(body), location=location)

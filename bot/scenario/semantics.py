@@ -7,22 +7,20 @@ placeholder names but never quote stage text or place details.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from bot.scenario import eventsize
 from bot.scenario.model import City, Scenario, Stage
-from bot.scenario.render import RenderError, render_template, to_html
+from bot.scenario.render import RenderError, location_of, render_template, to_html
 from bot.scenario.source import Path
 from bot.scenario.templates import describe, parse_template
 from bot.scenario.timeline import city_t0, stage_instant
 
-MAX_MESSAGE_BYTES = 40_000
-"""Largest rendered message (body plus its HTML form, UTF-8).
-
-Matrix refuses events over 65,536 bytes, and in an encrypted room the content
-is base64-encoded ciphertext (4/3 larger) plus envelope, so 40,000 bytes of text
-is what reliably fits.
-"""
+# How large a city's rendered event is (bytes of content, see bot.scenario.eventsize),
+# given the rendered body, the city and the number of {time:...} placeholders.
+Measure = Callable[[str, City, int], int]
 
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(9000, 1, 1, tzinfo=UTC)
@@ -52,8 +50,19 @@ def check(scenario: Scenario) -> list[Problem]:
     for index, stage in enumerate(scenario.stages):
         problems += _check_stage(scenario, index, stage)
     if scenario.abort_text is not None:
+
+        def abort_size(body: str, city: City, times: int) -> int:
+            return eventsize.abort_size(
+                body, scenario.id, city.name, city.id, time_placeholders=times
+            )
+
         problems += _check_template(
-            scenario, ("abort_text",), scenario.abort_text, scenario.cities, "abort_text"
+            scenario,
+            ("abort_text",),
+            scenario.abort_text,
+            scenario.cities,
+            "abort_text",
+            abort_size,
         )
     problems += _check_order(scenario)
     return problems
@@ -150,9 +159,18 @@ def _check_stage(scenario: Scenario, index: int, stage: Stage) -> list[Problem]:
                     f"place '{stage.place}' is not defined in {_cities_phrase(missing)}",
                 )
             )
+        else:
+            problems += _check_pin(scenario, stage, (*base, "place"))
+
+    def text_size(body: str, city: City, times: int) -> int:
+        return eventsize.text_size(
+            body, to_html(body), scenario.id, city.name, city.id, stage.id, time_placeholders=times
+        )
+
+    what = f"stage '{stage.id}'"
     if isinstance(stage.text, str):
         problems += _check_template(
-            scenario, (*base, "text"), stage.text, scenario.cities, f"stage '{stage.id}'"
+            scenario, (*base, "text"), stage.text, scenario.cities, what, text_size
         )
         return problems
     city_ids = {c.id for c in scenario.cities}
@@ -180,13 +198,38 @@ def _check_stage(scenario: Scenario, index: int, stage: Stage) -> list[Problem]:
         else:
             users = tuple(c for c in scenario.cities if c.id == key)
         problems += _check_template(
-            scenario, (*base, "text", key), template, users, f"stage '{stage.id}'"
+            scenario, (*base, "text", key), template, users, what, text_size
         )
     return problems
 
 
+def _check_pin(scenario: Scenario, stage: Stage, path: Path) -> list[Problem]:
+    """The map pin of ``stage``'s place fits in one event in every city."""
+    assert stage.place is not None
+    problems: list[Problem] = []
+    for city in scenario.cities:
+        location = location_of(city.places[stage.place])
+        if location is None:
+            continue
+        size = eventsize.location_size(location, scenario.id, city.id, stage.id)
+        if size > eventsize.CONTENT_LIMIT:
+            problems.append(
+                Problem(
+                    path,
+                    f"the map pin of place '{stage.place}' is too large to send in city "
+                    f"'{city.id}': {eventsize.too_large(size)}",
+                )
+            )
+    return problems
+
+
 def _check_template(
-    scenario: Scenario, path: Path, template: str, cities: tuple[City, ...], what: str
+    scenario: Scenario,
+    path: Path,
+    template: str,
+    cities: tuple[City, ...],
+    what: str,
+    measure: Measure,
 ) -> list[Problem]:
     """Syntax once, then meaning and size in each city that uses ``template``."""
     parsed = parse_template(template)
@@ -219,11 +262,11 @@ def _check_template(
         if not body.strip():
             messages.append(f"{what} renders empty for city '{city.id}'")
             continue
-        size = len(body.encode()) + len(to_html(body).encode())
-        if size > MAX_MESSAGE_BYTES:
+        times = sum(1 for p in parsed.placeholders() if p.kind == "time")
+        size = measure(body, city, times)
+        if size > eventsize.CONTENT_LIMIT:
             messages.append(
-                f"{what} is too long to send in city '{city.id}' ({size} bytes "
-                f"with its HTML form; at most {MAX_MESSAGE_BYTES})"
+                f"{what} is too large to send in city '{city.id}': {eventsize.too_large(size)}"
             )
     return [Problem(path, m) for m in messages]
 
