@@ -1,18 +1,9 @@
 """A throwaway Synapse on loopback, for the tests, the benchmarks and ``blossom demo``.
 
 Synapse is only ever run as a child process (``python -m synapse.app.homeserver``), so
-this module imports without Synapse installed; only starting a server needs it.
-
-The child must never outlive us:
-
-* it runs in its own process group, and ``stop``/``kill`` signal the whole group and
-  reap it;
-* a ``weakref.finalize`` per running process SIGKILLs the group if the
-  :class:`EmbeddedHomeserver` is garbage-collected or the interpreter exits normally
-  (finalizers run at exit) without ``stop``;
-* on Linux the child asks the kernel for SIGKILL when its parent dies
-  (``PR_SET_PDEATHSIG``), which also covers a parent killed by a signal, where no
-  Python code runs at all.
+this module imports without Synapse installed; only starting a server needs it. The
+child never outlives us (:mod:`bot.devtools.process`). Two that federate:
+:mod:`bot.devtools.federation`.
 """
 
 from __future__ import annotations
@@ -25,22 +16,29 @@ import json
 import os
 import secrets
 import signal
-import socket
-import subprocess
-import sys
 import time
-import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Self
 from urllib.parse import quote
 
 import aiohttp
 import yaml
 
-RateLimits = Literal["relaxed", "strict", "default"]
+from bot.devtools.loopback import free_loopback_port
+from bot.devtools.process import ChildProcess
+from bot.devtools.synapse_config import RateLimits, log_config, merge, rate_limit_config
+
+__all__ = [
+    "EmbeddedHomeserver",
+    "HomeserverError",
+    "RateLimits",
+    "RegisteredUser",
+    "free_loopback_port",
+    "rate_limit_config",
+]
 
 CONFIG_FILE = "homeserver.yaml"
 LOG_CONFIG_FILE = "log.yaml"
@@ -49,65 +47,12 @@ LOG_FILE = "homeserver.log"
 # Localpart of the admin user that admin_token() creates on demand.
 ADMIN_LOCALPART = "blossom-admin"
 
-# High enough that no test or demo ever meets them, low enough to stay a float/int.
-_UNLIMITED = {"per_second": 100_000, "burst_count": 1_000_000}
-
-# Every rate limiter a client or the admin API can meet, by config key. "relaxed" sets all
-# of them to _UNLIMITED. The defaults are tiny (room creation: 10 then one a minute; joins:
-# 10 then one per 10 s; invites to one user: 5 then one per 5 min) and matrix-nio waits
-# silently on a 429, so a test that trips one looks like a hang, not a failure.
-_RATE_LIMIT_KEYS: tuple[str, ...] = (
-    "rc_message",
-    "rc_registration",
-    "rc_registration_token_validity",
-    "rc_login.address",
-    "rc_login.account",
-    "rc_login.failed_attempts",
-    "rc_admin_redaction",
-    "rc_joins.local",
-    "rc_joins.remote",
-    "rc_joins_per_room",
-    "rc_key_requests",
-    "rc_3pid_validation",
-    "rc_invites.per_room",
-    "rc_invites.per_user",
-    "rc_invites.per_issuer",
-    "rc_third_party_invite",
-    "rc_media_create",
-    "rc_presence.per_user",
-    "rc_delayed_event_mgmt",
-    "rc_room_creation",
-    "rc_reports",
-    "rc_user_directory",
-    "rc_profile",
-)
-
-# "strict" is for the rate-limit test: messages are throttled as a stingy production
-# server would, everything else stays relaxed so the test's setup is quick. Note that
-# Synapse counts room creation and profile changes against rc_message too.
-_STRICT_MESSAGES = {"per_second": 0.5, "burst_count": 5}
-
 # How long stop() waits after SIGTERM before SIGKILL. Synapse on SQLite stops in well
 # under a second; a few seconds leaves room for a slow disk.
 _STOP_GRACE_S = 5.0
 
 # Poll interval while waiting for the server to answer or to exit.
 _POLL_S = 0.05
-
-# The child runs this before becoming Synapse (exec keeps the pid, and the death signal
-# survives execve): it asks Linux to SIGKILL it when the parent dies, then checks that
-# the parent did not die already, before the prctl took effect.
-_LAUNCHER = """\
-import ctypes, os, signal, sys
-parent = int(sys.argv[1])
-if sys.platform.startswith("linux"):
-    PR_SET_PDEATHSIG = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:
-        os._exit(1)
-os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
-"""
 
 
 @dataclass(frozen=True)
@@ -121,57 +66,16 @@ class HomeserverError(RuntimeError):
     """The homeserver did not start, or an admin call failed."""
 
 
-def free_loopback_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now.
-
-    There is a window between closing this socket and Synapse binding the port;
-    :meth:`EmbeddedHomeserver.start` picks another port if it loses that race.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    # Also the finalizer's callback: so it must not refer to the EmbeddedHomeserver (that
-    # would keep it alive forever) and must tolerate the group being gone already.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _nested(path: str, value: Mapping[str, float]) -> dict[str, Any]:
-    """``"rc_login.address"`` -> ``{"rc_login": {"address": value}}``."""
-    head, _, rest = path.partition(".")
-    return {head: _nested(rest, value) if rest else dict(value)}
-
-
-def _merge(into: dict[str, Any], new: Mapping[str, Any]) -> None:
-    for key, value in new.items():
-        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
-        else:
-            into[key] = value
-
-
-def rate_limit_config(rate_limits: RateLimits) -> dict[str, Any]:
-    """The ``rc_*`` part of the homeserver config for a rate-limit profile."""
-    config: dict[str, Any] = {}
-    if rate_limits == "default":
-        return config
-    for key in _RATE_LIMIT_KEYS:
-        _merge(config, _nested(key, _UNLIMITED))
-    if rate_limits == "strict":
-        config["rc_message"] = dict(_STRICT_MESSAGES)
-    return config
-
-
 class EmbeddedHomeserver:
     """One Synapse with SQLite in ``workdir``, listening on 127.0.0.1 only.
 
     The first start writes the config and secrets; later starts (``restart``, or a new
     object on the same ``workdir``) keep the secrets, the port and the database, and
     rewrite the rest of the config from the constructor's arguments.
+
+    ``extra_config`` is merged over the generated config (a ``None`` value deletes
+    a key's effect, as Synapse reads ``null`` as unset) and ``extra_listeners``
+    follow the client listener (federation uses both).
     """
 
     def __init__(
@@ -183,19 +87,22 @@ class EmbeddedHomeserver:
         rate_limits: RateLimits = "relaxed",
         enable_delayed_events: bool = False,
         log_level: str = "WARNING",
+        extra_config: Mapping[str, Any] | None = None,
+        extra_listeners: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.server_name = server_name
         self.rate_limits: RateLimits = rate_limits
         self.enable_delayed_events = enable_delayed_events
         self.log_level = log_level
+        self.extra_config = dict(extra_config or {})
+        self.extra_listeners = [dict(listener) for listener in extra_listeners]
         self.config_path = self.workdir / CONFIG_FILE
         self.log_path = self.workdir / LOG_FILE
         self._requested_port = port
         self._port: int | None = port
         self._secrets: dict[str, str] = {}
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._finalizer: weakref.finalize[[int, signal.Signals], EmbeddedHomeserver] | None = None
+        self._child = ChildProcess()
         self._admin_token: str | None = None
 
     # -- addresses ---------------------------------------------------------------
@@ -213,11 +120,11 @@ class EmbeddedHomeserver:
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._child.running
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self._child.pid
 
     def user_id(self, localpart: str) -> str:
         return f"@{localpart}:{self.server_name}"
@@ -254,7 +161,8 @@ class EmbeddedHomeserver:
                     "tls": False,
                     "x_forwarded": False,
                     "resources": [{"names": ["client"], "compress": False}],
-                }
+                },
+                *self.extra_listeners,
             ],
             # Otherwise https://<server_name>/, which URLs Synapse hands out would point at.
             "public_baseurl": f"{self.url}/",
@@ -279,31 +187,14 @@ class EmbeddedHomeserver:
         }
         if self.enable_delayed_events:
             config["max_event_delay_duration"] = "24h"
+        merge(config, self.extra_config)
         return config
-
-    def _log_config(self) -> dict[str, Any]:
-        # Logs go to stderr, which start() points at log_path together with stdout: one
-        # file then holds both Synapse's log and anything printed before logging is set
-        # up (config errors, import errors, tracebacks).
-        return {
-            "version": 1,
-            "formatters": {
-                "precise": {
-                    "format": "%(asctime)s - %(name)s - %(lineno)d - %(levelname)s - "
-                    "%(request)s - %(message)s"
-                }
-            },
-            "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "precise"}},
-            "loggers": {"synapse.storage.SQL": {"level": "WARNING"}},
-            "root": {"level": self.log_level, "handlers": ["console"]},
-            "disable_existing_loggers": False,
-        }
 
     def write_config(self) -> Path:
         """Write (or rewrite) the config files; returns the main config's path."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._load_or_create_settings()
-        (self.workdir / LOG_CONFIG_FILE).write_text(yaml.safe_dump(self._log_config()))
+        (self.workdir / LOG_CONFIG_FILE).write_text(yaml.safe_dump(log_config(self.log_level)))
         # 0600: the file holds the registration secret, which grants admin accounts.
         fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
@@ -337,33 +228,8 @@ class EmbeddedHomeserver:
     async def _start_once(self, timeout: float) -> None:  # noqa: ASYNC109
         self.write_config()
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        argv = [
-            sys.executable,
-            "-c",
-            _LAUNCHER,
-            str(os.getpid()),
-            "-m",
-            "synapse.app.homeserver",
-            "--config-path",
-            str(self.config_path),
-        ]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        # Popen blocks only for the fork/exec (milliseconds), and it must run on this
-        # thread: Linux sends the death signal when the *thread* that forked the child
-        # exits, so forking from a pool thread could kill Synapse when the pool shrinks.
-        with open(self.log_path, "ab") as log:  # noqa: ASYNC230
-            self._proc = subprocess.Popen(  # noqa: ASYNC220
-                argv,
-                cwd=self.workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env=env,
-                # Own process group: signals sent to our terminal's group (Ctrl-C) don't
-                # hit Synapse half-way through a test, and we can signal all of it.
-                start_new_session=True,
-            )
-        self._finalizer = weakref.finalize(self, _signal_group, self._proc.pid, signal.SIGKILL)
+        argv = ["-m", "synapse.app.homeserver", "--config-path", str(self.config_path)]
+        self._child.spawn(argv, cwd=self.workdir, log_path=self.log_path)
         try:
             await self._wait_until_ready(timeout, log_offset)
         except BaseException:
@@ -371,13 +237,12 @@ class EmbeddedHomeserver:
             raise
 
     async def _wait_until_ready(self, timeout: float, log_offset: int) -> None:  # noqa: ASYNC109
-        assert self._proc is not None
         deadline = time.monotonic() + timeout
         versions = f"{self.url}/_matrix/client/versions"
         client_timeout = aiohttp.ClientTimeout(total=2)
         async with aiohttp.ClientSession(timeout=client_timeout) as http:
             while True:
-                code = self._proc.poll()
+                code = self._child.poll()
                 if code is not None:
                     tail = self.log_tail(since=log_offset)
                     if "Address already in use" in tail:
@@ -407,32 +272,13 @@ class EmbeddedHomeserver:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
 
-    async def _signal_and_reap(self, sig: signal.Signals, grace: float) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            _signal_group(proc.pid, sig)
-            try:
-                await asyncio.to_thread(proc.wait, grace)
-            except subprocess.TimeoutExpired:
-                _signal_group(proc.pid, signal.SIGKILL)
-                # SIGKILL cannot be ignored; this wait is short and reaps the zombie.
-                await asyncio.to_thread(proc.wait)
-        # The process is reaped, so its pid (= group id) may be reused: the finalizer
-        # must never signal it again.
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
-        self._proc = None
-
     async def stop(self) -> None:
         """SIGTERM, wait up to a few seconds, then SIGKILL. No-op if not running."""
-        await self._signal_and_reap(signal.SIGTERM, _STOP_GRACE_S)
+        await self._child.signal_and_reap(signal.SIGTERM, _STOP_GRACE_S)
 
     async def kill(self) -> None:
         """SIGKILL at once, as a crash would (for fault tests)."""
-        await self._signal_and_reap(signal.SIGKILL, 0)
+        await self._child.signal_and_reap(signal.SIGKILL, 0)
 
     async def restart(self) -> None:
         await self.stop()

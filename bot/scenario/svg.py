@@ -30,15 +30,15 @@ picture unless ``reveal`` is set (then as tooltips), exactly like ``blossom plan
 
 from __future__ import annotations
 
-import itertools
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from xml.sax.saxutils import escape, quoteattr
 
 from bot.scenario.durations import format_offset
-from bot.scenario.model import Scenario, Stage
+from bot.scenario.model import City, Scenario, Stage
 from bot.scenario.plan import MASK, PlanRow, build_plan
+from bot.scenario.svg_axis import MIN_GAP_PX, Axis, layout_axis
 
 # Geometry, in SVG user units (pixels at 100 %).
 _MIN_WIDTH = 1100  # wider when there are many distinct instants
@@ -48,64 +48,8 @@ _TOP = 118  # title, subtitle and the UTC axis labels
 _LANE_BASE_H = 116  # a lane with one label block; +_STACK_H per extra stage at one instant
 _STACK_H = 56
 _LEGEND_H = 64
-_MIN_GAP_PX = 80.0  # distinct instants never closer than this, so labels stay apart
-_CUT_FACTOR = 6.0  # a gap this many times longer than the median gap is cut
-_BREAK_PX = 110.0  # the drawn width of a cut gap
 
 _FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif"
-
-
-@dataclass(frozen=True)
-class _Axis:
-    """Where each distinct instant sits on the x axis, and which gaps are cut."""
-
-    xs: dict[datetime, float]
-    breaks: list[tuple[float, float, timedelta]]  # (x0, x1, real length) of cut gaps
-
-
-def _layout_axis(instants: list[datetime], x0: float, x1: float) -> _Axis:
-    """Place the sorted distinct ``instants`` between ``x0`` and ``x1``.
-
-    A gap longer than _CUT_FACTOR times the median gap is *cut*: drawn _BREAK_PX
-    wide with a break mark. The other gaps share the remaining width in
-    proportion to their length, none narrower than _MIN_GAP_PX.
-    """
-    if not instants:
-        return _Axis({}, [])
-    if len(instants) == 1:
-        return _Axis({instants[0]: (x0 + x1) / 2}, [])
-    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(instants)]
-    median = sorted(gaps)[len(gaps) // 2]
-    cut = [median > 0 and g > _CUT_FACTOR * median for g in gaps]
-    widths = [_BREAK_PX if c else 0.0 for c in cut]
-    # Proportional share of what is left; gaps that would be too narrow get the
-    # minimum, and the share is recomputed for the rest until it settles.
-    fixed = [c for c in cut]
-    for _ in range(len(gaps) + 1):
-        free = [i for i, f in enumerate(fixed) if not f]
-        room = (x1 - x0) - sum(widths[i] for i, f in enumerate(fixed) if f)
-        seconds = sum(gaps[i] for i in free)
-        k = room / seconds if seconds > 0 else 0.0
-        narrow = [i for i in free if gaps[i] * k < _MIN_GAP_PX]
-        for i in free:
-            widths[i] = max(gaps[i] * k, _MIN_GAP_PX)
-        if not narrow:
-            break
-        for i in narrow:
-            fixed[i] = True
-    # Too many instants for the width: squeeze everything evenly.
-    total = sum(widths)
-    if total > x1 - x0:
-        widths = [w * (x1 - x0) / total for w in widths]
-    x = x0 + max(0.0, (x1 - x0) - sum(widths)) / 2
-    xs = {instants[0]: x}
-    breaks: list[tuple[float, float, timedelta]] = []
-    for i, w in enumerate(widths):
-        if cut[i]:
-            breaks.append((x, x + w, instants[i + 1] - instants[i]))
-        x += w
-        xs[instants[i + 1]] = x
-    return _Axis(xs, breaks)
 
 
 def _kind(stage: Stage, last: bool) -> str:
@@ -178,6 +122,46 @@ def _tooltip(row: PlanRow, reveal: bool) -> str:
     return f"{head}\n{body}"
 
 
+@dataclass(frozen=True)
+class _Frame:
+    """The picture's layout: its size, the x axis, and each lane's rows and height."""
+
+    width: int
+    axis: Axis
+    instants: list[datetime]
+    by_city: dict[str, list[PlanRow]]
+    lane_heights: list[int]
+
+    @property
+    def lanes_top(self) -> int:
+        return _TOP
+
+    @property
+    def lanes_bottom(self) -> int:
+        return _TOP + sum(self.lane_heights)
+
+    @property
+    def height(self) -> int:
+        return self.lanes_bottom + _LEGEND_H
+
+
+def _frame(rows: list[PlanRow], cities: list[City]) -> _Frame:
+    instants = sorted({r.at_utc for r in rows})
+    width = max(_MIN_WIDTH, _HEADER_W + 40 + _RIGHT_PAD + int(MIN_GAP_PX * len(instants)))
+    axis = layout_axis(instants, _HEADER_W + 40, width - _RIGHT_PAD)
+    by_city: dict[str, list[PlanRow]] = defaultdict(list)
+    for row in rows:
+        by_city[row.city].append(row)
+    # A lane grows by one label block per extra stage sharing an instant.
+    lane_heights = []
+    for the_city in cities:
+        per_instant: dict[datetime, int] = defaultdict(int)
+        for row in by_city[the_city.id]:
+            per_instant[row.at_utc] += 1
+        lane_heights.append(_LANE_BASE_H + _STACK_H * (max(per_instant.values(), default=1) - 1))
+    return _Frame(width, axis, instants, by_city, lane_heights)
+
+
 def plan_svg(
     scenario: Scenario,
     *,
@@ -192,25 +176,25 @@ def plan_svg(
     """
     rows = build_plan(scenario, scenario.start, city=city, reveal=reveal)
     cities = [c for c in scenario.cities if city is None or c.id == city]
-    last_stage = scenario.stages[-1].id
-    instants = sorted({r.at_utc for r in rows})
-    width = max(_MIN_WIDTH, _HEADER_W + 40 + _RIGHT_PAD + int(_MIN_GAP_PX * len(instants)))
-    axis = _layout_axis(instants, _HEADER_W + 40, width - _RIGHT_PAD)
-    by_city: dict[str, list[PlanRow]] = defaultdict(list)
-    for row in rows:
-        by_city[row.city].append(row)
-    # A lane grows by one label block per extra stage sharing an instant.
-    lane_heights = []
-    for the_city in cities:
-        per_instant: dict[datetime, int] = defaultdict(int)
-        for row in by_city[the_city.id]:
-            per_instant[row.at_utc] += 1
-        lane_heights.append(_LANE_BASE_H + _STACK_H * (max(per_instant.values(), default=1) - 1))
-    lanes_top = _TOP
-    lanes_bottom = _TOP + sum(lane_heights)
-    height = lanes_bottom + _LEGEND_H
+    frame = _frame(rows, cities)
+    out = _heading(scenario, frame, len(cities), reveal)
+    out += _utc_axis(frame)
+    top = frame.lanes_top
+    lane_spans: list[tuple[float, float, str]] = []  # where each lane's line runs
+    for index, the_city in enumerate(cities):
+        lines, span = _lane(scenario, frame, index, the_city, top, reveal)
+        out += lines
+        lane_spans.append(span)
+        top += frame.lane_heights[index]
+    out += _breaks(frame, lane_spans)
+    out += _legend(frame)
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
 
-    out: list[str] = [
+
+def _heading(scenario: Scenario, frame: _Frame, cities: int, reveal: bool) -> list[str]:
+    width, height = frame.width, frame.height
+    return [
         '<?xml version="1.0" encoding="UTF-8"?>',
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" font-family="{_FONT}" font-size="12" '
@@ -221,19 +205,21 @@ def plan_svg(
         _text(
             16,
             48,
-            f"{scenario.id} · {len(cities)} {'city' if len(cities) == 1 else 'cities'} · "
+            f"{scenario.id} · {cities} {'city' if cities == 1 else 'cities'} · "
             f"{len(scenario.stages)} stages · T0 {scenario.start.astimezone(UTC):%Y-%m-%d %H:%M}Z"
             " · content secret until release" + (" (REVEALED in tooltips)" if reveal else ""),
             fill="#4b5563",
         ),
     ]
 
-    # The UTC axis: one tick per distinct instant, labelled above the lanes.
-    out.append('<g class="utc-axis">')
-    out.append(_text(16, _TOP - 12, "UTC", font_weight="600", fill="#111827"))
+
+def _utc_axis(frame: _Frame) -> list[str]:
+    """One tick per distinct instant, labelled in UTC above the lanes."""
+    lanes_top, lanes_bottom = frame.lanes_top, frame.lanes_bottom
+    out = ['<g class="utc-axis">', _text(16, _TOP - 12, "UTC", font_weight="600", fill="#111827")]
     previous_date = None
-    for instant in instants:
-        x = axis.xs[instant]
+    for instant in frame.instants:
+        x = frame.axis.xs[instant]
         utc = instant.astimezone(UTC)
         label = utc.strftime("%H:%M:%S" if utc.second else "%H:%M") + "Z"
         if utc.date() != previous_date:
@@ -256,132 +242,138 @@ def plan_svg(
             )
         )
     out.append("</g>")
+    return out
 
-    top = lanes_top
-    lane_spans: list[tuple[float, float, str]] = []  # where each lane's line runs
-    for index, the_city in enumerate(cities):
-        lane_h = lane_heights[index]
-        background = "#fdf2f8" if index % 2 == 0 else "#ffffff"
-        mid_y = top + 34
-        city_rows = by_city[the_city.id]
-        first_local = city_rows[0].at_local if city_rows else scenario.start.astimezone(the_city.tz)
-        offsets = sorted({_utc_offset(r.at_local) for r in city_rows}) or [_utc_offset(first_local)]
+
+def _lane(
+    scenario: Scenario, frame: _Frame, index: int, the_city: City, top: float, reveal: bool
+) -> tuple[list[str], tuple[float, float, str]]:
+    """One city's lane: its header, its line and its marks; and where the line runs."""
+    lane_h = frame.lane_heights[index]
+    background = "#fdf2f8" if index % 2 == 0 else "#ffffff"
+    mid_y = top + 34
+    city_rows = frame.by_city[the_city.id]
+    first_local = city_rows[0].at_local if city_rows else scenario.start.astimezone(the_city.tz)
+    offsets = sorted({_utc_offset(r.at_local) for r in city_rows}) or [_utc_offset(first_local)]
+    out = [
+        f'<g class="lane" data-city={quoteattr(the_city.id)} '
+        f"data-timezone={quoteattr(the_city.timezone)}>",
+        f'<rect x="0" y="{top:.1f}" width="{frame.width}" height="{lane_h}" fill="{background}"/>',
+        _text(16, top + 28, the_city.name, font_size="15", font_weight="600", fill="#111827"),
+        _text(16, top + 46, the_city.timezone, fill="#4b5563"),
+        _text(16, top + 62, "local time, " + " / ".join(offsets), fill="#6b7280", font_size="11"),
+    ]
+    xs = [frame.axis.xs[r.at_utc] for r in city_rows]
+    if xs:
         out.append(
-            f'<g class="lane" data-city={quoteattr(the_city.id)} '
-            f"data-timezone={quoteattr(the_city.timezone)}>"
+            f'<line x1="{min(xs):.1f}" y1="{mid_y:.1f}" x2="{max(xs):.1f}" y2="{mid_y:.1f}" '
+            'stroke="#9ca3af" stroke-width="2"/>'
         )
-        out.append(
-            f'<rect x="0" y="{top:.1f}" width="{width}" height="{lane_h}" fill="{background}"/>'
+    # Stages due at the same instant in one city share an x: stack their labels.
+    stacked: dict[datetime, int] = defaultdict(int)
+    local_date = None
+    last_stage = scenario.stages[-1].id
+    for row in city_rows:
+        stage = scenario.stage(row.stage)
+        level = stacked[row.at_utc]
+        stacked[row.at_utc] += 1
+        # The local date is shown on a lane's first mark and whenever it changes.
+        date_text = ""
+        if row.at_local.date() != local_date:
+            date_text = f"{row.at_local:%a %b} {row.at_local.day}"
+            local_date = row.at_local.date()
+        kind = _kind(stage, stage.id == last_stage)
+        out += _mark(row, stage, kind, frame.axis.xs[row.at_utc], mid_y, level, date_text, reveal)
+    out.append("</g>")
+    return out, (min(xs, default=0.0), max(xs, default=0.0), background)
+
+
+def _mark(
+    row: PlanRow,
+    stage: Stage,
+    kind: str,
+    x: float,
+    mid_y: float,
+    level: int,
+    date_text: str,
+    reveal: bool,
+) -> list[str]:
+    """One stage in one lane: its shape, id, local time, date and gate or dispersal note."""
+    label_y = mid_y + 32 + level * _STACK_H
+    out = [
+        f'<g class="mark" data-city={quoteattr(row.city)} '
+        f"data-stage={quoteattr(row.stage)} data-kind={quoteattr(kind)} "
+        f"data-utc={quoteattr(row.at_utc.astimezone(UTC).isoformat())} "
+        f"data-local={quoteattr(row.at_local.isoformat())}>",
+        f"<title>{escape(_tooltip(row, reveal))}</title>",
+    ]
+    if level == 0:
+        out.append(_mark_shape(kind, x, mid_y))
+    else:  # a later stage at the same instant: its shape beside its label
+        out.append(_mark_shape(kind, x - 40, label_y - 14))
+    out.append(
+        _text(x, label_y - 10, row.stage, text_anchor="middle", font_weight="600", fill="#111827")
+    )
+    out.append(
+        _text(
+            x,
+            label_y + 3,
+            _local_label(row.at_local),
+            text_anchor="middle",
+            fill="#374151",
+            font_size="11",
         )
-        out.append(
-            _text(16, top + 28, the_city.name, font_size="15", font_weight="600", fill="#111827")
-        )
-        out.append(_text(16, top + 46, the_city.timezone, fill="#4b5563"))
+    )
+    if date_text:
         out.append(
             _text(
-                16, top + 62, "local time, " + " / ".join(offsets), fill="#6b7280", font_size="11"
+                x,
+                label_y + 15,
+                date_text,
+                text_anchor="middle",
+                fill="#6b7280",
+                font_size="10",
+                class_="local-date",
             )
         )
-        xs = [axis.xs[r.at_utc] for r in city_rows]
-        lane_spans.append((min(xs, default=0.0), max(xs, default=0.0), background))
-        if xs:
-            out.append(
-                f'<line x1="{min(xs):.1f}" y1="{mid_y:.1f}" x2="{max(xs):.1f}" y2="{mid_y:.1f}" '
-                'stroke="#9ca3af" stroke-width="2"/>'
-            )
-        # Stages due at the same instant in one city share an x: stack their labels.
-        stacked: dict[datetime, int] = defaultdict(int)
-        local_date = None
-        for row in city_rows:
-            stage = scenario.stage(row.stage)
-            kind = _kind(stage, stage.id == last_stage)
-            x = axis.xs[row.at_utc]
-            level = stacked[row.at_utc]
-            stacked[row.at_utc] += 1
-            label_y = mid_y + 32 + level * _STACK_H
-            # The local date is shown on a lane's first mark and whenever it changes.
-            local_text = _local_label(row.at_local)
-            date_text = ""
-            if row.at_local.date() != local_date:
-                date_text = f"{row.at_local:%a %b} {row.at_local.day}"
-                local_date = row.at_local.date()
-            out.append(
-                f'<g class="mark" data-city={quoteattr(row.city)} '
-                f"data-stage={quoteattr(row.stage)} data-kind={quoteattr(kind)} "
-                f"data-utc={quoteattr(row.at_utc.astimezone(UTC).isoformat())} "
-                f"data-local={quoteattr(row.at_local.isoformat())}>"
-            )
-            out.append(f"<title>{escape(_tooltip(row, reveal))}</title>")
-            if level == 0:
-                out.append(_mark_shape(kind, x, mid_y))
-            else:  # a later stage at the same instant: its shape beside its label
-                out.append(_mark_shape(kind, x - 40, label_y - 14))
+    notes = _gate_label(stage) if kind == "gate" else ["dispersal"]
+    if kind in ("gate", "dispersal"):
+        for n, note in enumerate(notes):
             out.append(
                 _text(
                     x,
-                    label_y - 10,
-                    row.stage,
+                    label_y + 28 + 12 * n,
+                    note,
                     text_anchor="middle",
-                    font_weight="600",
-                    fill="#111827",
+                    fill="#92400e" if kind == "gate" else "#334155",
+                    font_size="10",
+                    class_=f"{kind}-label",
                 )
             )
-            out.append(
-                _text(
-                    x,
-                    label_y + 3,
-                    local_text,
-                    text_anchor="middle",
-                    fill="#374151",
-                    font_size="11",
-                )
-            )
-            if date_text:
-                out.append(
-                    _text(
-                        x,
-                        label_y + 15,
-                        date_text,
-                        text_anchor="middle",
-                        fill="#6b7280",
-                        font_size="10",
-                        class_="local-date",
-                    )
-                )
-            notes = _gate_label(stage) if kind == "gate" else ["dispersal"]
-            if kind in ("gate", "dispersal"):
-                for n, note in enumerate(notes):
-                    out.append(
-                        _text(
-                            x,
-                            label_y + 28 + 12 * n,
-                            note,
-                            text_anchor="middle",
-                            fill="#92400e" if kind == "gate" else "#334155",
-                            font_size="10",
-                            class_=f"{kind}-label",
-                        )
-                    )
-            out.append("</g>")
-        out.append("</g>")
-        top += lane_h
+    out.append("</g>")
+    return out
 
-    # Cut gaps: a break on the axis and on every lane, the real length above.
-    for x0, x1, length in axis.breaks:
+
+def _breaks(frame: _Frame, lane_spans: list[tuple[float, float, str]]) -> list[str]:
+    """Cut gaps: a break on the axis and on every lane, the real length above."""
+    out: list[str] = []
+    for x0, x1, length in frame.axis.breaks:
         mid = (x0 + x1) / 2
         out.append('<g class="axis-break">')
         out.append(
             _text(
                 mid,
-                lanes_top - 4,
+                frame.lanes_top - 4,
                 f"{_human_gap(length)} later",
                 text_anchor="middle",
                 fill="#6b7280",
                 font_size="10",
             )
         )
-        lane_top = lanes_top
-        for lane_h, (start_x, end_x, background) in zip(lane_heights, lane_spans, strict=True):
+        lane_top = frame.lanes_top
+        for lane_h, (start_x, end_x, background) in zip(
+            frame.lane_heights, lane_spans, strict=True
+        ):
             y = lane_top + 34
             lane_top += lane_h
             if not start_x < mid < end_x:
@@ -393,11 +385,13 @@ def plan_svg(
                 'stroke="#6b7280" stroke-width="1.5"/>'
             )
         out.append("</g>")
+    return out
 
-    # Legend.
-    y = lanes_bottom + 30
+
+def _legend(frame: _Frame) -> list[str]:
+    y = frame.lanes_bottom + 30
     x = 16.0
-    out.append('<g class="legend">')
+    out = ['<g class="legend">']
     for kind, label in (
         ("stage", "stage"),
         ("place", "stage revealing a place"),
@@ -418,8 +412,7 @@ def plan_svg(
         )
     )
     out.append("</g>")
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
+    return out
 
 
 def plan_html(scenario: Scenario, *, city: str | None = None, reveal: bool = False) -> str:

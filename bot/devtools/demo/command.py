@@ -27,21 +27,52 @@ EXIT_MISSING = 2
 EXIT_INTERRUPTED = 130
 
 
+def _missing() -> str | None:
+    """Why the demo cannot run here, or ``None``."""
+    if importlib.util.find_spec("synapse") is None:
+        return "blossom demo needs a homeserver: pip install -e '.[homeserver]' (make demo does it)"
+    if not DEMO_SCENARIO.is_file():
+        return (
+            f"blossom demo plays {DEMO_SCENARIO}, which is not there: run it from the "
+            "project's source tree (make demo installs it editable)."
+        )
+    return None
+
+
+def _play(
+    options: DemoOptions, state: DemoState, view: LiveView | PlainView
+) -> tuple[bool, str | None]:
+    """Run the demo under ``view``; returns (interrupted, failure)."""
+
+    async def main() -> None:
+        # SIGTERM (a CI timeout, `kill`) stops as cleanly as Ctrl-C does.
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        if task is not None:
+            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            await run_demo(options, state)
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    with view:
+        try:
+            asyncio.run(main())
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            return True, None
+        except HomeserverError as err:
+            return False, f"the homeserver failed: {err}"
+        except Exception as err:  # the summary of a demo is its exit status
+            return False, f"{err.__class__.__name__}: {err}"
+    return False, None
+
+
 def demo_command(
     *, speed: float, cities: int, keep: bool, workdir: Path | None = None, plain: bool = False
 ) -> int:
-    if importlib.util.find_spec("synapse") is None:
-        click.echo(
-            "blossom demo needs a homeserver: pip install -e '.[homeserver]' (make demo does it)",
-            err=True,
-        )
-        return EXIT_MISSING
-    if not DEMO_SCENARIO.is_file():
-        click.echo(
-            f"blossom demo plays {DEMO_SCENARIO}, which is not there: run it from the "
-            "project's source tree (make demo installs it editable).",
-            err=True,
-        )
+    missing = _missing()
+    if missing is not None:
+        click.echo(missing, err=True)
         return EXIT_MISSING
     console = Console()
     live = console.is_terminal and not plain
@@ -69,29 +100,7 @@ def demo_command(
         on_summary=on_summary,
         on_keep=on_keep,
     )
-
-    async def main() -> None:
-        # SIGTERM (a CI timeout, `kill`) stops as cleanly as Ctrl-C does.
-        task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-        if task is not None:
-            loop.add_signal_handler(signal.SIGTERM, task.cancel)
-        try:
-            await run_demo(options, state)
-        finally:
-            loop.remove_signal_handler(signal.SIGTERM)
-
-    interrupted = False
-    failure: str | None = None
-    with view:
-        try:
-            asyncio.run(main())
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            interrupted = True
-        except HomeserverError as err:
-            failure = f"the homeserver failed: {err}"
-        except Exception as err:  # the summary of a demo is its exit status
-            failure = f"{err.__class__.__name__}: {err}"
+    interrupted, failure = _play(options, state, view)
     if failure is not None:
         click.echo(f"blossom demo failed: {failure}", err=True)
         click.echo(f"Everything it started is stopped. Logs: {state.workdir}/logs", err=True)

@@ -27,14 +27,13 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import secrets
 import shutil
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -43,14 +42,20 @@ from bot import DISPATCH_KEY
 from bot.app import run_bot
 from bot.clock import ScaledClock
 from bot.config import load_config
+from bot.devtools.demo.action import (
+    Person,
+    Run,
+    command,
+    first_line,
+    listen,
+    wait_bot,
+    watch,
+)
 from bot.devtools.demo.clients import DemoClient
 from bot.devtools.demo.state import (
-    TEXT,
     CityState,
     DemoState,
-    Receipt,
     Summary,
-    checkin_stages,
     count_room,
     expected_dispatches,
     summarise,
@@ -80,13 +85,6 @@ ARM_LEAD_S = 4.0
 # Real seconds before each instant at which the bot prepares (renders, creates
 # ledger rows); converted to the scaled clock for the config.
 PREPARE_REAL_S = 1.5
-# A gated stage not seen this many real seconds after its instant is released by
-# the organiser with !release.
-GATE_GRACE_S = 3.0
-# After the last instant, how long to wait for stragglers before giving up.
-FINISH_GRACE_S = 30.0
-# Participants "arrive" at the staging point this long (real seconds) after its message.
-ARRIVAL_S = (0.3, 1.0)
 
 
 @dataclass
@@ -100,26 +98,6 @@ class DemoOptions:
     """Called with the summary as soon as it is known (before ``keep`` holds on)."""
     on_keep: Callable[[dict[str, str]], None] | None = None
     """Called with the address and logins when ``keep`` holds the homeserver open."""
-
-
-@dataclass
-class _Person:
-    user: RegisteredUser
-    client: DemoClient
-    city_id: str = ""
-    here_event: str | None = None
-
-
-@dataclass
-class _Run:
-    """Everything the demo started, so clean-up can stop exactly that."""
-
-    workdir: Path
-    hs: DemoHomeserver | None = None
-    people: list[_Person] = field(default_factory=list)
-    bot_task: asyncio.Task[None] | None = None
-    bot_stop: asyncio.Event = field(default_factory=asyncio.Event)
-    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
 @contextlib.contextmanager
@@ -147,17 +125,12 @@ def _log_to(path: Path) -> Iterator[None]:
         handler.close()
 
 
-def _first_line(text: str, limit: int = 160) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
 async def run_demo(options: DemoOptions, state: DemoState) -> Summary:
     """Run the demo end to end; always stops what it started."""
     workdir = options.workdir or Path(tempfile.mkdtemp(prefix="blossom-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     logs = workdir / "logs"
-    run = _Run(workdir)
+    run = Run(workdir)
     state.workdir = str(workdir)
     state.emit("setup", f"working directory {workdir} (logs go to {logs})")
     with _log_to(logs / "demo.log"):
@@ -173,14 +146,59 @@ async def run_demo(options: DemoOptions, state: DemoState) -> Summary:
             _prune(workdir)
 
 
-async def _play(options: DemoOptions, state: DemoState, run: _Run) -> Summary:
+async def _play(options: DemoOptions, state: DemoState, run: Run) -> Summary:
     started = time.monotonic()
     state.speed = options.speed
     state.started_wall = datetime.now(UTC)
     base = load_base(options.scenario)
-    cities = city_ids(base, options.cities)
+    hs = await _start_homeserver(state, run)
+    bot_user, organiser = await _register(state, run, hs, city_ids(base, options.cities))
+    control, rooms = await _create_rooms(state, run, organiser, bot_user)
+    # The organisers' file lists the rooms before the rooms opt in (the bot only
+    # accepts a moderator's invite to a room some scenario lists). T0 is set for
+    # real just before arming.
+    clock = ScaledClock(datetime.now(UTC), options.speed)
+    scenario_path = run.workdir / "bot" / "scenarios" / "demo.yaml"
+    write_yaml(
+        scenario_path,
+        demo_scenario(base, cities=len(state.cities), rooms=rooms, start=clock.now()),
+    )
+    config_path = _write_config(options, run, hs, bot_user, control)
+    await _start_bot(state, run, organiser, bot_user, control, config_path, clock)
+    scenario, svg_path = _schedule(options, state, run, base, rooms, scenario_path, clock)
 
-    # -- the homeserver ------------------------------------------------------------
+    replies: dict[str, asyncio.Future[str]] = {}
+    listen(state, run, organiser, control, bot_user.user_id, replies, scenario)
+    for person in run.people:
+        person.client.start()
+    await asyncio.gather(*(p.client.synced.wait() for p in run.people))
+
+    state.set_phase(f"Organiser: !arm {scenario.id}")
+    reply = await command(organiser, control, f"!arm {scenario.id}", replies)
+    state.emit("organiser", f"!arm {scenario.id} → {first_line(reply)}")
+    if not reply.startswith("Armed"):
+        raise RuntimeError(f"the bot did not arm the scenario: {first_line(reply)}")
+
+    await watch(state, run, organiser, control, scenario, replies, clock)
+
+    state.set_phase("Counting every dispatch in every city room")
+    summary = summarise(
+        state,
+        await _count_rooms(state, run, bot_user),
+        elapsed_s=time.monotonic() - started,
+        workdir=str(run.workdir),
+        logs={
+            "demo and bot": str(run.workdir / "logs" / "demo.log"),
+            "homeserver": str(run.workdir / "logs" / "homeserver.log"),
+        },
+        plan_svg=str(svg_path),
+    )
+    (run.workdir / "summary.json").write_text(json.dumps(summary.as_json(), indent=2) + "\n")
+    state.set_phase("Done" if summary.ok else "Done, with problems")
+    return summary
+
+
+async def _start_homeserver(state: DemoState, run: Run) -> DemoHomeserver:
     state.set_phase("Starting a throwaway Synapse homeserver on 127.0.0.1")
     hs = DemoHomeserver(run.workdir / "homeserver")
     run.hs = hs
@@ -188,8 +206,13 @@ async def _play(options: DemoOptions, state: DemoState, run: _Run) -> Summary:
     await hs.start()
     state.homeserver_url = hs.url
     state.emit("setup", f"Synapse is up at {hs.url} ({time.monotonic() - t:.1f} s)")
+    return hs
 
-    # -- accounts ----------------------------------------------------------------------
+
+async def _register(
+    state: DemoState, run: Run, hs: DemoHomeserver, cities: list[tuple[str, str]]
+) -> tuple[RegisteredUser, Person]:
+    """The bot (exempt from rate limits), the organiser, the participants of each city."""
     state.set_phase("Registering the bot, the organiser and the participants")
     bot_user = await hs.register(BOT_LOCALPART)
     await hs.exempt_from_rate_limits(bot_user.user_id)
@@ -211,8 +234,13 @@ async def _play(options: DemoOptions, state: DemoState, run: _Run) -> Summary:
         f"{organiser.user.user_id} and {sum(len(c.participants) for c in state.cities)} "
         f"participants in {len(state.cities)} cities registered and logged in",
     )
+    return bot_user, organiser
 
-    # -- rooms, made the real way ---------------------------------------------------
+
+async def _create_rooms(
+    state: DemoState, run: Run, organiser: Person, bot_user: RegisteredUser
+) -> tuple[str, dict[str, str]]:
+    """The control room (the bot invited) and a room per city, made the real way."""
     state.set_phase("Creating the control room and the city rooms")
     control = await organiser.client.create_room(
         "Blossom demo: control room", invite=[bot_user.user_id]
@@ -227,18 +255,13 @@ async def _play(options: DemoOptions, state: DemoState, run: _Run) -> Summary:
             await other.client.join(room)
         rooms[city.id] = city.room_id = room
     state.emit("setup", f"control room {control}; city rooms " + ", ".join(rooms.values()))
+    return control, rooms
 
-    # The organisers' file lists the rooms before the rooms opt in (the bot only
-    # accepts a moderator's invite to a room some scenario lists). T0 is set for
-    # real just before arming.
-    bot_dir = run.workdir / "bot"
-    scenario_path = bot_dir / "scenarios" / "demo.yaml"
-    clock = ScaledClock(datetime.now(UTC), options.speed)
-    write_yaml(
-        scenario_path,
-        demo_scenario(base, cities=len(state.cities), rooms=rooms, start=clock.now()),
-    )
-    config_path = bot_dir / "config.yaml"
+
+def _write_config(
+    options: DemoOptions, run: Run, hs: DemoHomeserver, bot_user: RegisteredUser, control: str
+) -> Path:
+    config_path = run.workdir / "bot" / "config.yaml"
     write_yaml(
         config_path,
         bot_config(
@@ -250,20 +273,31 @@ async def _play(options: DemoOptions, state: DemoState, run: _Run) -> Summary:
         ),
         private=True,
     )
+    return config_path
 
-    # -- the bot -------------------------------------------------------------------------
+
+async def _start_bot(
+    state: DemoState,
+    run: Run,
+    organiser: Person,
+    bot_user: RegisteredUser,
+    control: str,
+    config_path: Path,
+    clock: ScaledClock,
+) -> None:
+    """The bot on ``blossom run``'s code path; each city's moderator opts its room in."""
     state.set_phase("Starting the bot (blossom run's code path) and opting the rooms in")
     run.bot_task = asyncio.create_task(
         run_bot(load_config(config_path), clock, run.bot_stop), name="bot"
     )
-    await _wait_bot(run, organiser.client.wait_member(control, bot_user.user_id, what="the bot"))
+    await wait_bot(run, organiser.client.wait_member(control, bot_user.user_id, what="the bot"))
     state.emit("setup", "the bot joined the control room (invited by the organiser)")
     for city in state.cities:
         moderator = next(p for p in run.people if p.city_id == city.id)
         await moderator.client.invite(city.room_id, bot_user.user_id)
     for city in state.cities:
         moderator = next(p for p in run.people if p.city_id == city.id)
-        await _wait_bot(
+        await wait_bot(
             run,
             moderator.client.wait_member(
                 city.room_id, bot_user.user_id, what=f"the bot ({city.name})"
@@ -271,7 +305,17 @@ async def _play(options: DemoOptions, state: DemoState, run: _Run) -> Summary:
         )
     state.emit("setup", "every city room opted in: its moderator invited the bot, the bot joined")
 
-    # -- arm -------------------------------------------------------------------------------
+
+def _schedule(
+    options: DemoOptions,
+    state: DemoState,
+    run: Run,
+    base: dict[str, Any],
+    rooms: dict[str, str],
+    scenario_path: Path,
+    clock: ScaledClock,
+) -> tuple[Scenario, Path]:
+    """Set T0 a few real seconds ahead, write the scenario and draw its plan."""
     lead = timedelta(seconds=ARM_LEAD_S * options.speed)
     start = clock.now() - first_offset(load_scenario_file(scenario_path)) + lead
     # On a whole minute of the scenario's clock, so "{time:0m}" reads 17:05, not 17:04:37.
@@ -286,24 +330,13 @@ async def _play(options: DemoOptions, state: DemoState, run: _Run) -> Summary:
     svg_path = run.workdir / "plan.svg"
     svg_path.write_text(plan_svg(scenario), encoding="utf-8")
     state.emit("setup", f"the plan, drawn: {svg_path}")
+    return scenario, svg_path
 
-    replies: dict[str, asyncio.Future[str]] = {}
-    _listen(state, run, organiser, control, bot_user.user_id, replies, scenario)
-    for person in run.people:
-        person.client.start()
-    await asyncio.gather(*(p.client.synced.wait() for p in run.people))
 
-    state.set_phase(f"Organiser: !arm {scenario.id}")
-    reply = await _command(organiser, control, f"!arm {scenario.id}", replies)
-    state.emit("organiser", f"!arm {scenario.id} → {_first_line(reply)}")
-    if not reply.startswith("Armed"):
-        raise RuntimeError(f"the bot did not arm the scenario: {_first_line(reply)}")
-
-    # -- the action ------------------------------------------------------------------------
-    await _watch(state, run, organiser, control, scenario, replies, clock)
-
-    # -- the check -------------------------------------------------------------------------
-    state.set_phase("Counting every dispatch in every city room")
+async def _count_rooms(
+    state: DemoState, run: Run, bot_user: RegisteredUser
+) -> dict[str, Counter[tuple[str, str]]]:
+    """Each city room's timeline read back, the bot's dispatches counted by their tag."""
     room_counts: dict[str, Counter[tuple[str, str]]] = {}
     for city in state.cities:
         moderator = next(p for p in run.people if p.city_id == city.id)
@@ -312,193 +345,19 @@ async def _play(options: DemoOptions, state: DemoState, run: _Run) -> Summary:
             (e.get("content") or {} for e in events if e.get("sender") == bot_user.user_id),
             DISPATCH_KEY,
         )
-    summary = summarise(
-        state,
-        room_counts,
-        elapsed_s=time.monotonic() - started,
-        workdir=str(run.workdir),
-        logs={
-            "demo and bot": str(run.workdir / "logs" / "demo.log"),
-            "homeserver": str(run.workdir / "logs" / "homeserver.log"),
-        },
-        plan_svg=str(svg_path),
-    )
-    (run.workdir / "summary.json").write_text(json.dumps(summary.as_json(), indent=2) + "\n")
-    state.set_phase("Done" if summary.ok else "Done, with problems")
-    return summary
+    return room_counts
 
 
-async def _person(hs: DemoHomeserver, localpart: str, run: _Run) -> _Person:
+async def _person(hs: DemoHomeserver, localpart: str, run: Run) -> Person:
     user = await hs.register(localpart, secrets.token_urlsafe(12))
     client = DemoClient(hs.url, user.user_id, localpart)
-    person = _Person(user, client)
+    person = Person(user, client)
     run.people.append(person)  # before login: clean-up closes it whatever happens
     await client.login(user.password)
     return person
 
 
-async def _wait_bot(run: _Run, waiting: Any) -> None:
-    """Wait for something the bot should do; fail at once if the bot died."""
-    assert run.bot_task is not None
-    task = asyncio.ensure_future(waiting)
-    done, _ = await asyncio.wait({task, run.bot_task}, return_when=asyncio.FIRST_COMPLETED)
-    if run.bot_task in done and task not in done:
-        task.cancel()
-        exc = run.bot_task.exception()
-        raise RuntimeError(f"the bot stopped: {exc!r}") from exc
-    task.result()
-
-
-def _listen(
-    state: DemoState,
-    run: _Run,
-    organiser: _Person,
-    control: str,
-    bot_id: str,
-    replies: dict[str, asyncio.Future[str]],
-    scenario: Scenario,
-) -> None:
-    """Wire every client's sync to the state: stage receipts, check-ins, notices."""
-    check_in_after = checkin_stages(scenario)
-
-    def organiser_event(room_id: str, event: dict[str, Any]) -> None:
-        if room_id != control or event.get("sender") != bot_id:
-            return
-        content = event.get("content") or {}
-        body = str(content.get("body", ""))
-        if event.get("type") != "m.room.message" or not body:
-            return
-        relates = (content.get("m.relates_to") or {}).get("m.in_reply_to") or {}
-        future = replies.get(str(relates.get("event_id", "")))
-        if future is not None and not future.done():
-            future.set_result(body)
-            return
-        line = _first_line(body)
-        state.notices.append(line)
-        state.emit("notice", line)
-
-    organiser.client.on_event = organiser_event
-
-    for person in run.people:
-        if not person.city_id:
-            continue
-        city = state.city(person.city_id)
-
-        def participant_event(
-            room_id: str, event: dict[str, Any], person: _Person = person, city: CityState = city
-        ) -> None:
-            if room_id != city.room_id or event.get("sender") != bot_id:
-                return
-            content = event.get("content") or {}
-            if event.get("type") == "m.reaction":
-                rel = content.get("m.relates_to") or {}
-                if person.here_event and rel.get("event_id") == person.here_event:
-                    city.checkins[person.user.localpart] = "acknowledged"
-                    state.emit(
-                        "checkin", f"{city.id}: the bot acknowledged {person.user.localpart}"
-                    )
-                return
-            tag = content.get(DISPATCH_KEY)
-            if event.get("type") != "m.room.message" or not isinstance(tag, dict):
-                return
-            stage_id, part = str(tag.get("stage")), str(tag.get("part"))
-            expected = state.expected_for(city.id, stage_id)
-            arrived = datetime.now(UTC)
-            lateness = (arrived - expected.due_wall).total_seconds() if expected else 0.0
-            receipt = Receipt(
-                city.id,
-                person.user.localpart,
-                stage_id,
-                part,
-                str(content.get("body", "")),
-                arrived,
-                lateness,
-            )
-            if state.record(receipt):
-                state.emit(
-                    "receipt",
-                    f"{city.id:<10} {person.user.localpart:<16} {stage_id}/{part:<8} "
-                    f"{lateness:+.2f}s  {_first_line(receipt.body, 90)}",
-                )
-            if part == TEXT and stage_id in check_in_after and person.here_event is None:
-                person.here_event = ""  # once
-                task = asyncio.create_task(_check_in(state, person, city))
-                run.tasks.add(task)
-                task.add_done_callback(run.tasks.discard)
-
-        person.client.on_event = participant_event
-
-
-async def _check_in(state: DemoState, person: _Person, city: CityState) -> None:
-    await asyncio.sleep(random.uniform(*ARRIVAL_S))  # walking to the staging point
-    person.here_event = await person.client.send_text(city.room_id, "!here")
-    city.checkins.setdefault(person.user.localpart, "sent")
-    state.emit("checkin", f"{city.id}: {person.user.localpart} checked in with !here")
-
-
-async def _command(
-    person: _Person,
-    room_id: str,
-    text: str,
-    replies: dict[str, asyncio.Future[str]],
-    within_s: float = 30,
-) -> str:
-    """Send a control-room command; return the bot's reply to it."""
-    future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    event_id = await person.client.send_text(room_id, text)
-    replies[event_id] = future
-    try:
-        return await asyncio.wait_for(future, within_s)
-    finally:
-        replies.pop(event_id, None)
-
-
-async def _watch(
-    state: DemoState,
-    run: _Run,
-    organiser: _Person,
-    control: str,
-    scenario: Scenario,
-    replies: dict[str, asyncio.Future[str]],
-    clock: ScaledClock,
-) -> None:
-    """Follow the action until every participant has every stage (or time is up);
-    release a gate that stays shut, as the organiser would."""
-    last_due = max(e.due_wall for e in state.expected)
-    deadline = last_due.timestamp() + FINISH_GRACE_S
-    nudged: set[tuple[str, str]] = set()
-    while not state.all_received():
-        now = datetime.now(UTC)
-        if now.timestamp() > deadline:
-            state.emit("problem", "time is up: some stages never arrived (see the summary)")
-            return
-        upcoming = [e for e in state.expected if e.due_wall > now]
-        if upcoming:
-            nxt = min(upcoming, key=lambda e: e.due_wall)
-            wait = (nxt.due_wall - now).total_seconds()
-            state.phase = (
-                f"Scenario clock {clock.now():%H:%M:%S}Z (×{state.speed:g}) · "
-                f"next: {nxt.stage_id} in {wait:.0f} s"
-            )
-        else:
-            state.phase = f"Scenario clock {clock.now():%H:%M:%S}Z · waiting for the last messages"
-        for e in state.expected:
-            key = (e.city_id, e.stage_id)
-            if not e.gated or key in nudged or state.received(e.city_id, e.stage_id):
-                continue
-            if (now - e.due_wall).total_seconds() > GATE_GRACE_S:
-                nudged.add(key)
-                text = f"!release {scenario.id} {e.stage_id} {e.city_id}"
-                state.emit("organiser", f"{e.city_id}: gate still shut; {text}")
-                state.city(e.city_id).released_by_organiser.add(e.stage_id)
-                reply = await _command(organiser, control, text, replies)
-                state.emit("organiser", f"{text} → {_first_line(reply)}")
-        await asyncio.sleep(0.2)
-    # The bot's last report (stage summary, "complete") follows the last send.
-    await asyncio.sleep(1.0)
-
-
-async def _hold_open(options: DemoOptions, state: DemoState, run: _Run) -> None:
+async def _hold_open(options: DemoOptions, state: DemoState, run: Run) -> None:
     """``--keep``: leave the homeserver (and the bot) up until Ctrl-C."""
     assert run.hs is not None
     organiser = next(p for p in run.people if p.user.localpart == ORGANISER_LOCALPART)
@@ -516,7 +375,7 @@ async def _hold_open(options: DemoOptions, state: DemoState, run: _Run) -> None:
     await asyncio.Event().wait()  # until cancelled (Ctrl-C, SIGTERM)
 
 
-async def _clean_up(run: _Run) -> None:
+async def _clean_up(run: Run) -> None:
     """Stop the bot, the clients and the homeserver; each step runs even if one fails."""
     for task in list(run.tasks):
         task.cancel()
