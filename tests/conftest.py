@@ -16,6 +16,7 @@ import pytest
 import pytest_asyncio
 from matrix_helpers import ClientPool
 
+from bot.devtools.federation import FederatedPair
 from bot.devtools.homeserver import EmbeddedHomeserver, RegisteredUser
 
 NewUser = Callable[..., Awaitable[RegisteredUser]]
@@ -42,6 +43,34 @@ async def homeserver(
         yield hs
     finally:
         await hs.stop()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def _federated_pair_session(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[FederatedPair]:
+    # Session-scoped, but a fixture only starts when a test asks for it: a session
+    # without federated tests never starts these two servers.
+    _require_synapse()
+    pair = FederatedPair(tmp_path_factory.mktemp("federation"))
+    await pair.start()
+    try:
+        yield pair
+    finally:
+        await pair.stop()
+
+
+@pytest_asyncio.fixture
+async def federated_pair(_federated_pair_session: FederatedPair) -> AsyncIterator[FederatedPair]:
+    """The session's two federating Synapses (``pair.a``, ``pair.b``), started on first
+    use (two cold starts in parallel, a few seconds). A test may stop, kill or restart
+    either server or partition them; afterwards both run and federate again
+    (``restore``). Give every test its own users and rooms."""
+    pair = _federated_pair_session
+    try:
+        yield pair
+    finally:
+        await pair.restore()
 
 
 @pytest_asyncio.fixture

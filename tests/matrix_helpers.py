@@ -11,7 +11,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
+from urllib.parse import quote
 
+import aiohttp
 from nio import (
     AsyncClient,
     AsyncClientConfig,
@@ -206,6 +208,23 @@ async def join(client: AsyncClient, room_id: str) -> None:
     """Join ``room_id`` and sync until the client knows the room."""
     response = await client.join(room_id)
     _check(response, JoinResponse, f"{client.user_id} joining {room_id}")
+    await sync_until(client, lambda: room_id in client.rooms)
+
+
+async def join_via(client: AsyncClient, room_id: str, server_name: str) -> None:
+    """Join ``room_id`` on another homeserver through ``server_name`` (nio's ``join``
+    takes no server names), then sync until the client knows the room."""
+    url = (
+        f"{client.homeserver}/_matrix/client/v3/join/{quote(room_id, safe='')}"
+        f"?server_name={quote(server_name, safe='')}"
+    )
+    headers = {"Authorization": f"Bearer {client.access_token}"}
+    async with aiohttp.ClientSession() as http, http.post(url, json={}, headers=headers) as resp:
+        if resp.status != 200:
+            raise MatrixError(
+                f"{client.user_id} joining {room_id} via {server_name}: "
+                f"{resp.status} {await resp.text()}"
+            )
     await sync_until(client, lambda: room_id in client.rooms)
 
 
