@@ -153,7 +153,9 @@ class Bot:
             # Checked in the lane: the join comes later in the same timeline.
             if event.server_timestamp < self._joined_at.get(room_id, 0):
                 return
-            await self.controller.handle(room_id, event.event_id, event.sender, body)
+            await self.controller.handle(
+                room_id, event.event_id, event.sender, body, sent_ms=event.server_timestamp
+            )
 
         self._commands.put_nowait(command)
 

@@ -19,7 +19,9 @@ MAX_COMMAND_CHARS = 2000
 @dataclass(frozen=True)
 class ArgSpec:
     name: str
-    kind: str = "slug"  # slug | duration | number | text (rest of line) | word
+    # slug | duration | number | text (rest of line) | word | city (an id in any
+    # case, matched against the scenario by the handler) | which (drill or live)
+    kind: str = "slug"
     optional: bool = False
 
 
@@ -31,6 +33,7 @@ class CommandSpec:
     example: str
     participant: bool = False  # usable outside control rooms
     audit_ids: bool = True  # False: the audit row keeps only the command name
+    confirmable: bool = False  # a trailing ``confirm`` word confirms it (bot.control.confirm)
 
     def usage(self) -> str:
         parts = [f"!{self.name}"]
@@ -45,6 +48,7 @@ class Command:
     name: str
     args: dict[str, str] = field(default_factory=dict)
     raw: str = ""
+    confirmed: bool = False  # typed with a trailing ``confirm``
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,11 @@ def _valid(kind: str, value: str) -> bool:
         return bool(DURATION.match(value))
     if kind == "number":
         return value.isascii() and value.isdigit() and 0 < int(value) <= 1_000_000
+    if kind == "city":
+        # Any case; only the id's characters (a city id is a slug).
+        return value.isascii() and bool(SLUG.match(value.lower()))
+    if kind == "which":
+        return value.lower() in ("drill", "live")
     if kind == "word":
         return value.isprintable() and len(value) <= 200
     return True
@@ -91,6 +100,9 @@ def parse(text: str, specs: dict[str, CommandSpec]) -> Command | UsageError | No
     if _suspicious(stripped):
         return UsageError(name, "the command contains invisible formatting characters")
     words = rest.split()
+    confirmed = spec.confirmable and bool(words) and words[-1].lower() == "confirm"
+    if confirmed:
+        words = words[:-1]
     args: dict[str, str] = {}
     i = 0
     for n, arg in enumerate(spec.args):
@@ -118,4 +130,4 @@ def parse(text: str, specs: dict[str, CommandSpec]) -> Command | UsageError | No
         i += 1
     if i < len(words):
         return UsageError(name, f"too many arguments. Usage: {spec.usage()}")
-    return Command(name, args, stripped)
+    return Command(name, args, stripped, confirmed)

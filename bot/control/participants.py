@@ -1,9 +1,10 @@
 """Participants: check-ins, private opt-in by direct message, and leaving.
 
 - ``!here`` in a city room (or a direct chat, or a drill room) checks the sender
-  in for that city's latest released stage; a reaction to the bot's latest stage
-  message does the same. A person counts once per city and stage; the bot
-  acknowledges a new ``!here`` with a reaction, never with a message.
+  in for that city's latest released stage; a reaction to any part of the bot's
+  latest stage (its text or its map pin) does the same. A person counts once per
+  city and stage. In a room the bot acknowledges with reactions, never with a
+  message: ✅ when the next gate counts the check-in, ⏳ when it will not.
 - In a direct chat: ``!join <scenario> <city>`` (cities with ``direct: true``),
   ``!stop`` (forget me now), ``!help``.
 - A participant who leaves a direct chat is forgotten at once; nothing more is
@@ -18,25 +19,33 @@ import uuid
 from nio import AsyncClient, JoinedMembersResponse
 
 from bot.clock import Clock
+from bot.control.checkins import counted_by_next_gate, latest_released
 from bot.control.parse import ArgSpec, Command, CommandSpec, UsageError, parse
 from bot.dispatch import Dispatcher
-from bot.ledger import DispatchState, Part
 from bot.library import ScenarioLibrary
 from bot.notify import Notifier
 from bot.runs import ArmedRun, RunManager
 from bot.store import Store
+from bot.text import participants as say
 
 log = logging.getLogger(__name__)
-
-ACK = "✅"
 
 PARTICIPANT_SPECS = {
     s.name: s
     for s in (
-        CommandSpec("here", (), "Check in for your city's current stage.", "!here", True),
+        # Words after !here ("I'm with 3 friends") are allowed and not kept: the
+        # sender counts once, as with !here alone.
+        CommandSpec(
+            "here",
+            (ArgSpec("words", "text", optional=True),),
+            "Check in for your city's current stage.",
+            "!here",
+            True,
+            audit_ids=False,
+        ),
         CommandSpec(
             "join",
-            (ArgSpec("scenario"), ArgSpec("city")),
+            (ArgSpec("scenario"), ArgSpec("city", "city")),
             "Get a city's stages privately in this direct chat.",
             "!join demo london",
             True,
@@ -46,12 +55,9 @@ PARTICIPANT_SPECS = {
     )
 }
 
-HELP = (
-    "Blossom: you get each stage of the action here when it is released.\n"
-    "!join <scenario> <city> — get a city's stages privately in this chat\n"
-    "!here — check in (or react to the latest stage message)\n"
-    "!stop — stop at once; the bot forgets you"
-)
+# Event ids the bot has put its own acknowledgement on (a reaction to a stage
+# message): one is enough, and Synapse refuses a second with the same key.
+_ACKED_KEPT = 4096
 
 
 class Participants:
@@ -73,6 +79,7 @@ class Participants:
         self._dispatcher = dispatcher
         self._notifier = notifier
         self._clock = clock
+        self._acked: dict[str, None] = {}
 
     async def _is_direct_chat(self, room_id: str) -> bool:
         resp = await self._client.joined_members(room_id)
@@ -80,8 +87,13 @@ class Participants:
             return False
         return len(resp.members) <= 2
 
-    async def _react(self, room_id: str, event_id: str) -> None:
-        content = {"m.relates_to": {"rel_type": "m.annotation", "event_id": event_id, "key": ACK}}
+    async def _react(self, room_id: str, event_id: str, key: str) -> None:
+        if event_id in self._acked:
+            return
+        self._acked[event_id] = None
+        if len(self._acked) > _ACKED_KEPT:
+            del self._acked[next(iter(self._acked))]
+        content = {"m.relates_to": {"rel_type": "m.annotation", "event_id": event_id, "key": key}}
         try:
             await self._client.room_send(
                 room_id,
@@ -113,7 +125,7 @@ class Participants:
         elif parsed.name == "stop":
             await self._stop(room_id, event_id, sender)
         elif parsed.name == "help" and await self._is_direct_chat(room_id):
-            await self._say(room_id, event_id, HELP)
+            await self._say(room_id, event_id, say.HELP)
 
     async def check_in(
         self,
@@ -125,96 +137,103 @@ class Participants:
         only: tuple[ArmedRun, str, str] | None = None,
     ) -> int:
         """Check ``sender`` in for every armed (run, city) this room serves, against
-        that city's latest released stage. Returns how many were new."""
+        that city's latest released stage. Returns how many were new.
+
+        A new check-in is acknowledged on ``ack_event``: ✅ if the next gate counts
+        it (or no gate is ahead), ⏳ if the next gate counts only check-ins after a
+        later stage (bot.control.checkins)."""
         targets: list[tuple[ArmedRun, str, str]] = []
         if only is not None:
             targets = [only]
         else:
             for armed, city_id in await self._runs.runs_of_room(room_id):
-                targets.append((armed, city_id, await self._latest_stage(armed, city_id)))
+                rows = await self._store.dispatches(armed.run.id)
+                targets.append((armed, city_id, latest_released(armed.scenario, rows, city_id)))
         new = 0
+        counted = False
         for armed, city_id, stage_id in targets:
             if await self._store.add_checkin(
                 armed.run.id, city_id, stage_id, sender, now=self._clock.now(), via=via
             ):
                 new += 1
+                counted = counted or counted_by_next_gate(armed.scenario, stage_id)
         if new:
             log.info("check-in by %s in %s (%d new)", sender, room_id, new)
             if ack_event is not None:
-                await self._react(room_id, ack_event)
+                await self._react(room_id, ack_event, say.COUNTED if counted else say.TOO_EARLY)
         return new
 
-    async def _latest_stage(self, armed: ArmedRun, city_id: str) -> str:
-        order = {s.id: i for i, s in enumerate(armed.scenario.stages)}
-        released = [
-            d.stage_id
-            for d in await self._store.dispatches(armed.run.id)
-            if d.city_id == city_id
-            and d.stage_id in order
-            and d.state in (DispatchState.RELEASED, DispatchState.RELEASING)
-        ]
-        return max(released, key=order.__getitem__) if released else ""
-
     async def on_reaction(self, room_id: str, sender: str, reacts_to: str) -> None:
-        """A reaction to the bot's latest stage message in this room is a check-in."""
+        """A reaction to any part of the latest stage in this room (its text or its
+        map pin) is a check-in.
+
+        The participant sees that it counted: in a direct chat, a short reply (only
+        they read it). In a room the bot cannot answer a reaction in a way clients
+        show (Element displays no reaction to a reaction, and a reply per person
+        floods the room), so the bot adds its own ✅ (or ⏳) to the message that was
+        reacted to, once: Element shows it in that message's reaction row, with the
+        bot among those who reacted. A reaction to an older message gets nothing."""
         if sender == self._client.user_id:
             return
         delivery = await self._store.delivery_by_event(reacts_to)
-        if delivery is None or delivery.key.part is not Part.TEXT:
+        if delivery is None:
             return
         armed = self._runs.armed.get(delivery.key.run_id)
         if armed is None or delivery.key.stage_id.startswith("!"):
             return
         latest = await self._store.latest_text_delivery(armed.run.id, room_id)
-        if latest is None or latest.event_id != reacts_to:
+        if latest is None or (latest.key.city_id, latest.key.stage_id) != (
+            delivery.key.city_id,
+            delivery.key.stage_id,
+        ):
             return  # an old message: counting it would credit the wrong stage
-        await self.check_in(
-            room_id,
-            sender,
-            via="reaction",
-            only=(armed, delivery.key.city_id, delivery.key.stage_id),
-        )
+        stage_id = delivery.key.stage_id
+        if not await self.check_in(
+            room_id, sender, via="reaction", only=(armed, delivery.key.city_id, stage_id)
+        ):
+            return
+        counted = counted_by_next_gate(armed.scenario, stage_id)
+        if await self._is_direct_chat(room_id):
+            await self._say(room_id, reacts_to, say.checked_in(counted))
+        else:
+            await self._react(room_id, reacts_to, say.COUNTED if counted else say.TOO_EARLY)
 
     # -- private opt-in ----------------------------------------------------------------
 
     async def _join(self, room_id: str, event_id: str, sender: str, command: Command) -> None:
         if not await self._is_direct_chat(room_id):
-            await self._say(room_id, event_id, "Send !join in a direct chat with the bot.")
+            await self._say(room_id, event_id, say.JOIN_IN_DIRECT_CHAT)
             return
-        scenario_id, city_id = command.args["scenario"], command.args["city"]
+        scenario_id, typed_city = command.args["scenario"], command.args["city"].lower()
         found = next(
             (ls.scenario for ls in self._library.all_valid() if ls.scenario.id == scenario_id),
             None,
         )
-        city = next((c for c in found.cities if c.id == city_id), None) if found else None
+        city = next((c for c in found.cities if c.id == typed_city), None) if found else None
         if found is None or city is None or not city.direct:
-            await self._say(
-                room_id,
-                event_id,
-                f"There is no city {city_id} open for private joining in {scenario_id}.",
-            )
+            await self._say(room_id, event_id, say.no_direct_city(scenario_id, typed_city))
             return
-        current = await self._store.direct_rooms(scenario_id, city_id)
+        current = await self._store.direct_rooms(scenario_id, city.id)
         mine = [s for s in await self._store.direct_of_room(room_id) if s[2] == sender]
         if city.direct_limit is not None and len(current) >= city.direct_limit and not mine:
-            await self._say(room_id, event_id, f"{city.name} is full for private participants.")
+            await self._say(room_id, event_id, say.city_full(city.name))
             return
-        await self._store.add_direct(scenario_id, city_id, sender, room_id, now=self._clock.now())
+        await self._store.add_direct(scenario_id, city.id, sender, room_id, now=self._clock.now())
         self._dispatcher.remember_room(room_id)
-        await self._say(
-            room_id,
-            event_id,
-            f"You're in for {city.name}. Each stage will come to this chat when it is "
-            "released. Say !here to check in, !stop to leave at once.",
-        )
+        underway = False
+        for armed in list(self._runs.armed.values()):
+            if armed.scenario_id == scenario_id and armed.drill_room is None:
+                rows = await self._store.dispatches(armed.run.id)
+                underway = underway or bool(latest_released(armed.scenario, rows, city.id))
+        await self._say(room_id, event_id, say.joined(city.name, underway))
 
     async def _stop(self, room_id: str, event_id: str, sender: str) -> None:
         if not any(user == sender for _, _, user in await self._store.direct_of_room(room_id)):
             if await self._is_direct_chat(room_id):
-                await self._say(room_id, event_id, "You are not signed up in this chat.")
+                await self._say(room_id, event_id, say.NOT_SIGNED_UP)
             return  # in a city room: leaving the room is how one stops
         await self.forget_room(room_id)
-        await self._say(room_id, event_id, "Stopped. You will get nothing more from Blossom here.")
+        await self._say(room_id, event_id, say.STOPPED)
 
     async def forget_room(self, room_id: str) -> int:
         """Forget every private participation through this chat, at once."""
