@@ -48,18 +48,15 @@ from matrix_helpers import (
 from nio import AsyncClient, AsyncClientConfig, RoomSendResponse, SyncResponse
 
 from bot import DISPATCH_KEY
-from bot.control.commands import SPECS as CORE_SPECS
-from bot.control.parse import SLUG, Command, CommandSpec, UsageError, parse
-from bot.control.participants import PARTICIPANT_SPECS
-from bot.control.steering import SPECS as STEERING_SPECS
+from bot.control.catalog import CONTROL_COMMANDS, PARTICIPANT_COMMANDS
+from bot.control.parse import SLUG, Command, UsageError, parse
+from bot.control.registry import CommandDef
 from bot.devtools.homeserver import EmbeddedHomeserver
 from bot.matrix.sanitize import clean_sync_body
 
 CORPUS = Path(__file__).parent / "corpus" / "commands"
-CONTROL_SPECS: dict[str, CommandSpec] = {
-    **CORE_SPECS,
-    **{s.name: s for s in STEERING_SPECS},
-}
+CONTROL_SPECS: dict[str, CommandDef] = CONTROL_COMMANDS
+PARTICIPANT_SPECS: dict[str, CommandDef] = PARTICIPANT_COMMANDS
 
 
 @dataclass(frozen=True)

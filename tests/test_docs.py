@@ -48,10 +48,9 @@ from matrix_helpers import ClientPool, collect_messages, content_of, create_room
 
 from bot.cli import main
 from bot.config import ENV_ACCESS_TOKEN, ENV_PASSWORD, parse_config
-from bot.control.commands import SPECS as CONTROL_SPECS
-from bot.control.parse import Command, CommandSpec, parse
-from bot.control.participants import PARTICIPANT_SPECS
-from bot.control.steering import SPECS as STEERING_SPECS
+from bot.control.catalog import CONTROL_COMMANDS, PARTICIPANT_COMMANDS
+from bot.control.parse import Command, parse
+from bot.control.registry import CommandDef
 from bot.devtools.homeserver import EmbeddedHomeserver
 from bot.scenario import load_scenario_file, load_scenario_text
 
@@ -63,8 +62,9 @@ DOCS = [
 ]
 VENV_BIN = Path(sys.executable).parent
 
-CONTROL: dict[str, CommandSpec] = {**CONTROL_SPECS, **{s.name: s for s in STEERING_SPECS}}
-EVERY_COMMAND: dict[str, CommandSpec] = {**PARTICIPANT_SPECS, **CONTROL}
+CONTROL: dict[str, CommandDef] = CONTROL_COMMANDS
+PARTICIPANT_SPECS: dict[str, CommandDef] = PARTICIPANT_COMMANDS
+EVERY_COMMAND: dict[str, CommandDef] = {**PARTICIPANT_SPECS, **CONTROL}
 
 # Commands that cannot run in a test (root, a service manager, a network install,
 # this very suite). Each is still checked in _check_static.

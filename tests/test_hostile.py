@@ -32,13 +32,12 @@ from nio import (
 )
 
 from bot import DISPATCH_KEY
-from bot.control.commands import SPECS as CORE_SPECS
-from bot.control.steering import SPECS as STEERING_SPECS
+from bot.control.catalog import CONTROL_COMMANDS as CONTROL_DEFS
 from bot.devtools.homeserver import EmbeddedHomeserver
 
 pytestmark = pytest.mark.homeserver
 
-CONTROL_COMMANDS = sorted({*CORE_SPECS, *(s.name for s in STEERING_SPECS)})
+CONTROL_COMMANDS = sorted(CONTROL_DEFS)
 
 
 def scenario(sid: str, rooms: list[str], start: datetime, stages: list[dict[str, Any]]

@@ -1,18 +1,28 @@
-from bot.control.parse import ArgSpec, Command, CommandSpec, UsageError, parse
+from bot.control.args import DURATION_ARG, SLUG_ARG, TEXT_ARG, Arg
+from bot.control.parse import Command, UsageError, parse
+from bot.control.registry import CommandDef
 
 SPECS = {
-    "arm": CommandSpec("arm", (ArgSpec("scenario"),), "Arm", "!arm demo"),
-    "abort": CommandSpec(
+    "arm": CommandDef("arm", "Arm", "!arm demo", (Arg("scenario", SLUG_ARG),)),
+    "abort": CommandDef(
         "abort",
-        (ArgSpec("scenario"), ArgSpec("city", optional=True), ArgSpec("message", "text", True)),
         "Abort",
         "!abort demo",
+        (
+            Arg("scenario", SLUG_ARG),
+            Arg("city", SLUG_ARG, optional=True),
+            Arg("message", TEXT_ARG, True),
+        ),
     ),
-    "delay": CommandSpec(
+    "delay": CommandDef(
         "delay",
-        (ArgSpec("scenario"), ArgSpec("duration", "duration"), ArgSpec("city", optional=True)),
         "Delay",
         "!delay demo 10m",
+        (
+            Arg("scenario", SLUG_ARG),
+            Arg("duration", DURATION_ARG),
+            Arg("city", SLUG_ARG, optional=True),
+        ),
     ),
 }
 

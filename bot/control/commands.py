@@ -1,25 +1,31 @@
 """Control-room commands: who may run them, what they do, what they answer.
 
-Every command from a control room is recorded in the audit table (who, when,
-what, result), refused ones included. Replies quote ids only; anything a user
-typed that is echoed back goes through HTML escaping in ``Notifier.reply``.
+The :class:`Controller` takes a control-room message through the same steps for
+every command declared with :func:`bot.control.registry.command`: parse and
+convert its arguments, check the core group, the confirmation flow, run the
+handler, audit, reply. Every command from a control room is recorded in the
+audit table (who, when, what, result), refused ones included; the audit keeps
+ids, never free text. Replies quote ids only; anything a user typed that is
+echoed back goes through HTML escaping in ``Notifier.reply``.
 
-Commands that *release* (``!arm``, ``!drill``, ``!release``, ``!resume``) read
-more than ``LATE_READ_S`` after they were typed (the bot was down, or the
-homeserver slow) are not run: the bot asks for ``<command> confirm``. Commands
-that *stop* (``!abort``, ``!hold``, ``!disarm``) run however late they are read.
+Commands that *release* (``releases=True``: ``!arm``, ``!drill``, ``!release``,
+``!resume``) read more than ``LATE_READ_S`` after they were typed (the bot was
+down, or the homeserver slow) are not run: the bot asks for ``<command>
+confirm``. Commands that *stop* (``!abort``, ``!hold``, ``!disarm``) run however
+late they are read.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from bot.clock import Clock
+from bot.control.args import RUN, SCENARIO
 from bot.control.confirm import Confirmations, command_key
-from bot.control.parse import ArgSpec, Command, CommandSpec, UsageError, parse
+from bot.control.parse import Command, UsageError, parse
+from bot.control.registry import Args, CommandDef, Context, Reply, Table, command
 from bot.control.targets import DRILL, LIVE, pick_run
 from bot.matrix.rooms import RoomRegistry
 from bot.notify import Notifier
@@ -31,70 +37,13 @@ log = logging.getLogger(__name__)
 
 # A release command read this long after it was typed waits for confirmation.
 LATE_READ_S = 60.0
-RELEASING = frozenset({"arm", "drill", "release", "resume"})
 
-SCENARIO = ArgSpec("scenario")
-WHICH = ArgSpec("run", "which", optional=True)
-
-SPECS: dict[str, CommandSpec] = {
-    s.name: s
-    for s in (
-        CommandSpec("help", (), "List the commands.", "!help"),
-        CommandSpec(
-            "arm",
-            (SCENARIO,),
-            "Load, check and schedule a scenario from the scenarios directory.",
-            "!arm dc-london-berlin",
-            confirmable=True,
-        ),
-        CommandSpec(
-            "disarm",
-            (SCENARIO, WHICH),
-            "Unschedule an armed scenario (drill or live); nothing more is sent.",
-            "!disarm dc-london-berlin",
-        ),
-    )
-}
-
-
-@dataclass(frozen=True)
-class Context:
-    """What a handler knows about the message it answers."""
-
-    room_id: str
-    sender: str
-    event_id: str
-    sent_at: datetime | None  # origin_server_ts, when known
-    confirmed: bool = False  # typed with ``confirm`` after the bot asked
-
-
-@dataclass(frozen=True)
-class Reply:
-    text: str
-    table: str | None = None
-    result: str = "ok"
-    ask: bool = False  # the reply is a question: remember it for ``confirm``
-
-
-Handler = Callable[[Command, Context], Awaitable[Reply]]
-
-
-def retype(command: Command, spec: CommandSpec) -> tuple[str, str]:
-    """The command as it would be typed for the drill and for the live run."""
-    rest: list[str] = []
-    for a in spec.args:
-        value = command.args.get(a.name)
-        if value is None or a.name in ("scenario", "run"):
-            continue
-        rest.append("…" if a.kind == "text" else value.lower())
-    head = f"!{command.name} {command.args['scenario']}"
-    tail = "".join(f" {w}" for w in rest)
-    return f"{head} {DRILL}{tail}", f"{head} {LIVE}{tail}"
+__all__ = ["LATE_READ_S", "Context", "Controller", "CoreCommands", "Reply"]
 
 
 class Controller:
-    """Runs control-room commands. ``extra`` handlers (the live-steering layer)
-    plug in with their specs without this class knowing them."""
+    """Runs control-room commands. Command groups (this module's
+    :class:`CoreCommands`, the steering layer) are added with :meth:`add`."""
 
     def __init__(
         self,
@@ -111,24 +60,23 @@ class Controller:
         self._notifier = notifier
         self._clock = clock
         self.confirmations = Confirmations(clock)
-        self.specs: dict[str, CommandSpec] = dict(SPECS)
-        self._handlers: dict[str, Handler] = {
-            "help": self._help,
-            "arm": self._arm,
-            "disarm": self._disarm,
-        }
+        self.table = Table()
+        self.add(CoreCommands(self, runs, store, clock))
 
-    def register(self, spec: CommandSpec, handler: Handler) -> None:
-        self.specs[spec.name] = spec
-        self._handlers[spec.name] = handler
+    @property
+    def specs(self) -> dict[str, CommandDef]:
+        return self.table.defs
 
-    def pick(self, command: Command) -> tuple[ArmedRun, Callable[[str], str]]:
+    def add(self, group: object) -> None:
+        self.table.add(group)
+
+    def pick(self, args: Args) -> tuple[ArmedRun, Callable[[str], str]]:
         """The run a command names (drill or live) and how to say it in replies."""
         picked = pick_run(
             self._runs,
-            command.args["scenario"],
-            command.args.get("run"),
-            retype(command, self.specs[command.name]),
+            args.text("scenario"),
+            args.opt_text("run"),
+            (args.retype(DRILL), args.retype(LIVE)),
         )
         return picked.armed, picked.say
 
@@ -157,12 +105,13 @@ class Controller:
         await self._notifier.reply(room_id, event_id, reply.text, table=reply.table)
 
     async def _run(self, command: Command, ctx: Context) -> Reply:
+        spec = self.specs[command.name]
         key = command_key(command.raw)
         window = self.confirmations.window_s
         if command.confirmed and not self.confirmations.take(ctx.room_id, key):
             why = text.nothing_to_confirm(key, window)
             return Reply(why, result=f"refused: {why}")
-        if not command.confirmed and command.name in RELEASING and ctx.sent_at is not None:
+        if not command.confirmed and spec.releases and ctx.sent_at is not None:
             read = self._clock.to_wall(self._clock.now())
             if (read - ctx.sent_at).total_seconds() > LATE_READ_S:
                 self.confirmations.ask(ctx.room_id, key)
@@ -171,12 +120,14 @@ class Controller:
                     result="asked to confirm: read late",
                 )
         try:
-            reply = await self._handlers[command.name](command, ctx)
+            handler = self.table.handlers[command.name]
+            reply = await handler(ctx, Args(spec, command.values, command.args))
         except ArmError as err:
             return Reply(str(err), result=f"refused: {err}")
         except StoreError as err:
             log.error("!%s failed: %s", command.name, err)
             return Reply(text.database_failed(err), result="error: database")
+        assert reply is not None, f"!{command.name} gave no reply"
         if reply.ask:
             self.confirmations.ask(ctx.room_id, key)
         return reply
@@ -191,12 +142,11 @@ class Controller:
         what = f"!{name}"
         spec = self.specs.get(name)
         if command is not None and spec is not None and spec.audit_ids:
-            kinds = {a.name: a.kind for a in spec.args}
             ids = [
-                v.lower() if kinds.get(a) in ("city", "which") else v
-                for a, v in command.args.items()
-                if kinds.get(a) in ("slug", "duration", "number", "which")
-                or (kinds.get(a) == "city" and result.startswith("ok"))
+                str(command.values[a.name])
+                for a in spec.args
+                if a.name in command.values
+                and (a.type.audit or (a.kind == "city" and result.startswith("ok")))
             ]
             what = " ".join([what, *ids, *(["confirm"] if command.confirmed else [])])
         try:
@@ -210,25 +160,45 @@ class Controller:
         except StoreError as err:
             log.error("could not record %s in the audit table: %s", what, err)
 
-    async def _help(self, command: Command, ctx: Context) -> Reply:
-        lines = ["Commands (core group, in a control room):"]
-        lines += [
-            f"{s.usage()} — {s.summary} e.g. {s.example}"
-            for s in self.specs.values()
-            if not s.participant
-        ]
-        return Reply("\n".join(lines))
 
-    async def _arm(self, command: Command, ctx: Context) -> Reply:
-        scenario_id = command.args["scenario"]
+class CoreCommands:
+    """!help, !arm, !disarm."""
+
+    def __init__(
+        self, controller: Controller, runs: RunManager, store: Store, clock: Clock
+    ) -> None:
+        self._controller = controller
+        self._runs = runs
+        self._store = store
+        self._clock = clock
+
+    @command("help", "List the commands.", example="!help")
+    async def help(self, ctx: Context, args: Args) -> Reply:
+        return Reply(self._controller.table.help(text.CONTROL_HELP))
+
+    @command(
+        "arm",
+        "Load, check and schedule a scenario from the scenarios directory.",
+        example="!arm dc-london-berlin",
+        args=(SCENARIO,),
+        releases=True,
+    )
+    async def arm(self, ctx: Context, args: Args) -> Reply:
+        scenario_id = args.text("scenario")
         if self._runs.by_scenario(scenario_id) is not None:
             drill_too = self._runs.by_scenario(scenario_id, drill=True) is not None
             raise ArmError(text.already_armed(scenario_id, drill_too))
         body, table = await self._runs.arm(scenario_id, sender=ctx.sender, control_room=ctx.room_id)
         return Reply(body, table)
 
-    async def _disarm(self, command: Command, ctx: Context) -> Reply:
-        armed, say = self.pick(command)
+    @command(
+        "disarm",
+        "Unschedule an armed scenario (drill or live); nothing more is sent.",
+        example="!disarm dc-london-berlin",
+        args=(SCENARIO, RUN),
+    )
+    async def disarm(self, ctx: Context, args: Args) -> Reply:
+        armed, say = self._controller.pick(args)
         return Reply(say(await disarm(self._runs, self._store, self._clock, armed)))
 
 

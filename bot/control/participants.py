@@ -19,8 +19,10 @@ import uuid
 from nio import AsyncClient, JoinedMembersResponse
 
 from bot.clock import Clock
+from bot.control.args import CITY_ARG, SCENARIO, TEXT_ARG, Arg
 from bot.control.checkins import counted_by_next_gate, latest_released
-from bot.control.parse import ArgSpec, Command, CommandSpec, UsageError, parse
+from bot.control.parse import UsageError, parse
+from bot.control.registry import Args, Context, Reply, Table, Who, command
 from bot.dispatch import Dispatcher
 from bot.library import ScenarioLibrary
 from bot.notify import Notifier
@@ -29,31 +31,6 @@ from bot.store import Store
 from bot.text import participants as say
 
 log = logging.getLogger(__name__)
-
-PARTICIPANT_SPECS = {
-    s.name: s
-    for s in (
-        # Words after !here ("I'm with 3 friends") are allowed and not kept: the
-        # sender counts once, as with !here alone.
-        CommandSpec(
-            "here",
-            (ArgSpec("words", "text", optional=True),),
-            "Check in for your city's current stage.",
-            "!here",
-            True,
-            audit_ids=False,
-        ),
-        CommandSpec(
-            "join",
-            (ArgSpec("scenario"), ArgSpec("city", "city")),
-            "Get a city's stages privately in this direct chat.",
-            "!join demo london",
-            True,
-        ),
-        CommandSpec("stop", (), "Stop getting stages here; the bot forgets you.", "!stop", True),
-        CommandSpec("help", (), "What you can say to the bot.", "!help", True),
-    )
-}
 
 # Event ids the bot has put its own acknowledgement on (a reaction to a stage
 # message): one is enough, and Synapse refuses a second with the same key.
@@ -80,6 +57,8 @@ class Participants:
         self._notifier = notifier
         self._clock = clock
         self._acked: dict[str, None] = {}
+        self.table = Table()
+        self.table.add(self)
 
     async def _is_direct_chat(self, room_id: str) -> bool:
         resp = await self._client.joined_members(room_id)
@@ -111,21 +90,38 @@ class Participants:
     # -- messages ----------------------------------------------------------------------
 
     async def on_message(self, room_id: str, event_id: str, sender: str, body: str) -> None:
-        parsed = parse(body, PARTICIPANT_SPECS)
+        parsed = parse(body, self.table.defs)
         if parsed is None:
             return
         if isinstance(parsed, UsageError):
             if await self._is_direct_chat(room_id):
                 await self._say(room_id, event_id, parsed.message)
             return  # in a city room, stay quiet: no message per person
-        if parsed.name == "here":
-            await self.check_in(room_id, sender, via="here", ack_event=event_id)
-        elif parsed.name == "join":
-            await self._join(room_id, event_id, sender, parsed)
-        elif parsed.name == "stop":
-            await self._stop(room_id, event_id, sender)
-        elif parsed.name == "help" and await self._is_direct_chat(room_id):
-            await self._say(room_id, event_id, say.HELP)
+        spec = self.table.defs[parsed.name]
+        ctx = Context(room_id, sender, event_id)
+        reply = await self.table.handlers[parsed.name](ctx, Args(spec, parsed.values, parsed.args))
+        if reply is not None:
+            await self._say(room_id, event_id, reply.text)
+
+    # Words after !here ("I'm with 3 friends") are allowed and not kept: the
+    # sender counts once, as with !here alone.
+    @command(
+        "here",
+        "Check in for your city's current stage.",
+        example="!here",
+        args=(Arg("words", TEXT_ARG, optional=True),),
+        who=Who.PARTICIPANT,
+    )
+    async def here(self, ctx: Context, args: Args) -> Reply | None:
+        await self.check_in(ctx.room_id, ctx.sender, via="here", ack_event=ctx.event_id)
+        return None
+
+    @command("help", "What you can say to the bot.", example="!help", who=Who.PARTICIPANT)
+    async def help(self, ctx: Context, args: Args) -> Reply | None:
+        if not await self._is_direct_chat(ctx.room_id):
+            return None
+        lines = [f"{d.usage()} — {d.summary}" for d in self.table.defs.values()]
+        return Reply("\n".join([say.HELP_HEADING, *lines]))
 
     async def check_in(
         self,
@@ -200,24 +196,29 @@ class Participants:
 
     # -- private opt-in ----------------------------------------------------------------
 
-    async def _join(self, room_id: str, event_id: str, sender: str, command: Command) -> None:
-        if not await self._is_direct_chat(room_id):
-            await self._say(room_id, event_id, say.JOIN_IN_DIRECT_CHAT)
-            return
-        scenario_id, typed_city = command.args["scenario"], command.args["city"].lower()
+    @command(
+        "join",
+        "Get a city's stages privately in this direct chat.",
+        example="!join demo london",
+        args=(SCENARIO, Arg("city", CITY_ARG)),
+        who=Who.PARTICIPANT,
+    )
+    async def join(self, ctx: Context, args: Args) -> Reply | None:
+        if not await self._is_direct_chat(ctx.room_id):
+            return Reply(say.JOIN_IN_DIRECT_CHAT)
+        room_id, sender = ctx.room_id, ctx.sender
+        scenario_id, typed_city = args.text("scenario"), args.text("city")
         found = next(
             (ls.scenario for ls in self._library.all_valid() if ls.scenario.id == scenario_id),
             None,
         )
         city = next((c for c in found.cities if c.id == typed_city), None) if found else None
         if found is None or city is None or not city.direct:
-            await self._say(room_id, event_id, say.no_direct_city(scenario_id, typed_city))
-            return
+            return Reply(say.no_direct_city(scenario_id, typed_city))
         current = await self._store.direct_rooms(scenario_id, city.id)
         mine = [s for s in await self._store.direct_of_room(room_id) if s[2] == sender]
         if city.direct_limit is not None and len(current) >= city.direct_limit and not mine:
-            await self._say(room_id, event_id, say.city_full(city.name))
-            return
+            return Reply(say.city_full(city.name))
         await self._store.add_direct(scenario_id, city.id, sender, room_id, now=self._clock.now())
         self._dispatcher.remember_room(room_id)
         underway = False
@@ -225,15 +226,22 @@ class Participants:
             if armed.scenario_id == scenario_id and armed.drill_room is None:
                 rows = await self._store.dispatches(armed.run.id)
                 underway = underway or bool(latest_released(armed.scenario, rows, city.id))
-        await self._say(room_id, event_id, say.joined(city.name, underway))
+        return Reply(say.joined(city.name, underway))
 
-    async def _stop(self, room_id: str, event_id: str, sender: str) -> None:
-        if not any(user == sender for _, _, user in await self._store.direct_of_room(room_id)):
-            if await self._is_direct_chat(room_id):
-                await self._say(room_id, event_id, say.NOT_SIGNED_UP)
-            return  # in a city room: leaving the room is how one stops
-        await self.forget_room(room_id)
-        await self._say(room_id, event_id, say.STOPPED)
+    @command(
+        "stop",
+        "Stop getting stages here; the bot forgets you.",
+        example="!stop",
+        who=Who.PARTICIPANT,
+    )
+    async def stop(self, ctx: Context, args: Args) -> Reply | None:
+        mine = await self._store.direct_of_room(ctx.room_id)
+        if not any(user == ctx.sender for _, _, user in mine):
+            if await self._is_direct_chat(ctx.room_id):
+                return Reply(say.NOT_SIGNED_UP)
+            return None  # in a city room: leaving the room is how one stops
+        await self.forget_room(ctx.room_id)
+        return Reply(say.STOPPED)
 
     async def forget_room(self, room_id: str) -> int:
         """Forget every private participation through this chat, at once."""

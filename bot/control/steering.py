@@ -1,5 +1,6 @@
-"""Steering a live action from a control room: status, hold/resume, delay,
-release now, redirect, abort, head count, drills and purge.
+"""Steering a live action from a control room: hold/resume, delay, release now,
+redirect, abort, drills and purge (``!status`` and ``!headcount`` are in
+bot/control/status.py).
 
 Each handler checks its arguments against the armed scenario before anything
 changes, so a wrong argument gets a usage line and changes nothing. Which run
@@ -8,107 +9,38 @@ and which cities a command means is decided in :mod:`bot.control.targets`.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
 from datetime import timedelta
-from zoneinfo import ZoneInfo
 
 from nio import AsyncClient, RoomCreateError
 
 from bot.clock import Clock
-from bot.control.checkins import latest_released
-from bot.control.commands import Context, Controller, Handler, Reply
-from bot.control.parse import ArgSpec, Command, CommandSpec
+from bot.control.args import (
+    CITY,
+    CITY_ARG,
+    DURATION_ARG,
+    NUMBER_ARG,
+    PLACE_ARG,
+    RUN,
+    SCENARIO,
+    SLUG_ARG,
+    TEXT_ARG,
+    Arg,
+)
+from bot.control.commands import Controller
+from bot.control.registry import Args, Context, Reply, command
+from bot.control.status import StatusCommands
 from bot.control.targets import abort_cities, resolve_cities
-from bot.ledger import DeliveryState, DispatchState
-from bot.policy import format_duration
-from bot.report import text_table
-from bot.runs import ArmedRun, ArmError, RunManager
-from bot.scenario.durations import DURATION_HINT, parse_offset
+from bot.runs import ArmError, RunManager
 from bot.store import Store
 from bot.text import control as text
 
-SCENARIO = ArgSpec("scenario")
-WHICH = ArgSpec("run", "which", optional=True)
-CITY = ArgSpec("city", "city", optional=True)
-GEO = re.compile(r"^(-?\d{1,2}(?:\.\d+)?),(-?\d{1,3}(?:\.\d+)?)$")
-
-SPECS = (
-    CommandSpec(
-        "status",
-        (ArgSpec("scenario", optional=True), WHICH),
-        "Armed scenarios: per city the next stage, releases, holds, check-ins.",
-        "!status dc-london-berlin",
-    ),
-    CommandSpec(
-        "hold",
-        (SCENARIO, WHICH, CITY),
-        "Hold a city (or all): no stage goes there until !resume.",
-        "!hold demo london",
-    ),
-    CommandSpec(
-        "resume",
-        (SCENARIO, WHICH, CITY),
-        "Lift a hold; stages whose time passed follow their late policy.",
-        "!resume demo london",
-        confirmable=True,
-    ),
-    CommandSpec(
-        "delay",
-        (SCENARIO, WHICH, ArgSpec("duration", "duration"), CITY),
-        "Shift every pending stage (of a city) by a duration.",
-        "!delay demo 15m berlin",
-    ),
-    CommandSpec(
-        "release",
-        (SCENARIO, WHICH, ArgSpec("stage"), CITY),
-        "Release a stage now, ahead of time or past a hold or gate.",
-        "!release demo go london",
-        confirmable=True,
-    ),
-    CommandSpec(
-        "redirect",
-        (
-            SCENARIO,
-            WHICH,
-            ArgSpec("city", "city"),
-            ArgSpec("place"),
-            ArgSpec("name_and_geo", "text"),
-        ),
-        "Change a place (name, optional lat,lon); after its reveal a correction is sent.",
-        "!redirect demo london square Trafalgar Square 51.508,-0.128",
-    ),
-    CommandSpec(
-        "abort",
-        (SCENARIO, WHICH, CITY, ArgSpec("message", "text", optional=True)),
-        "Cancel all pending stages and send the stop message now (city or all first).",
-        "!abort demo london Police ahead, go home",
-    ),
-    CommandSpec(
-        "headcount",
-        (SCENARIO, WHICH, CITY),
-        "Check-ins per city and stage.",
-        "!headcount demo",
-    ),
-    CommandSpec(
-        "drill",
-        (SCENARIO, ArgSpec("speed", "number", optional=True)),
-        "Rehearse a scenario in a new drill room, time compressed (default 60x).",
-        "!drill demo 120",
-        confirmable=True,
-    ),
-    CommandSpec(
-        "purge",
-        (SCENARIO,),
-        "Delete everything stored about a finished or disarmed scenario (asks to confirm).",
-        "!purge demo",
-        audit_ids=False,  # a purged scenario leaves no trace, not even in the audit
-        confirmable=True,
-    ),
-)
+MAX_DELAY = timedelta(days=7)
 
 
 class Steering:
+    """The steering commands. ``register`` adds them (and the status commands)
+    to the controller."""
+
     def __init__(
         self,
         *,
@@ -125,172 +57,110 @@ class Steering:
 
     def register(self, controller: Controller) -> None:
         self._controller = controller
-        handlers: dict[str, Handler] = {
-            "status": self.status,
-            "hold": self.hold,
-            "resume": self.resume,
-            "delay": self.delay,
-            "release": self.release,
-            "redirect": self.redirect,
-            "abort": self.abort,
-            "headcount": self.headcount,
-            "drill": self.drill,
-            "purge": self.purge,
-        }
-        for spec in SPECS:
-            controller.register(spec, handlers[spec.name])
+        controller.add(StatusCommands(controller, self._runs, self._store, self._clock))
+        controller.add(self)
 
-    def _controller_pick(self, command: Command) -> tuple[ArmedRun, Callable[[str], str]]:
+    @property
+    def controller(self) -> Controller:
         assert self._controller is not None, "register() first"
-        return self._controller.pick(command)
+        return self._controller
 
-    # -- commands ----------------------------------------------------------------------
-
-    async def status(self, command: Command, ctx: Context) -> Reply:
-        runs = list(self._runs.armed.values())
-        if "scenario" in command.args:
-            sid, which = command.args["scenario"], command.args.get("run")
-            runs = [a for a in runs if a.scenario_id == sid]
-            if which is not None:
-                runs = [a for a in runs if (a.drill_room is not None) == (which.lower() == "drill")]
-            if not runs:
-                raise ArmError(text.not_armed(sid, which.lower() if which else None))
-        if not runs:
-            return Reply(text.NOTHING_ARMED)
-        lines: list[str] = []
-        table: list[tuple[str, ...]] = [text.STATUS_COLUMNS]
-        for armed in runs:
-            table += await self._status_rows(armed)
-            drill_now = armed.clock.now() if armed.drill_room else None
-            lines.append(
-                text.run_heading(
-                    armed.label(),
-                    armed.run.id,
-                    armed.run.armed_by,
-                    drill_now,
-                    armed.run.drill_speed,
-                )
-            )
-        lines.append(text.as_of(self._clock.to_wall(self._clock.now())))
-        return Reply("\n".join(lines), text_table(table))
-
-    async def _status_rows(self, armed: ArmedRun) -> list[tuple[str, ...]]:
-        rows = await self._store.dispatches(armed.run.id)
-        counts = await self._store.checkin_counts(armed.run.id)
-        # The run's own clock: a drill's columns are drill time, like its instants.
-        run_now = armed.clock.now()
-        out: list[tuple[str, ...]] = []
-        for city in armed.scenario.cities:
-            mine = [d for d in rows if d.city_id == city.id]
-            pending = [d for d in mine if d.state in (DispatchState.SCHEDULED, DispatchState.HELD)]
-            done = sorted(
-                (d for d in mine if d.state is DispatchState.RELEASED), key=lambda d: d.stage_index
-            )
-            deliveries = await self._store.deliveries(armed.run.id, city.id)
-            # Rooms, not room x stage: a room with any failed delivery is failed.
-            failed = {d.key.room_id for d in deliveries if d.state is DeliveryState.FAILED}
-            ok = {d.key.room_id for d in deliveries if d.state is DeliveryState.SENT} - failed
-            nxt = min(pending, key=lambda d: d.due_at) if pending else None
-            latest = latest_released(armed.scenario, rows, city.id)
-            out.append(
-                (
-                    armed.label(),
-                    city.id,
-                    (nxt.stage_id + (" (held)" if nxt.state is DispatchState.HELD else ""))
-                    if nxt
-                    else "-",
-                    nxt.due_at.astimezone(ZoneInfo(city.timezone)).strftime("%H:%M:%S %Z")
-                    if nxt
-                    else "-",
-                    nxt.due_at.strftime("%H:%M:%SZ") if nxt else "-",
-                    format_duration(nxt.due_at - run_now) if nxt else "-",
-                    text.released_list([d.stage_id for d in done]),
-                    f"{len(ok)}/{len(failed)}",
-                    "held" if city.id in armed.held_cities else "-",
-                    text.checkins_cell(counts.get((city.id, latest), 0), latest),
-                )
-            )
-        return out
-
-    async def hold(self, command: Command, ctx: Context) -> Reply:
-        armed, say = self._controller_pick(command)
-        cities = resolve_cities(armed, command.args.get("city"))
+    @command(
+        "hold",
+        "Hold a city (or all): no stage goes there until !resume.",
+        example="!hold demo london",
+        args=(SCENARIO, RUN, CITY),
+    )
+    async def hold(self, ctx: Context, args: Args) -> Reply:
+        armed, say = self.controller.pick(args)
+        cities = resolve_cities(armed, args.opt_text("city"))
         return Reply(say(await self._runs.hold(armed, cities)))
 
-    async def resume(self, command: Command, ctx: Context) -> Reply:
-        armed, say = self._controller_pick(command)
-        cities = resolve_cities(armed, command.args.get("city"))
+    @command(
+        "resume",
+        "Lift a hold; stages whose time passed follow their late policy.",
+        example="!resume demo london",
+        args=(SCENARIO, RUN, CITY),
+        releases=True,
+    )
+    async def resume(self, ctx: Context, args: Args) -> Reply:
+        armed, say = self.controller.pick(args)
+        cities = resolve_cities(armed, args.opt_text("city"))
         return Reply(say(await self._runs.resume(armed, cities)))
 
-    async def delay(self, command: Command, ctx: Context) -> Reply:
-        armed, say = self._controller_pick(command)
-        cities = resolve_cities(armed, command.args.get("city"))
-        try:
-            by = parse_offset(command.args["duration"])
-        except ValueError:
-            raise ArmError(text.bad_duration(DURATION_HINT)) from None
-        if by == timedelta(0) or abs(by) > timedelta(days=7):
+    @command(
+        "delay",
+        "Shift every pending stage (of a city) by a duration.",
+        example="!delay demo 15m berlin",
+        args=(SCENARIO, RUN, Arg("duration", DURATION_ARG), CITY),
+    )
+    async def delay(self, ctx: Context, args: Args) -> Reply:
+        armed, say = self.controller.pick(args)
+        cities = resolve_cities(armed, args.opt_text("city"))
+        by = args.duration("duration")
+        if by == timedelta(0) or abs(by) > MAX_DELAY:
             raise ArmError(text.bad_delay())
         return Reply(say(await self._runs.delay(armed, cities, by)))
 
-    async def release(self, command: Command, ctx: Context) -> Reply:
-        armed, say = self._controller_pick(command)
-        cities = resolve_cities(armed, command.args.get("city"))
-        return Reply(say(await self._runs.release_now(armed, command.args["stage"], cities)))
+    @command(
+        "release",
+        "Release a stage now, ahead of time or past a hold or gate.",
+        example="!release demo go london",
+        args=(SCENARIO, RUN, Arg("stage", SLUG_ARG), CITY),
+        releases=True,
+    )
+    async def release(self, ctx: Context, args: Args) -> Reply:
+        armed, say = self.controller.pick(args)
+        cities = resolve_cities(armed, args.opt_text("city"))
+        return Reply(say(await self._runs.release_now(armed, args.text("stage"), cities)))
 
-    async def redirect(self, command: Command, ctx: Context) -> Reply:
-        armed, say = self._controller_pick(command)
-        city = resolve_cities(armed, command.args["city"], allow_all=False)[0]
-        words = command.args["name_and_geo"].split()
-        geo: tuple[float, float] | None = None
-        match = GEO.match(words[-1]) if words else None
-        if match:
-            lat, lon = float(match.group(1)), float(match.group(2))
-            if not (-90 <= lat <= 90 and -180 <= lon <= 180):
-                raise ArmError(text.geo_range())
-            geo = (lat, lon)
-            words = words[:-1]
-        name = " ".join(words).strip()
-        if not name or len(name) > 200:
-            raise ArmError(text.redirect_needs_name())
-        reply = await self._runs.redirect(armed, city, command.args["place"], name, geo)
+    @command(
+        "redirect",
+        "Change a place (name, optional lat,lon); after its reveal a correction is sent.",
+        example="!redirect demo london square Trafalgar Square 51.508,-0.128",
+        args=(
+            SCENARIO,
+            RUN,
+            Arg("city", CITY_ARG),
+            Arg("place", SLUG_ARG),
+            Arg("name_and_geo", PLACE_ARG),
+        ),
+    )
+    async def redirect(self, ctx: Context, args: Args) -> Reply:
+        armed, say = self.controller.pick(args)
+        city = resolve_cities(armed, args.text("city"), allow_all=False)[0]
+        new = args.place("name_and_geo")
+        reply = await self._runs.redirect(armed, city, args.text("place"), new.name, new.geo)
         return Reply(say(reply), result="ok: redirected")
 
-    async def abort(self, command: Command, ctx: Context) -> Reply:
-        armed, say = self._controller_pick(command)
-        which = command.args.get("run")
-        message = command.args.get("message")
-        cities = abort_cities(
-            armed, command.args.get("city"), message, f" {which.lower()}" if which else ""
-        )
+    @command(
+        "abort",
+        "Cancel all pending stages and send the stop message now (city or all first).",
+        example="!abort demo london Police ahead, go home",
+        args=(
+            SCENARIO,
+            RUN,
+            Arg("city", CITY_ARG, optional=True, shown="city|all"),
+            Arg("message", TEXT_ARG, optional=True),
+        ),
+    )
+    async def abort(self, ctx: Context, args: Args) -> Reply:
+        armed, say = self.controller.pick(args)
+        which = args.opt_text("run")
+        message = args.opt_text("message")
+        cities = abort_cities(armed, args.opt_text("city"), message, f" {which}" if which else "")
         return Reply(say(await self._runs.abort(armed, cities, message)), result="ok: aborting")
 
-    async def headcount(self, command: Command, ctx: Context) -> Reply:
-        scenario_id = command.args["scenario"]
-        city = command.args.get("city")
-        armed: ArmedRun | None = None
-        if self._runs.by_scenario(scenario_id) or self._runs.by_scenario(scenario_id, drill=True):
-            armed, _ = self._controller_pick(command)
-        if armed is not None:
-            run_id, label = armed.run.id, armed.label()
-            city = resolve_cities(armed, city)[0] if city is not None else None
-        else:
-            # After the action too: the latest run's count, until it is purged.
-            runs = await self._store.runs_of(scenario_id)
-            if not runs:
-                raise ArmError(text.nothing_stored(scenario_id))
-            run_id, label = runs[-1].id, f"{scenario_id} (run {runs[-1].id}, {runs[-1].state})"
-            city = city.lower() if city is not None else None
-        counts = await self._store.checkin_counts(run_id)
-        rows = sorted((c, st, n) for (c, st), n in counts.items() if city in (None, c))
-        table = [("city", "stage", "check-ins")]
-        table += [(c, st or "(before the first stage)", str(n)) for c, st, n in rows]
-        total = sum(n for _, _, n in rows)
-        return Reply(text.headcount(label, total, city), text_table(table))
-
-    async def drill(self, command: Command, ctx: Context) -> Reply:
-        scenario_id = command.args["scenario"]
-        speed = float(command.args.get("speed", "60"))
+    @command(
+        "drill",
+        "Rehearse a scenario in a new drill room, time compressed (default 60x).",
+        example="!drill demo 120",
+        args=(SCENARIO, Arg("speed", NUMBER_ARG, optional=True)),
+        releases=True,
+    )
+    async def drill(self, ctx: Context, args: Args) -> Reply:
+        scenario_id = args.text("scenario")
+        speed = float(args.opt_int("speed") or 60)
         if self._runs.by_scenario(scenario_id, drill=True) is not None:
             raise ArmError(text.drill_running(scenario_id))
         self._runs.check_armable(scenario_id)
@@ -310,16 +180,23 @@ class Steering:
         )
         return Reply(text.drill_started(body, drill_room, speed), table)
 
-    async def purge(self, command: Command, ctx: Context) -> Reply:
-        scenario_id = command.args["scenario"]
+    @command(
+        "purge",
+        "Delete everything stored about a finished or disarmed scenario (asks to confirm).",
+        example="!purge demo",
+        args=(SCENARIO,),
+        audit_ids=False,  # a purged scenario leaves no trace, not even in the audit
+        confirmable=True,
+    )
+    async def purge(self, ctx: Context, args: Args) -> Reply:
+        scenario_id = args.text("scenario")
         if self._runs.by_scenario(scenario_id) or self._runs.by_scenario(scenario_id, drill=True):
             raise ArmError(text.armed_refuse_purge(scenario_id))
         runs = await self._store.runs_of(scenario_id)
         if not runs:
             raise ArmError(text.nothing_stored(scenario_id))
-        assert self._controller is not None
-        window = self._controller.confirmations.window_s
         if not ctx.confirmed:
+            window = self.controller.confirmations.window_s
             return Reply(
                 text.purge_question(scenario_id, len(runs), window),
                 result="asked to confirm",

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 from bot.policy import format_duration
 
+CONTROL_HELP = "Commands (core group, in a control room):"
 NOT_CORE = "Only the core group (power ≥ the configured level here) can give commands."
 NOTHING_ARMED = "Nothing is armed."
 

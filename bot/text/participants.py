@@ -8,11 +8,9 @@ from __future__ import annotations
 COUNTED = "✅"
 TOO_EARLY = "⏳"
 
-HELP = (
-    "Blossom: you get each stage of the action here when it is released.\n"
-    "!join <scenario> <city> — get a city's stages privately in this chat\n"
-    "!here — check in (or react to the latest stage message)\n"
-    "!stop — stop at once; the bot forgets you"
+HELP_HEADING = (
+    "Blossom: you get each stage of the action here when it is released. "
+    "To check in you can also react to the latest stage message."
 )
 
 JOIN_IN_DIRECT_CHAT = "Send !join in a direct chat with the bot."

@@ -1,0 +1,132 @@
+"""``!status`` and ``!headcount``: what the control room can see of a run.
+Ids, counts and times only; never a stage's text or place."""
+
+from __future__ import annotations
+
+from zoneinfo import ZoneInfo
+
+from bot.clock import Clock
+from bot.control.args import CITY, RUN, SCENARIO, SLUG_ARG, Arg
+from bot.control.checkins import latest_released
+from bot.control.commands import Controller
+from bot.control.registry import Args, Context, Reply, command
+from bot.control.targets import resolve_cities
+from bot.ledger import DeliveryState, DispatchState
+from bot.policy import format_duration
+from bot.report import text_table
+from bot.runs import ArmedRun, ArmError, RunManager
+from bot.store import Store
+from bot.text import control as text
+
+_PENDING = (DispatchState.SCHEDULED, DispatchState.HELD)
+
+
+class StatusCommands:
+    def __init__(
+        self, controller: Controller, runs: RunManager, store: Store, clock: Clock
+    ) -> None:
+        self._controller = controller
+        self._runs = runs
+        self._store = store
+        self._clock = clock
+
+    @command(
+        "status",
+        "Armed scenarios: per city the next stage, releases, holds, check-ins.",
+        example="!status dc-london-berlin",
+        args=(Arg("scenario", SLUG_ARG, optional=True), RUN),
+    )
+    async def status(self, ctx: Context, args: Args) -> Reply:
+        runs = list(self._runs.armed.values())
+        sid, which = args.opt_text("scenario"), args.opt_text("run")
+        if sid is not None:
+            # Both runs of the scenario unless one is named: status changes nothing.
+            runs = [a for a in runs if a.scenario_id == sid]
+            if which is not None:
+                runs = [a for a in runs if (a.drill_room is not None) == (which == "drill")]
+            if not runs:
+                raise ArmError(text.not_armed(sid, which))
+        if not runs:
+            return Reply(text.NOTHING_ARMED)
+        lines: list[str] = []
+        table: list[tuple[str, ...]] = [text.STATUS_COLUMNS]
+        for armed in runs:
+            table += await self._rows(armed)
+            drill_now = armed.clock.now() if armed.drill_room else None
+            lines.append(
+                text.run_heading(
+                    armed.label(),
+                    armed.run.id,
+                    armed.run.armed_by,
+                    drill_now,
+                    armed.run.drill_speed,
+                )
+            )
+        lines.append(text.as_of(self._clock.to_wall(self._clock.now())))
+        return Reply("\n".join(lines), text_table(table))
+
+    async def _rows(self, armed: ArmedRun) -> list[tuple[str, ...]]:
+        rows = await self._store.dispatches(armed.run.id)
+        counts = await self._store.checkin_counts(armed.run.id)
+        # The run's own clock: a drill's columns are drill time, like its instants.
+        run_now = armed.clock.now()
+        out: list[tuple[str, ...]] = []
+        for city in armed.scenario.cities:
+            mine = [d for d in rows if d.city_id == city.id]
+            pending = [d for d in mine if d.state in _PENDING]
+            done = sorted(
+                (d for d in mine if d.state is DispatchState.RELEASED), key=lambda d: d.stage_index
+            )
+            deliveries = await self._store.deliveries(armed.run.id, city.id)
+            # Rooms, not room x stage: a room with any failed delivery is failed.
+            failed = {d.key.room_id for d in deliveries if d.state is DeliveryState.FAILED}
+            ok = {d.key.room_id for d in deliveries if d.state is DeliveryState.SENT} - failed
+            nxt = min(pending, key=lambda d: d.due_at) if pending else None
+            latest = latest_released(armed.scenario, rows, city.id)
+            next_cells = ("-", "-", "-", "-")
+            if nxt is not None:
+                next_cells = (
+                    nxt.stage_id + (" (held)" if nxt.state is DispatchState.HELD else ""),
+                    nxt.due_at.astimezone(ZoneInfo(city.timezone)).strftime("%H:%M:%S %Z"),
+                    nxt.due_at.strftime("%H:%M:%SZ"),
+                    format_duration(nxt.due_at - run_now),
+                )
+            out.append(
+                (
+                    armed.label(),
+                    city.id,
+                    *next_cells,
+                    text.released_list([d.stage_id for d in done]),
+                    f"{len(ok)}/{len(failed)}",
+                    "held" if city.id in armed.held_cities else "-",
+                    text.checkins_cell(counts.get((city.id, latest), 0), latest),
+                )
+            )
+        return out
+
+    @command(
+        "headcount",
+        "Check-ins per city and stage.",
+        example="!headcount demo",
+        args=(SCENARIO, RUN, CITY),
+    )
+    async def headcount(self, ctx: Context, args: Args) -> Reply:
+        scenario_id = args.text("scenario")
+        city = args.opt_text("city")
+        if self._runs.by_scenario(scenario_id) or self._runs.by_scenario(scenario_id, drill=True):
+            armed, _ = self._controller.pick(args)
+            run_id, label = armed.run.id, armed.label()
+            if city is not None:
+                city = resolve_cities(armed, city, allow_all=False)[0]
+        else:
+            # After the action too: the latest run's count, until it is purged.
+            runs = await self._store.runs_of(scenario_id)
+            if not runs:
+                raise ArmError(text.nothing_stored(scenario_id))
+            run_id, label = runs[-1].id, f"{scenario_id} (run {runs[-1].id}, {runs[-1].state})"
+        counts = await self._store.checkin_counts(run_id)
+        rows = sorted((c, st, n) for (c, st), n in counts.items() if city in (None, c))
+        table = [("city", "stage", "check-ins")]
+        table += [(c, st or "(before the first stage)", str(n)) for c, st, n in rows]
+        total = sum(n for _, _, n in rows)
+        return Reply(text.headcount(label, total, city), text_table(table))
