@@ -57,7 +57,7 @@ class Participants:
         self._notifier = notifier
         self._clock = clock
         self._acked: dict[str, None] = {}
-        self.table = Table()
+        self.table = Table(Who.PARTICIPANT)
         self.table.add(self)
 
     async def _is_direct_chat(self, room_id: str) -> bool:

@@ -180,8 +180,10 @@ def commands_of(*classes: type) -> dict[str, CommandDef]:
 
 @dataclass
 class Table:
-    """Declarations paired with an instance's handlers."""
+    """Declarations paired with an instance's handlers, for one audience: a
+    table serves either the control room (``Who.CORE``) or participants."""
 
+    who: Who = Who.CORE
     defs: dict[str, CommandDef] = field(default_factory=dict)
     handlers: dict[str, Handler] = field(default_factory=dict)
 
@@ -189,6 +191,8 @@ class Table:
         for name, declared in commands_of(type(group)).items():
             if name in self.defs:
                 raise ValueError(f"!{name} is declared twice")
+            if declared.who is not self.who:
+                raise ValueError(f"!{name} is for {declared.who.value}, not {self.who.value}")
             self.defs[name] = declared
             attr = next(
                 a for a in vars(type(group)).values() if getattr(a, _MARK, None) is declared
