@@ -10,6 +10,14 @@ from zoneinfo import ZoneInfo
 from bot.dispatch import Outcome
 from bot.policy import LATE_REPORT_THRESHOLD, format_duration
 
+# What can put a release after its instant. Downtime is one cause; a stage held
+# (by !hold or a gate) until !resume or !release, or armed after its instant,
+# is released late with the bot up all along.
+LATE_CAUSES = (
+    "its instant had passed: it was held until resumed or released, armed after its "
+    "instant, or the bot or the homeserver was unavailable"
+)
+
 
 @dataclass(frozen=True)
 class PlanLine:
@@ -57,8 +65,13 @@ def stage_summary(
     *,
     late_by: Mapping[str, timedelta] | None = None,
     drill: bool = False,
+    late_why: str | None = None,
 ) -> str:
-    """One report per stage: delivered / failed rooms per city, and why."""
+    """One report per stage: delivered / failed rooms per city, and why.
+
+    ``late_why`` is the reason a late release was late, when the caller knows it
+    (e.g. "held until !release", "re-armed after its instant"); without it the
+    report names every cause that can make a release late, not just downtime."""
     total = sum(len(o.release.rooms) for o in outcomes)
     delivered = sum(len(o.delivered) for o in outcomes)
     prefix = "[drill] " if drill else ""
@@ -88,7 +101,7 @@ def stage_summary(
         lines.append(
             "Released late: "
             + ", ".join(f"{c} by {format_duration(d)}" for c, d in sorted(late.items()))
-            + " (its instant passed while the bot or the homeserver was unavailable)."
+            + f" ({late_why or LATE_CAUSES})."
         )
     for o in outcomes:
         for room, why in sorted(o.failed.items()):
