@@ -17,10 +17,10 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from bot.control.args import SLUG, BadValue
-from bot.control.registry import CommandDef
+from bot.control.args import SLUG, Arg, BadValue
+from bot.control.registry import CommandDef, Who
 
-__all__ = ["MAX_COMMAND_CHARS", "SLUG", "Command", "UsageError", "parse"]
+__all__ = ["MAX_COMMAND_CHARS", "SLUG", "Command", "CommandSpec", "UsageError", "parse"]
 
 MAX_COMMAND_CHARS = 2000
 
@@ -39,6 +39,20 @@ class Command:
 class UsageError:
     name: str | None
     message: str
+
+
+def CommandSpec(  # the old class's name, kept for its callers
+    name: str,
+    args: tuple[Arg, ...] = (),
+    summary: str = "",
+    example: str = "",
+    participant: bool = False,
+) -> CommandDef:
+    """The declaration as it was written before the registry (positional: name,
+    args, summary, example, participant), for tests that build their own small
+    tables (tests/test_i18n.py). New code declares with ``registry.command``."""
+    who = Who.PARTICIPANT if participant else Who.CORE
+    return CommandDef(name, summary, example, args, who)
 
 
 def _suspicious(text: str) -> bool:
