@@ -1,16 +1,20 @@
 """Fan-out benchmark: Blossom against the homeserver's ceiling and a typical bot.
 
-    python -m benchmarks.fanout                 # 50, 200, 1000 rooms; 10 cities; 3 repeats
-    python -m benchmarks.fanout --quick         # 50 and 200 rooms, 1 repeat
-    python -m benchmarks.fanout --smoke         # 3 rooms, 2 cities: the code path only
+    python -m benchmarks.fanout          # make bench: everything docs/performance.md shows
+    python -m benchmarks.fanout --quick  # 50 and 200 rooms, 3 pairs, no extras
+    python -m benchmarks.fanout --smoke  # 3 rooms, 2 cities: the code path only
 
 It starts its own Synapse (relaxed rate limits, every sender exempt), creates the
 rooms once and, for each room count, measures on the same rooms with the same
-message: (1) the ceiling, a bare aiohttp client doing PUT /send with the best
-concurrency of a sweep; (2) a typical matrix-nio bot sending room after room;
-(3) Blossom itself (``python -m bot run`` in a child process) releasing one stage
-of an armed scenario. Medians over repeats go to a table and to
-``benchmarks/results/latest.json``. See docs/performance.md.
+message, interleaved in pairs: the ceiling (a bare aiohttp client doing PUT /send
+at the best concurrency of a sweep), then Blossom (``python -m bot run`` in a child
+process releasing one stage of an armed scenario), then the ceiling again, and so
+on; and a typical matrix-nio bot sending room after room. Then the in-flight
+trade-off (fan-out time and a mid-fan-out ``!abort`` at each ``max_in_flight``),
+encrypted rooms, direct messages and presence. Everything goes to one file,
+``benchmarks/results/latest.json``, with the commit, the machine, the versions and
+the load; ``python -m benchmarks.report`` turns it into docs/performance.md's
+tables. See docs/performance.md.
 """
 
 from __future__ import annotations
@@ -21,12 +25,11 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from importlib import metadata
@@ -34,22 +37,20 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from rich.console import Console
-from rich.table import Table
 
+from benchmarks.inflight import measure_in_flight
 from benchmarks.load import process_cpu_s, wait_quiet
 from benchmarks.measure import (
     Blossom,
-    BlossomRun,
-    Fanout,
     TypicalBot,
-    measure_abort,
     measure_ceiling,
     measure_typical,
     sweep,
 )
-from benchmarks.report import FANOUT_COLUMNS, fanout_cells
+from benchmarks.report import FORMAT, render
+from benchmarks.summary import memory_model, pair_record, summarise_size
 from benchmarks.world import BotAccount, StageContent, World, build_world, log
+from bot.config import DispatchConfig
 from bot.devtools.homeserver import EmbeddedHomeserver
 
 RESULTS = Path(__file__).parent / "results" / "latest.json"
@@ -59,33 +60,49 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.fanout", description=__doc__.split("\n\n")[0]
-    )
+def _add_sizes(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rooms", type=_ints, default=[50, 200, 1000], help="room counts (50,200,1000)")
-    p.add_argument("--repeats", type=int, default=3, help="repeats per room count (3)")
+    p.add_argument("--pairs", type=int, default=5, help="ceiling/Blossom pairs per room count (5)")
+    p.add_argument("--typical-runs", type=int, default=1, help="typical-bot runs per count (1)")
     p.add_argument("--cities", type=int, default=10, help="cities the rooms spread over (10)")
     p.add_argument(
         "--sweep",
         type=_ints,
         default=[1, 2, 4, 8, 16, 32, 64, 128],
-        help="ceiling concurrencies to try (1,2,4,...,128)",
+        help="ceiling concurrencies to try (1,2,4,...,128); the best is the ceiling's",
     )
     p.add_argument(
-        "--sweep-rooms", type=int, default=200, help="rooms used by the sweep, at most (200)"
+        "--sweep-rooms", type=int, default=1000, help="rooms the sweep uses, at most (1000)"
     )
     p.add_argument(
-        "--candidates",
+        "--in-flight",
+        type=_ints,
+        default=[16, 32, 64, 128],
+        help="max_in_flight levels of the trade-off (16,32,64,128); empty: skip it",
+    )
+    p.add_argument("--in-flight-rooms", type=int, default=1000, help="rooms of the trade-off")
+    p.add_argument("--in-flight-repeats", type=int, default=3, help="repeats per level (3)")
+    p.add_argument("--abort-after", type=float, default=1.0, help="seconds after the instant (1)")
+
+
+def _add_bot(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-in-flight",
         type=int,
-        default=2,
-        help="best sweep concurrencies re-measured over all rooms in each repeat (2)",
-    )
-    p.add_argument(
-        "--max-in-flight", type=int, default=None, help="the bot's dispatch.max_in_flight"
+        default=None,
+        help="the bot's dispatch.max_in_flight in the pairs (its default)",
     )
     p.add_argument("--prepare", type=float, default=3.0, help="the bot's prepare_seconds (3)")
+    p.add_argument(
+        "--sync-hold",
+        type=float,
+        default=None,
+        help="the bot's dispatch.sync_hold_seconds (its default)",
+    )
     p.add_argument("--lead", type=float, default=8.0, help="seconds from !arm to the instant (8)")
+
+
+def _add_machine(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quiet-threshold",
         type=float,
@@ -102,6 +119,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="run the benchmark, Synapse and the bot at this niceness (e.g. -10 as root, "
         "to keep other work on a shared machine from skewing the numbers)",
     )
+
+
+def _add_extras(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encrypted", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--encrypted-rooms", type=int, default=100)
     p.add_argument("--encrypted-devices", type=int, default=5)
@@ -111,140 +131,39 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--direct", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--direct-participants", type=int, default=1000)
     p.add_argument(
-        "--sync-hold",
-        type=float,
-        default=None,
-        help="the bot's dispatch.sync_hold_seconds (its default)",
+        "--repeats", type=int, default=3, help="repeats of the encrypted, direct and presence runs"
     )
-    p.add_argument(
-        "--abort",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also time an !abort typed into the largest fan-out (on)",
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.fanout", description=__doc__.split("\n\n")[0]
     )
-    p.add_argument("--abort-after", type=float, default=1.0, help="seconds after the instant (1.0)")
-    p.add_argument("--quick", action="store_true", help="50 and 200 rooms, 1 repeat, no extras")
-    p.add_argument("--smoke", action="store_true", help="3 rooms, 2 cities, tiny sweep, no extras")
+    _add_sizes(p)
+    _add_bot(p)
+    _add_machine(p)
+    _add_extras(p)
+    p.add_argument("--quick", action="store_true", help="50 and 200 rooms, 3 pairs, no extras")
+    p.add_argument("--smoke", action="store_true", help="3 rooms, 1 pair, the code path only")
     p.add_argument("--profile", type=Path, default=None, help="py-spy the bot and Synapse into DIR")
     p.add_argument("--workdir", type=Path, default=None, help="keep the homeserver and bots here")
     p.add_argument("--output", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     if args.quick:
-        args.rooms, args.repeats = [50, 200], 1
-        args.sweep = [1, 4, 16, 32, 64]
+        args.rooms, args.pairs = [50, 200], 3
+        args.sweep, args.sweep_rooms = [1, 4, 16, 32, 64], 200
+        args.in_flight, args.in_flight_rooms, args.in_flight_repeats = [16, 32, 64], 200, 1
         args.encrypted = args.presence = args.direct = False
     if args.smoke:
-        args.rooms, args.repeats, args.cities = [3], 1, 2
-        args.sweep, args.candidates = [1, 2], 1
+        args.rooms, args.pairs, args.cities = [3], 1, 2
+        args.sweep, args.sweep_rooms = [1, 2], 3
+        args.in_flight, args.in_flight_rooms, args.in_flight_repeats = [32], 3, 1
         args.lead, args.prepare, args.quiet_wait = 5.0, 1.0, 0.0
         args.abort_after = 0.0
         args.encrypted = args.presence = args.direct = False
+    if args.pairs < 1 or args.in_flight_repeats < 1 or args.typical_runs < 0:
+        p.error("--pairs and --in-flight-repeats must be at least 1")
     return args
-
-
-def median(values: Sequence[float]) -> float:
-    return float(statistics.median(values)) if values else float("nan")
-
-
-def summarise(
-    rooms: int,
-    best: dict[int, float],
-    ceilings: list[Fanout],
-    typicals: list[Fanout],
-    blossoms: list[BlossomRun],
-) -> dict[str, Any]:
-    ceiling = median([f.msgs_per_s for f in ceilings])
-    typical = median([f.msgs_per_s for f in typicals])
-    blossom = median([b.fanout.msgs_per_s for b in blossoms])
-    # The ceiling's time for N messages: from its first request to its last reply.
-    # (Its last origin_server_ts comes earlier: Synapse stamps an event when it
-    # creates it and persists a burst in batches, so with N requests in flight the
-    # stamps bunch at the start; ceiling_origin_span_ms shows that.)
-    ceiling_time = median([f.done_ms for f in ceilings])
-    last = median([b.last_lateness_ms for b in blossoms])
-    # Ratios per repeat (each against the ceiling measured alongside), then the median.
-    return {
-        "rooms": rooms,
-        "ceiling_msgs_per_s": round(ceiling, 1),
-        "typical_bot_msgs_per_s": round(typical, 1),
-        "blossom_msgs_per_s": round(blossom, 1),
-        "blossom_vs_ceiling": round(
-            median(
-                [
-                    b.fanout.msgs_per_s / c.msgs_per_s
-                    for b, c in zip(blossoms, ceilings, strict=True)
-                ]
-            ),
-            3,
-        ),
-        "blossom_vs_typical": round(
-            median(
-                [
-                    b.fanout.msgs_per_s / t.msgs_per_s
-                    for b, t in zip(blossoms, typicals, strict=True)
-                ]
-            ),
-            3,
-        ),
-        "first_lateness_ms": round(median([b.first_lateness_ms for b in blossoms]), 1),
-        "last_lateness_ms": round(last, 1),
-        "ceiling_time_ms": round(ceiling_time, 1),
-        "ceiling_origin_span_ms": round(median([f.span_ms for f in ceilings]), 1),
-        "blossom_done_ms": round(median([b.fanout.done_ms for b in blossoms]), 1),
-        "last_lateness_vs_ceiling_time": round(
-            median(
-                [b.last_lateness_ms / c.done_ms for b, c in zip(blossoms, ceilings, strict=True)]
-            ),
-            3,
-        ),
-        "typical_bot_time_ms": round(median([f.done_ms for f in typicals]), 1),
-        "city_skew_ms": round(median([b.city_skew_ms for b in blossoms]), 1),
-        "city_mean_skew_ms": round(median([b.city_mean_skew_ms for b in blossoms]), 1),
-        "bot_cpu_s": round(median([b.release_cpu_s for b in blossoms]), 3),
-        "bot_process_cpu_s": round(median([b.process_cpu_s for b in blossoms]), 2),
-        "bot_peak_rss_mb": round(median([b.peak_rss_mb for b in blossoms]), 1),
-        "bot_rss_ready_mb": round(median([b.rss_ready_mb for b in blossoms]), 1),
-        "bot_ready_s": round(median([b.ready_s for b in blossoms]), 2),
-        "failed": sum(b.failed for b in blossoms),
-        # The homeserver's CPU per message: does the bot make it work harder?
-        "synapse_cpu_ms_per_msg": {
-            "ceiling": round(
-                median([c.extra["synapse_cpu_s"] / c.rooms for c in ceilings]) * 1e3, 2
-            ),
-            "typical_bot": round(
-                median([t.extra["synapse_cpu_s"] / t.rooms for t in typicals]) * 1e3, 2
-            ),
-            "blossom": round(median([b.synapse_cpu_s / b.fanout.rooms for b in blossoms]) * 1e3, 2),
-        },
-        "background_cores": round(
-            max(
-                median([c.extra["background_cores"] for c in ceilings]),
-                median([t.extra["background_cores"] for t in typicals]),
-                median([b.background_cores for b in blossoms]),
-            ),
-            2,
-        ),
-        "best_concurrency": median([f.extra["concurrency"] for f in ceilings]),
-        "sweep_msgs_per_s": {str(c): round(r, 1) for c, r in best.items()},
-        "repeats": [
-            {
-                "ceiling": asdict(c),
-                "typical_bot": asdict(t),
-                "blossom": asdict(b),
-            }
-            for c, t, b in zip(ceilings, typicals, blossoms, strict=True)
-        ],
-    }
-
-
-def memory_model(rows: Sequence[dict[str, Any]]) -> dict[str, float] | None:
-    """Least-squares line through (rooms, peak RSS): base MiB and MiB per room."""
-    if len(rows) < 2:
-        return None
-    xs = [float(r["rooms"]) for r in rows]
-    ys = [float(r["bot_peak_rss_mb"]) for r in rows]
-    fit = statistics.linear_regression(xs, ys)
-    return {"base_mb": round(fit.intercept, 1), "mb_per_room": round(fit.slope, 4)}
 
 
 async def settle(hs: EmbeddedHomeserver, *, max_wait: float = 180.0) -> None:
@@ -269,7 +188,12 @@ async def quiet(args: argparse.Namespace, pids: Callable[[], list[int | None]]) 
 
 
 def new_blossom(
-    world: World, account: BotAccount, args: argparse.Namespace, where: Path
+    world: World,
+    account: BotAccount,
+    args: argparse.Namespace,
+    where: Path,
+    *,
+    max_in_flight: int | None = None,
 ) -> Blossom:
     """The real bot, configured by the command line's dispatch settings."""
     blossom = Blossom(
@@ -277,7 +201,7 @@ def new_blossom(
         account,
         where,
         cities=args.cities,
-        max_in_flight=args.max_in_flight,
+        max_in_flight=max_in_flight if max_in_flight is not None else args.max_in_flight,
         prepare_seconds=args.prepare,
         sync_hold_seconds=args.sync_hold,
     )
@@ -289,87 +213,78 @@ def new_blossom(
 async def measure_size(
     world: World, args: argparse.Namespace, rooms_n: int, workdir: Path
 ) -> dict[str, Any]:
+    """The sweep, then ``--pairs`` pairs (ceiling, Blossom), then the typical bot."""
     account = world.bots[f"bot-{rooms_n}"]
     rooms = account.rooms
     content = StageContent("bench-baseline", args.cities)
-    log(f"== {rooms_n} rooms over {args.cities} cities ==")
+    log(f"== {rooms_n} rooms over {args.cities} cities, {args.pairs} pairs ==")
     if args.quiet_wait > 0:
         await settle(world.hs)
     rates = await sweep(account.raw, rooms[: args.sweep_rooms], content, args.sweep)
-    candidates = sorted(rates, key=rates.__getitem__, reverse=True)[: args.candidates]
-    typical_bot = await TypicalBot.login(world.hs.url, account, workdir / f"typical-{rooms_n}")
+    best = max(rates, key=rates.__getitem__)
     blossom = new_blossom(world, account, args, workdir / f"blossom-{rooms_n}")
-    ceilings: list[Fanout] = []
-    typicals: list[Fanout] = []
-    blossoms: list[BlossomRun] = []
+    pids = lambda: [os.getpid(), world.hs.pid]  # noqa: E731
+    lead = args.lead + rooms_n / 500
+    pairs: list[dict[str, Any]] = []
+    for i in range(args.pairs):
+        await quiet(args, pids)
+        c = await measure_ceiling(account.raw, rooms, content, [best], pids, world.hs.pid)
+        await quiet(args, pids)
+        b = await blossom.measure(rooms, f"bench-{rooms_n}-{i}", lead)
+        pairs.append(pair_record(c, b))
+        log(
+            f"  pair {i + 1}: ceiling {c.msgs_per_s:.1f} msg/s (c={best}), Blossom "
+            f"{b.fanout.msgs_per_s:.1f} ({pairs[-1]['throughput_ratio']:.0%}); last stamp "
+            f"+{b.fanout.span_ms:.0f} vs {c.span_ms:.0f} ms, last reply +{b.fanout.done_ms:.0f} "
+            f"vs {c.done_ms:.0f} ms; first +{b.first_lateness_ms:.0f} ms; background "
+            f"{c.extra['background_cores']:.2f}/{b.background_cores:.2f} cores"
+        )
+    typicals: list[dict[str, Any]] = []
+    if args.typical_runs:
+        typical_bot = await TypicalBot.login(world.hs.url, account, workdir / f"typical-{rooms_n}")
+        try:
+            for _ in range(args.typical_runs):
+                await quiet(args, pids)
+                t = await measure_typical(
+                    typical_bot, account.raw, rooms, content, pids, world.hs.pid
+                )
+                typicals.append(asdict(t))
+                log(f"  typical bot: {t.msgs_per_s:.1f} msg/s")
+        finally:
+            await typical_bot.close()
+    return summarise_size(rooms_n, best, rates, pairs, typicals)
+
+
+def _git(*argv: str) -> str:
+    return subprocess.run(
+        ["git", *argv],
+        cwd=Path(__file__).parent,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    ).stdout.strip()
+
+
+def source_version() -> dict[str, Any]:
+    """The commit measured, and whether bot/ or benchmarks/ had uncommitted changes."""
     try:
-        pids = lambda: [os.getpid(), world.hs.pid]  # noqa: E731
-        for rep in range(args.repeats):
-            await quiet(args, pids)
-            c = await measure_ceiling(account.raw, rooms, content, candidates, pids, world.hs.pid)
-            await quiet(args, pids)
-            t = await measure_typical(typical_bot, account.raw, rooms, content, pids, world.hs.pid)
-            lead = args.lead + rooms_n / 500
-            await quiet(args, pids)
-            b = await blossom.measure(rooms, f"bench-{rooms_n}-{rep}", lead)
-            ceilings.append(c)
-            typicals.append(t)
-            blossoms.append(b)
-            log(
-                f"  repeat {rep + 1}: ceiling {c.msgs_per_s:.1f} msg/s "
-                f"(c={c.extra['concurrency']}), typical {t.msgs_per_s:.1f}, "
-                f"Blossom {b.fanout.msgs_per_s:.1f} "
-                f"({b.fanout.msgs_per_s / c.msgs_per_s:.0%}); first +{b.first_lateness_ms:.0f} ms, "
-                f"last +{b.last_lateness_ms:.0f} ms (ceiling {c.done_ms:.0f} ms), "
-                f"city skew {b.city_skew_ms:.0f} ms; CPU {b.release_cpu_s:.2f} s, "
-                f"peak RSS {b.peak_rss_mb:.0f} MiB; background load "
-                f"{c.extra['background_cores']:.2f}/{t.extra['background_cores']:.2f}/"
-                f"{b.background_cores:.2f} cores"
-            )
-    finally:
-        await typical_bot.close()
-    return summarise(rooms_n, rates, ceilings, typicals, blossoms)
+        return {
+            "commit": _git("rev-parse", "--short=12", "HEAD"),
+            "dirty": bool(_git("status", "--porcelain", "--", "bot", "benchmarks")),
+            "bot_last_changed": _git("log", "-1", "--format=%h", "--", "bot"),
+        }
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None, "bot_last_changed": None}
 
 
-async def measure_abort_size(
-    world: World, args: argparse.Namespace, rooms_n: int, workdir: Path
-) -> dict[str, Any]:
-    """One !abort typed ``--abort-after`` seconds into a fan-out to ``rooms_n`` rooms."""
-    account = world.bots[f"bot-{rooms_n}"]
-    log(f"== !abort {args.abort_after:g} s into a fan-out to {rooms_n} rooms ==")
-    await quiet(args, lambda: [os.getpid(), world.hs.pid])
-    blossom = new_blossom(world, account, args, workdir / f"abort-{rooms_n}")
-    a = await measure_abort(
-        blossom, account.rooms, f"abort-{rooms_n}", args.lead + rooms_n / 500, args.abort_after
-    )
-    log(
-        f"  reply +{a.reply_ms:.0f} ms, every room told to stop +{a.last_stop_ms:.0f} ms "
-        f"(first +{a.first_stop_ms:.0f}); the stage reached {a.stage_rooms} of {a.rooms} rooms "
-        f"({a.stage_rooms_after_reply} of them after the reply: in flight)"
-    )
-    return asdict(a)
-
-
-def source_version() -> str | None:
-    """The commit measured (with "+dirty" for uncommitted changes), if in a git checkout."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "bot", "benchmarks"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head + ("+dirty" if dirty else "")
+def load_now() -> dict[str, float]:
+    one, five, fifteen = os.getloadavg()
+    return {
+        "loadavg_1m": round(one, 2),
+        "loadavg_5m": round(five, 2),
+        "loadavg_15m": round(fifteen, 2),
+    }
 
 
 def machine() -> dict[str, Any]:
@@ -390,60 +305,83 @@ def machine() -> dict[str, Any]:
     }
 
 
-def print_table(results: Sequence[dict[str, Any]], console: Console) -> None:
-    table = Table(title="Fan-out: one message to each room (medians)")
-    for col in FANOUT_COLUMNS:
-        table.add_column(col, justify="right")
-    for r in results:
-        table.add_row(*fanout_cells(r))
-    console.print(table)
+async def _phase(report: dict[str, Any], name: str, work: Callable[[], Awaitable[Any]]) -> None:
+    """Run one part of the benchmark, keeping its result and how long it took."""
+    t0 = time.monotonic()
+    report[name] = await work()
+    report["phase_s"][name] = round(time.monotonic() - t0, 1)
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    out = {
+        k: (str(v) if isinstance(v, Path) else v)
+        for k, v in vars(args).items()
+        if k not in ("workdir", "output")
+    }
+    # What the bot ran with where the command line left it to the bot's defaults.
+    defaults = DispatchConfig()
+    out["bot_max_in_flight"] = args.max_in_flight or defaults.max_in_flight
+    out["bot_sync_hold_seconds"] = (
+        args.sync_hold if args.sync_hold is not None else defaults.sync_hold_seconds
+    )
+    return out
+
+
+async def measure_world(
+    hs: EmbeddedHomeserver, args: argparse.Namespace, workdir: Path, report: dict[str, Any]
+) -> None:
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        sizes = sorted({*args.rooms, *([args.in_flight_rooms] if args.in_flight else [])})
+        world = await build_world(
+            hs, http, room_count=max(sizes), bot_rooms={f"bot-{n}": n for n in sizes}
+        )
+        report["setup_s"] = {k: round(v, 1) for k, v in world.setup_seconds.items()}
+
+        async def sizes_work() -> list[dict[str, Any]]:
+            return [await measure_size(world, args, n, workdir) for n in args.rooms]
+
+        await _phase(report, "results", sizes_work)
+        report["memory"] = memory_model(report["results"])
+        if args.in_flight:
+            await _phase(
+                report,
+                "in_flight",
+                lambda: measure_in_flight(world, args, workdir, new_blossom, quiet),
+            )
+        if args.encrypted:
+            from benchmarks.encrypted import measure_encrypted
+
+            await _phase(report, "encrypted", lambda: measure_encrypted(hs, http, args, workdir))
+        if args.direct:
+            from benchmarks.direct import measure_direct
+
+            await _phase(report, "direct", lambda: measure_direct(hs, http, args, workdir))
+        if args.presence:
+            from benchmarks.presence import measure_presence
+
+            await _phase(report, "presence", lambda: measure_presence(hs, http, args, workdir))
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    started = datetime.now(UTC)
-    hs = EmbeddedHomeserver(workdir / "homeserver", rate_limits="relaxed")
-    await hs.start()
     report: dict[str, Any] = {
         "benchmark": "fanout",
-        "started": started.isoformat(timespec="seconds"),
+        "format": FORMAT,
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python -m benchmarks.fanout", *sys.argv[1:]]),
         "source": source_version(),
         "machine": machine(),
-        "settings": {
-            k: (str(v) if isinstance(v, Path) else v)
-            for k, v in vars(args).items()
-            if k not in ("workdir", "output")
-        },
+        "load": {"start": load_now()},
+        "settings": _settings(args),
+        "phase_s": {},
     }
+    hs = EmbeddedHomeserver(workdir / "homeserver", rate_limits="relaxed")
+    await hs.start()
     try:
-        connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=connector) as http:
-            world = await build_world(
-                hs,
-                http,
-                room_count=max(args.rooms),
-                bot_rooms={f"bot-{n}": n for n in args.rooms},
-            )
-            report["setup_s"] = {k: round(v, 1) for k, v in world.setup_seconds.items()}
-            results = [await measure_size(world, args, n, workdir) for n in args.rooms]
-            report["results"] = results
-            report["memory"] = memory_model(results)
-            if args.abort:
-                report["abort"] = await measure_abort_size(world, args, max(args.rooms), workdir)
-            if args.encrypted:
-                from benchmarks.encrypted import measure_encrypted
-
-                report["encrypted"] = await measure_encrypted(hs, http, args, workdir)
-            if args.direct:
-                from benchmarks.direct import measure_direct
-
-                report["direct"] = await measure_direct(hs, http, args, workdir)
-            if args.presence:
-                from benchmarks.presence import measure_presence
-
-                report["presence"] = await measure_presence(hs, http, args, workdir)
+        await measure_world(hs, args, workdir, report)
     finally:
         await hs.stop()
+    report["load"]["end"] = load_now()
     report["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     return report
 
@@ -468,12 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["wall_s"] = round(time.monotonic() - t0, 1)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
-    console = Console(width=max(Console().width, 160))
-    print_table(report["results"], console)
-    if report.get("memory"):
-        m = report["memory"]
-        console.print(f"Bot memory ≈ {m['base_mb']} MiB + {m['mb_per_room']} MiB per room")
-    console.print(f"Wrote {args.output} ({report['wall_s']:.0f} s).")
+    print(render(report))
+    print(f"\nWrote {args.output} ({report['wall_s']:.0f} s).")
     return 0
 
 
