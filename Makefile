@@ -45,8 +45,12 @@ catalog: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/blossom demo
 
+# The whole benchmark (about an hour on 2 cores; run it on a quiet machine), written to
+# benchmarks/results/latest.json, then docs/performance.md and the README's headline
+# regenerated from that file. BENCH_ARGS passes flags (see --help).
 bench: $(STAMP)
-	$(PY) -m benchmarks.fanout
+	$(PY) -m benchmarks.fanout $(BENCH_ARGS)
+	$(PY) -m benchmarks.report --write
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -81,7 +81,7 @@ def _add_sizes(p: argparse.ArgumentParser) -> None:
         help="max_in_flight levels of the trade-off (16,32,64,128); empty: skip it",
     )
     p.add_argument("--in-flight-rooms", type=int, default=1000, help="rooms of the trade-off")
-    p.add_argument("--in-flight-repeats", type=int, default=3, help="repeats per level (3)")
+    p.add_argument("--in-flight-repeats", type=int, default=5, help="repeats per level (5)")
     p.add_argument("--abort-after", type=float, default=1.0, help="seconds after the instant (1)")
 
 

@@ -67,7 +67,7 @@ def _sp(s: Mapping[str, Any] | None, fmt: str = ".0f", pct: bool = False) -> str
     if pct:
         fmt = ".0%"
     med = format(s["median"], fmt)
-    if s["n"] < 2:
+    if s["n"] < 2 or s["min"] == s["max"]:
         return med
     return f"{med} ({format(s['min'], fmt)}–{format(s['max'], fmt)})"
 
@@ -348,10 +348,11 @@ def headline(report: Mapping[str, Any] | None) -> str:
         return "Latest benchmark: not measured yet in the current format (see docs/performance.md)."
     biggest = max(report["results"], key=lambda r: int(r["rooms"]))
     ratio = biggest["throughput_ratio"]
+    bracket = ", their range in brackets" if ratio["n"] > 1 else ""
     return (
         f"Latest benchmark (commit {report['source'].get('commit') or 'unknown'}): at "
         f"{biggest['rooms']} rooms Blossom's fan-out ran at {_sp(ratio, pct=True)} of the "
-        f"homeserver's ceiling (median of {ratio['n']} pairs, range in brackets), the last "
+        f"homeserver's ceiling (median of {ratio['n']} pairs{bracket}), the last "
         f"room's event {_sp(biggest['last_server_ratio'], '.2f')} times the ceiling's time, "
         f"the first room {_sp(biggest['first_lateness_ms'])} ms after the instant."
     )

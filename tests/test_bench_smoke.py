@@ -11,21 +11,27 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.report import render
+
 pytestmark = pytest.mark.homeserver
 
 REPO = Path(__file__).resolve().parent.parent
 FIELDS = {
     "rooms",
     "ceiling_msgs_per_s",
-    "typical_bot_msgs_per_s",
     "blossom_msgs_per_s",
-    "blossom_vs_ceiling",
-    "blossom_vs_typical",
+    "typical_bot_msgs_per_s",
+    "throughput_ratio",
+    "throughput_ratio_of_medians",
+    "last_server_ms",
+    "last_server_ratio",
+    "last_client_ms",
+    "last_client_ratio",
     "first_lateness_ms",
-    "last_lateness_ms",
     "city_skew_ms",
     "bot_cpu_s",
     "bot_peak_rss_mb",
+    "pairs",
 }
 
 
@@ -48,7 +54,16 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
     (row,) = report["results"]
     assert row.keys() >= FIELDS
     assert row["rooms"] == 3 and row["failed"] == 0
-    assert row["blossom_msgs_per_s"] > 0 and row["bot_peak_rss_mb"] > 0
-    assert report["machine"]["cores"] >= 1
-    abort = report["abort"]
+    (pair,) = row["pairs"]  # --smoke: one pair
+    assert pair["ceiling"]["rooms"] == pair["blossom"]["fanout"]["rooms"] == 3
+    assert pair["throughput_ratio"] > 0 and pair["last_server_ratio"] > 0
+    assert row["blossom_msgs_per_s"]["median"] > 0 and row["bot_peak_rss_mb"]["median"] > 0
+    assert report["machine"]["cores"] >= 1 and report["source"]["commit"]
+    assert set(report["load"]) == {"start", "end"} and report["wall_s"] > 0
+    (level,) = report["in_flight"]["levels"]
+    (abort,) = level["aborts"]
+    assert level["max_in_flight"] == 32 and level["failed"] == 0
     assert abort["rooms"] == 3 and abort["stop_failed"] == 0 and abort["reply_ms"] >= 0
+    # The report renders what the run wrote, targets and trade-off included.
+    text = render(report)
+    assert "#### Targets" in text and "#### In flight: fan-out against abort" in text

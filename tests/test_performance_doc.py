@@ -1,0 +1,130 @@
+"""docs/performance.md and the README's headline come out of the results file, and
+the benchmark's verdicts follow the documented sign-test rule. No server: milliseconds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import report as bench_report
+from benchmarks.measure import AbortRun, BlossomRun, Fanout
+from benchmarks.stats import pairs_needed, spread, verdict
+from benchmarks.summary import pair_record, summarise_level, summarise_size
+from benchmarks.targets import judge
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_committed_docs_are_what_the_results_file_says() -> None:
+    assert bench_report.main(["--check"]) == 0, "run: python -m benchmarks.report --write"
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([0.96, 0.97, 0.99, 1.2, 0.951], "met"),  # all 5 of 5
+        ([0.96, 0.97, 0.99, 1.2, 0.90], "within the noise"),  # 4 of 5: 3 in 16 by chance
+        ([0.5, 0.6, 0.7, 0.8, 0.94], "missed"),  # none of 5
+        ([1.0, 1.0, 1.0, 1.0], "within the noise"),  # too few pairs to tell
+        ([1.0] * 9 + [0.5], "met"),  # 9 of 10: about 1 in 100 by chance
+        ([1.0] * 8 + [0.5] * 2, "within the noise"),  # 8 of 10: about 1 in 18
+        ([], "not measured"),
+    ],
+)
+def test_verdicts_by_the_sign_test(values: list[float], expected: str) -> None:
+    assert verdict(values, 0.95, at_most=False) == expected
+
+
+def test_at_most_targets_and_the_smallest_deciding_count() -> None:
+    assert verdict([10, 12, 20, 24, 25], 25, at_most=True) == "met"  # 25 is within 25
+    assert verdict([26, 30, 40, 50, 99], 25, at_most=True) == "missed"
+    assert pairs_needed() == 5
+    assert spread([3.0, 1.0, 2.0]) == {
+        "median": 2.0, "min": 1.0, "max": 3.0, "n": 3, "values": [3.0, 1.0, 2.0]
+    }
+
+
+def _ceiling(rate: float, rooms: int) -> Fanout:
+    done = rooms / rate * 1000
+    return Fanout(rooms, rate, done * 0.8, 5.0, done,
+                  {"concurrency": 64, "background_cores": 0.0, "synapse_cpu_s": rooms * 0.015})
+
+
+def _blossom(rate: float, rooms: int, first: float) -> BlossomRun:
+    done = rooms / rate * 1000
+    return BlossomRun(
+        fanout=Fanout(rooms, rate, done * 0.95, first, done, {}),
+        first_lateness_ms=first, last_lateness_ms=done * 0.95, city_skew_ms=10,
+        city_mean_skew_ms=5, failed=0, ready_s=1, release_cpu_s=0.5, process_cpu_s=1,
+        peak_rss_mb=70 + rooms * 0.05, rss_ready_mb=70, background_cores=0.0,
+        synapse_cpu_s=rooms * 0.017,
+    )
+
+
+def _report() -> dict[str, Any]:
+    """A results file as benchmarks.fanout writes it, from made-up runs: at 200 rooms
+    Blossom beats 0.95 in every pair; at 1000 it straddles it."""
+    results = []
+    for rooms, b_rates in ((200, [60, 62, 61, 63, 59]), (1000, [50, 66, 57, 64, 52])):
+        pairs = [pair_record(_ceiling(60, rooms), _blossom(b, rooms, 9.0)) for b in b_rates]
+        typical = [{"msgs_per_s": 38.0, "rooms": rooms,
+                    "extra": {"synapse_cpu_s": rooms * 0.02, "background_cores": 0.1}}]
+        results.append(summarise_size(rooms, 64, {64: 60.0, 32: 55.0}, pairs, typical))
+    aborts = [AbortRun(1000, 1.0, 600, ms, 18000, 120, 3, 0) for ms in (700, 800, 900)]
+    fanouts = [_blossom(55, 1000, 9.0)] * 3
+    return {
+        "format": bench_report.FORMAT,
+        "started": "2026-12-01T12:00:00+00:00",
+        "command": "python -m benchmarks.fanout",
+        "source": {"commit": "abc123def456", "dirty": False},
+        "machine": {"cores": 2, "memory_gib": 24, "platform": "Linux", "python": "3.11",
+                    "versions": {"matrix-synapse": "1.163.2", "matrix-nio": "0.26.0"}},
+        "load": {"start": {"loadavg_1m": 0.1}, "end": {"loadavg_1m": 0.2}},
+        "settings": {"bot_max_in_flight": 32},
+        "phase_s": {"results": 600.0, "in_flight": 900.0},
+        "wall_s": 1600.0,
+        "results": results,
+        "memory": None,
+        "in_flight": {"rooms": 1000, "abort_after_s": 1.0, "repeats": 3, "levels": [
+            summarise_level(32, fanouts, aborts), summarise_level(64, fanouts, aborts)]},
+    }
+
+
+def test_targets_are_judged_per_size_from_the_pairs() -> None:
+    judged = {(j.name.split(" ")[0] + " " + j.name.split(" ")[1], j.where): j.verdict
+              for j in judge(_report())}
+    assert judged[("Fan-out throughput", "200 rooms")] == "met"
+    assert judged[("Fan-out throughput", "1000 rooms")] == "within the noise"
+    assert judged[("First room", "200 rooms")] == "met"
+    assert judged[("An !abort's", "1000 rooms, 32 in flight")] == "within the noise"  # 3 runs
+
+
+def test_the_doc_block_shows_every_pair_and_the_verdicts(tmp_path: Path) -> None:
+    rep = _report()
+    text = bench_report.render(rep)
+    assert "| 1000 | 5 | 60.0 (64) | 57.0 (50.0–66.0) | 95% (83%–110%) | 95% |" in text
+    assert "Blossom / ceiling per pair 83%, 110%, 95%, 107%, 87%" in text
+    assert "| 1000 | last reply | 16667 | 17544 (15152–20000) | 1.05 (0.91–1.20) | 1.05 |" in text
+    assert "**within the noise**" in text and "**met**" in text
+    assert "| 32 | 18182 | 17273 | 600 | 800 (700–900) | 18000 | 120 |" in text
+    # --write then --check on copies of the docs, from a results file.
+    results = tmp_path / "latest.json"
+    results.write_text(json.dumps(rep))
+    doc, readme = tmp_path / "performance.md", tmp_path / "README.md"
+    doc.write_text((ROOT / "docs" / "performance.md").read_text())
+    readme.write_text((ROOT / "README.md").read_text())
+    args = [str(results), "--doc", str(doc), "--readme", str(readme)]
+    assert bench_report.main([*args, "--check"]) == 1
+    assert bench_report.main([*args, "--write"]) == 0
+    assert bench_report.main([*args, "--check"]) == 0
+    assert "95% (83%–110%) of the homeserver's ceiling (median of 5 pairs" in readme.read_text()
+    assert "## What an operator can expect" in doc.read_text()  # prose kept
+
+
+def test_an_old_results_file_is_refused(tmp_path: Path) -> None:
+    old = tmp_path / "latest.json"
+    old.write_text(json.dumps({"benchmark": "fanout", "results": []}))
+    assert bench_report.main([str(old)]) == 2
