@@ -1,9 +1,19 @@
-"""What the robustness suites tried and what held, for ``docs/reliability.md``.
+"""What the robustness suites tried, for ``docs/reliability.md``.
 
 A test computes its counts and, after its assertions passed, calls :func:`record`.
+So a row exists only for a suite that passed: every attempt it counts held, and a
+failing suite writes nothing (it fails, and its previous row, recorded on older
+code, shows up in ``python -m bot.devtools.reliability --check``). That is why the
+table has no "broke" column: it would be zero by construction.
+
+``tried`` counts what the bot itself withstood; ``homeserver`` counts, apart, the
+attempts that the homeserver stopped or decided (a power-level edit it refused, a
+sender it set), which say nothing about the bot.
+
 Recording is on only when ``BLOSSOM_FIGURES`` names a results file (``make figures``
 sets it to ``docs/reliability.json``); a plain ``make test`` leaves the repository
 untouched. Rows are merged by id, so a partial run updates only the rows it ran.
+Each row carries its commit and a fingerprint of bot/ (see bot/devtools/reliability.py).
 ``python -m bot.devtools.reliability`` turns the file into the table in docs/reliability.md.
 """
 
@@ -20,6 +30,8 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from bot.devtools.reliability import DIRTY, GitUnavailable, bot_fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,28 +74,37 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _fingerprint() -> str:
+    try:
+        return bot_fingerprint(ROOT)
+    except GitUnavailable:
+        return DIRTY  # no way to say which code this was: --check reports it
+
+
 def record(
     row_id: str,
     *,
     section: str,
     what: str,
     tried: int,
-    held: int,
     unit: str,
     command: str,
+    held: int | None = None,
+    homeserver: Mapping[str, int] | None = None,
     by_kind: Mapping[str, int] | None = None,
     measured: Mapping[str, float | int | str] | None = None,
 ) -> None:
     """Merge one row into the results file (a no-op unless BLOSSOM_FIGURES is set).
 
-    ``tried``: how many attempts (inputs, kills, hostile actions, searches) the test
-    made; ``held``: how many of them the bot withstood (refused, survived, found
-    nothing). ``command`` reproduces the row.
+    ``tried``: how many attempts (inputs, kills, hostile actions, searches) the bot
+    withstood in a suite that passed. ``homeserver``: attempts the homeserver itself
+    stopped or decided, by kind, shown apart and not in ``tried``. ``held`` is
+    accepted from older callers and must equal ``tried``. ``command`` reproduces the row.
     """
     if section not in SECTIONS:
         raise ValueError(f"section must be one of {SECTIONS}")
-    if not 0 <= held <= tried:
-        raise ValueError("held must be between 0 and tried")
+    if tried < 0 or (held is not None and held != tried):
+        raise ValueError("a row records a suite that passed: held, if given, equals tried")
     path = results_path()
     if path is None:
         return
@@ -91,13 +112,14 @@ def record(
         "section": section,
         "what": what,
         "tried": tried,
-        "held": held,
+        "homeserver": dict(homeserver or {}),
         "unit": unit,
         "command": command,
         "by_kind": dict(by_kind or {}),
         "measured": dict(measured or {}),
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "commit": _commit(),
+        "bot_fingerprint": _fingerprint(),
     }
     with _locked(path):
         try:

@@ -2,18 +2,29 @@
 
 ``python -m bot.devtools.reliability`` reads the results file the robustness suites write
 (``docs/reliability.json``, through ``tests/figures.py`` when ``BLOSSOM_FIGURES`` is
-set; ``make figures`` does both) and rewrites the part of the document between the
-``figures:start`` and ``figures:end`` markers. The rest of the document is prose and
-is kept as it is. Every number comes from the results file: nothing is typed by hand.
-``--check`` exits 1 if the document is not current.
+set; ``make figures`` does both), notes in it which rows were recorded on the bot's
+current code, and rewrites the part of the document between the ``figures:start``
+and ``figures:end`` markers. The rest of the document is prose and is kept as it is.
+Every number comes from the results file: nothing is typed by hand.
+
+``--check`` exits 1 if the document is not what the file says, or if a row was
+recorded on other code than the bot's current ``bot/`` (its commit and the last
+commit that touched ``bot/`` are named), and 2 if git cannot tell.
+
+Whether ``bot/`` changed is decided by a fingerprint of its files as git has them
+(``bot/devtools/``, the development tools, left out), recorded with each row. A
+fingerprint survives a rebase, where the commit a row names may no longer exist.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,58 +35,193 @@ SECTIONS = ("Faults", "Bad input", "Hostile users", "Leaks")
 DEFAULT_RESULTS = Path("docs/reliability.json")
 DEFAULT_DOC = Path("docs/reliability.md")
 
+# The bot's code, for "has it changed since this row was recorded?".
+BOT_PATHSPEC = ("bot", ":(exclude)bot/devtools")
+DIRTY = "uncommitted"
+
 
 class FiguresError(Exception):
     """The results file or the document cannot be used."""
 
 
-def load_rows(path: Path) -> dict[str, dict[str, Any]]:
+class GitUnavailable(Exception):
+    """git cannot answer here (not installed, or not a checkout)."""
+
+
+# -- git: what the bot's code is now ----------------------------------------------------
+
+
+def _git(repo: Path, *argv: str) -> str:
+    try:
+        out = subprocess.run(
+            ["git", *argv],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as err:
+        raise GitUnavailable(f"git could not run ({err.__class__.__name__}: {err})") from None
+    if out.returncode != 0:
+        raise GitUnavailable(f"git {argv[0]}: {out.stderr.strip() or out.returncode}")
+    return out.stdout
+
+
+def bot_fingerprint(repo: Path) -> str:
+    """A hash of bot/'s files at HEAD (devtools left out), or ``DIRTY`` when the
+    working tree has uncommitted changes there (no commit describes that code)."""
+    if _git(repo, "status", "--porcelain", "--", *BOT_PATHSPEC).strip():
+        return DIRTY
+    # ls-tree takes no exclude pathspec: drop the development tools here.
+    listing = [
+        line
+        for line in _git(repo, "ls-tree", "-r", "HEAD", "--", "bot").splitlines()
+        if not line.split("\t", 1)[-1].startswith("bot/devtools/")
+    ]
+    return hashlib.sha256("\n".join(listing).encode()).hexdigest()[:16]
+
+
+def head_commit(repo: Path) -> str:
+    return _git(repo, "rev-parse", "--short", "HEAD").strip()
+
+
+def bot_last_change(repo: Path) -> str:
+    """The last commit that touched bot/ (devtools left out): "abc1234 (2026-12-01)"."""
+    out = _git(repo, "log", "-1", "--format=%h (%cs)", "--", *BOT_PATHSPEC).strip()
+    return out or "none"
+
+
+def _changed_since_commit(repo: Path, commit: str) -> str:
+    """For rows without a fingerprint: compare bot/ at their commit with HEAD."""
+    try:
+        _git(repo, "cat-file", "-e", f"{commit}^{{commit}}")
+    except GitUnavailable:
+        return "unknown"  # e.g. recorded on a branch that was rebased since
+    try:
+        diff = subprocess.run(
+            ["git", "diff", "--quiet", commit, "HEAD", "--", *BOT_PATHSPEC],
+            cwd=repo,
+            capture_output=True,
+            timeout=20,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as err:
+        raise GitUnavailable(f"git could not run ({err})") from None
+    return {0: "unchanged", 1: "changed"}.get(diff.returncode, "unknown")
+
+
+def row_status(repo: Path, row: Mapping[str, Any], fingerprint: str) -> str:
+    """ "unchanged", "changed" or "unknown": bot/ now against bot/ when ``row`` was
+    recorded."""
+    recorded = row.get("bot_fingerprint")
+    if fingerprint == DIRTY or recorded == DIRTY:
+        return "unknown"
+    if isinstance(recorded, str):
+        return "unchanged" if recorded == fingerprint else "changed"
+    commit = str(row.get("commit", ""))
+    return _changed_since_commit(repo, commit) if commit and commit != "unknown" else "unknown"
+
+
+def as_of(repo: Path, rows: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """What the document says about each row's code, as of now."""
+    fingerprint = bot_fingerprint(repo)
+    return {
+        "commit": head_commit(repo) + ("+" + DIRTY if fingerprint == DIRTY else ""),
+        "bot_last_changed": bot_last_change(repo),
+        "rows": {k: row_status(repo, r, fingerprint) for k, r in rows.items()},
+    }
+
+
+# -- the results file ------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    rows: dict[str, dict[str, Any]]
+    as_of: dict[str, Any] | None
+
+
+def load(path: Path) -> Results:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return {}
+        return Results({}, None)
     except (OSError, ValueError) as err:
         raise FiguresError(f"{path}: cannot read the results ({err})") from None
     rows = data.get("rows") if isinstance(data, dict) else None
     if not isinstance(rows, dict):
         raise FiguresError(f"{path}: no 'rows' mapping")
     for row_id, row in rows.items():
-        for key, kind in (("section", str), ("what", str), ("tried", int), ("held", int)):
+        for key, kind in (("section", str), ("what", str), ("tried", int)):
             if not isinstance(row, dict) or not isinstance(row.get(key), kind):
                 raise FiguresError(f"{path}: row {row_id} lacks a valid {key!r}")
-    return rows
+        if not isinstance(row.get("homeserver", {}), dict):
+            raise FiguresError(f"{path}: row {row_id} has an invalid 'homeserver'")
+    found = data.get("as_of")
+    return Results(rows, found if isinstance(found, dict) else None)
+
+
+def load_rows(path: Path) -> dict[str, dict[str, Any]]:
+    return load(path).rows
+
+
+def save(path: Path, results: Results) -> None:
+    data: dict[str, Any] = {"rows": dict(sorted(results.rows.items()))}
+    if results.as_of is not None:
+        data["as_of"] = results.as_of
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+# -- the document ----------------------------------------------------------------------
 
 
 def _cell(text: object) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _kinds(by_kind: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in by_kind.items())
+def _pairs(by_kind: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k} {f'{v:.3g}' if isinstance(v, float) else v}" for k, v in by_kind.items())
 
 
-def _measured(measured: Mapping[str, Any]) -> str:
-    parts = []
-    for key, value in measured.items():
-        shown = f"{value:.3g}" if isinstance(value, float) else str(value)
-        parts.append(f"{key} {shown}")
-    return ", ".join(parts)
+def _since(row_id: str, status: Mapping[str, Any] | None) -> str:
+    if status is None:
+        return "not checked"
+    return {"unchanged": "no", "changed": "**yes**"}.get(str(status["rows"].get(row_id)), "unknown")
 
 
-def render_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
+def _summary(rows: Mapping[str, Mapping[str, Any]], status: Mapping[str, Any] | None) -> str:
+    tried = sum(int(r["tried"]) for r in rows.values())
+    server = sum(sum((r.get("homeserver") or {}).values()) for r in rows.values())
+    dates = sorted({str(r.get("date", "?")) for r in rows.values()})
+    text = (
+        f"**{tried}** attempts the bot withstood, over {len(rows)} rows (recorded "
+        f"{', '.join(dates)}); every one held, since a row is written only when its "
+        "suite passed (a failing suite writes nothing and fails). Apart from those, "
+        f'**{server}** held by the homeserver, not the bot (the column "the '
+        "homeserver's\")."
+    )
+    if status is None:
+        return text + " Whether bot/ changed since each row: not checked (no git)."
+    changed = [k for k, v in status["rows"].items() if v != "unchanged"]
+    return text + (
+        f" Checked at commit {status['commit']} (bot/ last changed in "
+        f"{status['bot_last_changed']}): {len(rows) - len(changed)} rows recorded on that "
+        f"code, {len(changed)} on older or unknown code."
+    )
+
+
+def render_table(
+    rows: Mapping[str, Mapping[str, Any]], status: Mapping[str, Any] | None = None
+) -> str:
     """The generated block: a summary line, then one table per section."""
     lines = [START, ""]
     if not rows:
         lines += ["No figures recorded yet: run `make figures`.", "", END]
         return "\n".join(lines)
-    tried = sum(int(r["tried"]) for r in rows.values())
-    held = sum(int(r["held"]) for r in rows.values())
-    dates = sorted({str(r.get("date", "?")) for r in rows.values()})
-    commits = sorted({str(r.get("commit", "?")) for r in rows.values()})
-    lines.append(
-        f"**{held} of {tried}** attempts held, over {len(rows)} rows "
-        f"(recorded {', '.join(dates)}; commits {', '.join(commits)})."
-    )
+    lines.append(_summary(rows, status))
     known = [s for s in SECTIONS if any(r["section"] == s for r in rows.values())]
     other = sorted({str(r["section"]) for r in rows.values()} - set(SECTIONS))
     for section in [*known, *other]:
@@ -86,28 +232,31 @@ def render_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
             "",
             f"### {section}",
             "",
-            "| what was tried | tried | held | broke | detail | reproduce |",
-            "| --- | ---: | ---: | ---: | --- | --- |",
+            "| what was tried | tried | the homeserver's | detail | recorded | bot/ changed "
+            "since | reproduce |",
+            "| --- | ---: | --- | --- | --- | --- | --- |",
         ]
-        for _, r in mine:
+        for row_id, r in mine:
             detail = "; ".join(
-                x
-                for x in (_kinds(r.get("by_kind") or {}), _measured(r.get("measured") or {}))
-                if x
+                x for x in (_pairs(r.get("by_kind") or {}), _pairs(r.get("measured") or {})) if x
             )
             unit = f" {r['unit']}" if r.get("unit") else ""
+            recorded = f"{r.get('date', '?')}, {r.get('commit', '?')}"
             lines.append(
-                f"| {_cell(r['what'])} | {r['tried']}{_cell(unit)} | {r['held']} | "
-                f"{int(r['tried']) - int(r['held'])} | {_cell(detail) or '-'} | "
+                f"| {_cell(r['what'])} | {r['tried']}{_cell(unit)} | "
+                f"{_cell(_pairs(r.get('homeserver') or {})) or '-'} | {_cell(detail) or '-'} | "
+                f"{_cell(recorded)} | {_since(row_id, status)} | "
                 f"`{_cell(r.get('command', '-'))}` |"
             )
     lines += ["", END]
     return "\n".join(lines)
 
 
-def regenerate(doc: str, rows: Mapping[str, Mapping[str, Any]]) -> str:
+def regenerate(
+    doc: str, rows: Mapping[str, Mapping[str, Any]], status: Mapping[str, Any] | None = None
+) -> str:
     """``doc`` with its generated block replaced (appended if it has none)."""
-    block = render_table(rows)
+    block = render_table(rows, status)
     start = doc.find("<!-- figures:start")
     end = doc.find(END)
     if start == -1 or end == -1 or end < start:
@@ -115,35 +264,82 @@ def regenerate(doc: str, rows: Mapping[str, Mapping[str, Any]]) -> str:
     return doc[:start] + block + doc[end + len(END) :]
 
 
+def stale_rows(repo: Path, rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One line per row not recorded on bot/ as it is at HEAD (raises GitUnavailable)."""
+    fingerprint = bot_fingerprint(repo)
+    last = bot_last_change(repo)
+    out = []
+    for row_id, row in sorted(rows.items()):
+        state = row_status(repo, row, fingerprint)
+        if state == "unchanged":
+            continue
+        why = {
+            "changed": f"bot/ has changed since (last change {last})",
+            "unknown": "cannot tell which code it was recorded on (uncommitted changes, or a "
+            "commit no longer in this repository)",
+        }[state]
+        out.append(f"{row_id}: recorded {row.get('date', '?')} at {row.get('commit', '?')}: {why}")
+    return out
+
+
+def _check(args: argparse.Namespace, results: Results, doc: str) -> int:
+    code = 0
+    if regenerate(doc, results.rows, results.as_of) != doc:
+        print(f"{args.doc} is not current: run python -m bot.devtools.reliability", file=sys.stderr)
+        code = 1
+    try:
+        stale = stale_rows(args.repo, results.rows)
+    except GitUnavailable as err:
+        print(
+            f"cannot tell whether the rows are current: {err}. Run --check in a git "
+            "checkout of Blossom with git installed.",
+            file=sys.stderr,
+        )
+        return 2
+    for line in stale:
+        print(f"stale: {line}", file=sys.stderr)
+    if stale:
+        print(f"{len(stale)} rows to re-record: make figures", file=sys.stderr)
+        code = 1
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bot.devtools.reliability", description=__doc__)
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
     parser.add_argument("--doc", type=Path, default=DEFAULT_DOC)
+    parser.add_argument("--repo", type=Path, default=Path("."), help="the git checkout (.)")
     parser.add_argument(
-        "--check", action="store_true", help="exit 1 if the document is not current"
+        "--check",
+        action="store_true",
+        help="exit 1 if the document is not current or a row predates bot/'s last change",
     )
     args = parser.parse_args(argv)
     try:
-        rows = load_rows(args.results)
+        results = load(args.results)
         try:
             doc = args.doc.read_text(encoding="utf-8")
         except FileNotFoundError:
             doc = "# Reliability\n"
-        new = regenerate(doc, rows)
     except (FiguresError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.check:
-        if new != doc:
-            print(
-                f"{args.doc} is not current: run python -m bot.devtools.reliability",
-                file=sys.stderr,
-            )
-            return 1
-        return 0
-    args.doc.parent.mkdir(parents=True, exist_ok=True)
-    args.doc.write_text(new, encoding="utf-8")
-    print(f"wrote {args.doc}: {len(rows)} rows")
+        return _check(args, results, doc)
+    try:
+        results.as_of = as_of(args.repo, results.rows)
+    except GitUnavailable as err:
+        print(f"note: not checking which rows are current ({err})", file=sys.stderr)
+        results.as_of = None
+    try:
+        if results.rows:
+            save(args.results, results)
+        args.doc.parent.mkdir(parents=True, exist_ok=True)
+        args.doc.write_text(regenerate(doc, results.rows, results.as_of), encoding="utf-8")
+    except OSError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.doc}: {len(results.rows)} rows")
     return 0
 
 
