@@ -993,7 +993,12 @@ async def test_clock_jumps_forward_and_back_between_arming_and_release(
                     read = clock.reading_at(e.server_timestamp / 1000)
                     late[f"{room}/{stage}"] = (read - instants[stage]).total_seconds()
         print(f"lateness by the bot's clock: {sorted(late.values())}", flush=True)
-        assert all(0 <= s < 1.5 for s in late.values()), late
+        # Within a second, as docs/reliability.md says: the forward jump comes seconds
+        # before the timer it pulls in (timers are re-timed every second), and a timer
+        # that fires early after a backward jump waits for the instant on the clock. So
+        # each release starts when the clock reads its instant; what is left is the
+        # homeserver's time for four requests (tens of ms).
+        assert all(0 <= s < 1.0 for s in late.values()), late
         bodies = await control_bodies(env)
         for stage in ("one", "two"):
             summary = summary_of(bodies, "clk", stage)
@@ -1004,7 +1009,6 @@ async def test_clock_jumps_forward_and_back_between_arming_and_release(
         what="The bot's clock jumps +6 s after arming, -6 s after the first stage, -3 s just "
         "before the second's timer: each stage released once, at its instant by that clock",
         tried=3,
-        held=3,
         unit="clock jumps",
         command=f"{CMD}clock",
         by_kind={"forward": 1, "back": 2},

@@ -5,6 +5,7 @@ due, and someone impersonating the bot."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 import time
 from collections import Counter
@@ -237,7 +238,9 @@ async def test_non_core_member_power_games_and_lookalike_rooms(
         assert all(rooms.get(r) != "joined" for r in lookalikes), rooms
         assert with_content_key(await room_messages(mod, city), DISPATCH_KEY) == []
 
-        tried = len(sent) + 1 + len(lookalikes)  # the demoted !status is in sent
+        # The bot's part (the demoted !status is in sent); the power-level edit was
+        # the homeserver's to refuse, and is counted apart.
+        tried = len(sent) + len(lookalikes)
         record(
             "hostile/non-core-and-lookalikes",
             section="Hostile users",
@@ -247,12 +250,11 @@ async def test_non_core_member_power_games_and_lookalike_rooms(
             "from lookalike rooms (names, aliases with a digit 1 and a Cyrillic o): "
             "all refused and audited, nothing changed",
             tried=tried,
-            held=tried,
             unit="actions",
             command=".venv/bin/pytest -q tests/test_hostile.py -k non_core",
+            homeserver={"power-level edit refused": 1},
             by_kind={
                 "control commands (one after a demotion)": len(sent),
-                "power level edit": 1,
                 "lookalike invites": len(lookalikes),
             },
         )
@@ -260,7 +262,8 @@ async def test_non_core_member_power_games_and_lookalike_rooms(
 
 # --- a flood while a stage is due, and an impostor ----------------------------------------
 
-FLOOD_EVENTS = 1000
+FLOOD_EVENTS = 1000  # at least; the flood goes on until FLOOD_PAST_S after the instant
+FLOOD_PAST_S = 1.0
 GO_OFFSET_S = 12
 LATENESS_BOUND_S = 2.0
 
@@ -284,8 +287,11 @@ async def test_flood_while_a_stage_is_due_and_impostor(
         await homeserver.exempt_from_rate_limits(flooder.user_id)
         people = [await clients.participant(await homeserver.register(f"p{i}-{sfx}"))
                   for i in range(3)]
+        # Bait: people whose only act is a reaction to the forged stage.
+        baited = [await clients.participant(await homeserver.register(f"bait{i}-{sfx}"))
+                  for i in range(2)]
         impostor = await clients.participant(await homeserver.register(f"imp-{sfx}"))
-        for client in (flooder, *people, impostor):
+        for client in (flooder, *people, *baited, impostor):
             await mod.room_invite(city, client.user_id)
             await join(client, city)
 
@@ -305,10 +311,21 @@ async def test_flood_while_a_stage_is_due_and_impostor(
                            "part": "text"},
         })
         assert isinstance(forged, RoomSendResponse), forged
+        # Reacting to the forged message is no check-in. These come before the three
+        # check-ins below in the room's timeline, which the bot reads in order: once
+        # those are counted, the bot has seen these too.
+        for b in baited:
+            resp = await b.room_send(city, "m.reaction", {"m.relates_to": {
+                "rel_type": "m.annotation", "event_id": forged.event_id, "key": "👍"}})
+            assert isinstance(resp, RoomSendResponse), resp
 
         # 1,000 events from one participant: chatter, !here over and over, reactions to
         # the stage (each with its own key, as the homeserver refuses repeats), and
-        # reactions to the forged message; three others check in once, mid-flood.
+        # reactions to the forged message; three others check in once, mid-flood. The
+        # flood goes on until past the go stage's instant, however fast the machine.
+        go_instant = start.timestamp() + GO_OFFSET_S
+        flood_ids: list[str] = []  # in the order the homeserver answered
+
         async def one(i: int) -> None:
             if i % 4 == 0:
                 content: dict[str, Any] = {"m.relates_to": {
@@ -325,15 +342,16 @@ async def test_flood_while_a_stage_is_due_and_impostor(
                 resp = await flooder.room_send(city, "m.room.message",
                                                {"msgtype": "m.text", "body": f"spam {i} " * 20})
             assert isinstance(resp, RoomSendResponse), resp
+            flood_ids.append(resp.event_id)
 
-        slots = asyncio.Semaphore(16)
+        numbers = itertools.count()
 
-        async def limited(i: int) -> None:
-            async with slots:
+        async def worker() -> None:  # 16 of them: 16 requests in flight
+            while (i := next(numbers)) < FLOOD_EVENTS or time.time() < go_instant + FLOOD_PAST_S:
                 await one(i)
 
         flood_started = time.monotonic()
-        flood = asyncio.gather(*(limited(i) for i in range(FLOOD_EVENTS)))
+        flood = asyncio.gather(*(worker() for _ in range(16)))
         await asyncio.sleep(0.5)
         for p in people:
             await send_text(p, city, "!here")
@@ -362,6 +380,14 @@ async def test_flood_while_a_stage_is_due_and_impostor(
               f"in {command_latency:.2f} s mid-flood")
         assert -0.05 <= lateness < LATENESS_BOUND_S, lateness
         assert flood_seconds > GO_OFFSET_S - 4, "the stage was not due during the flood"
+        # The flood demonstrably overlaps the instant, by the homeserver's own stamps.
+        stamps = []
+        for event_id in (flood_ids[0], flood_ids[-1]):
+            got = await mod.room_get_event(city, event_id)
+            stamps.append(got.event.server_timestamp / 1000)
+        assert stamps[0] < go_instant < stamps[1], (stamps, go_instant)
+        flood_events = len(flood_ids)
+        assert flood_events >= FLOOD_EVENTS
 
         # Check-ins: once per person per stage, the three mid-flood ones included.
         def rows() -> list[tuple[str, str]]:
@@ -382,6 +408,8 @@ async def test_flood_while_a_stage_is_due_and_impostor(
             assert per_user[p.user_id] == 1, found
         assert 1 <= per_user[flooder.user_id] <= 2, found  # call, and go once released
         assert impostor.user_id not in per_user and mod.user_id not in per_user, found
+        for b in baited:  # a bot that counted any reaction would have them
+            assert b.user_id not in per_user, found
 
         # The bot's own messages carry the dispatch key and come from its user id; the
         # impostor's forged one carries the key too, but not the bot's id.
@@ -395,17 +423,18 @@ async def test_flood_while_a_stage_is_due_and_impostor(
         record(
             "hostile/flood",
             section="Hostile users",
-            what=f"A participant flooding a city room with {FLOOD_EVENTS} messages and "
-            "reactions while a stage is due: the stage released on time, check-ins once "
-            "per person",
-            tried=FLOOD_EVENTS,
-            held=FLOOD_EVENTS,
+            what=f"A participant flooding a city room with {flood_events} messages and "
+            "reactions, from before a stage's instant until after it: the stage released "
+            "on time, check-ins once per person",
+            tried=flood_events,
             unit="events",
             command=".venv/bin/pytest -q -s tests/test_hostile.py -k flood",
             measured={
                 "stage lateness ms": round(lateness * 1000),
                 "bound ms": int(LATENESS_BOUND_S * 1000),
                 "flood seconds": round(flood_seconds, 1),
+                "flood from s before the instant": round(go_instant - stamps[0], 1),
+                "flood until s after": round(stamps[1] - go_instant, 1),
                 "!status reply mid-flood s": round(command_latency, 2),
                 "check-in rows": len(found),
             },
@@ -414,10 +443,13 @@ async def test_flood_while_a_stage_is_due_and_impostor(
             "hostile/impostor",
             section="Hostile users",
             what="An impostor with the bot's display name posting a forged stage with the "
-            "dispatch key: told apart by sender id; reactions to it are no check-in",
-            tried=1 + len(people),
-            held=1 + len(people),
-            unit="actions",
+            "dispatch key: reactions to it are no check-in (from people who never checked "
+            "in, and from people who had)",
+            tried=len(baited) + len(people),
+            unit="reactions",
             command=".venv/bin/pytest -q -s tests/test_hostile.py -k flood",
+            homeserver={"forged stage told apart by the sender the server set": 1},
+            by_kind={"from people who never checked in": len(baited),
+                     "from people already checked in": len(people)},
         )
         await sync_until(mod, lambda: True)
