@@ -45,7 +45,7 @@ catalog: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/blossom demo
 
-# The whole benchmark (about an hour on 2 cores; run it on a quiet machine), written to
+# The whole benchmark (about 80 min on 2 cores; run it on a quiet machine), written to
 # benchmarks/results/latest.json, then docs/performance.md and the README's headline
 # regenerated from that file. BENCH_ARGS passes flags (see --help).
 bench: $(STAMP)

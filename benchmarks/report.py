@@ -87,7 +87,7 @@ def throughput_table(results: Sequence[Mapping[str, Any]]) -> str:
             [
                 str(r["rooms"]),
                 str(r["throughput_ratio"]["n"]),
-                f"{_sp(r['ceiling_msgs_per_s'], '.1f')} ({r['ceiling_concurrency']})",
+                f"{_sp(r['ceiling_msgs_per_s'], '.1f')} at {r['ceiling_concurrency']}",
                 _sp(r["blossom_msgs_per_s"], ".1f"),
                 _sp(r["throughput_ratio"], pct=True),
                 _pct(r["throughput_ratio_of_medians"]),
@@ -101,7 +101,7 @@ def throughput_table(results: Sequence[Mapping[str, Any]]) -> str:
         [
             "rooms",
             "pairs",
-            "ceiling msg/s (in flight)",
+            "ceiling msg/s at its best in flight",
             "Blossom msg/s",
             "Blossom / ceiling, per pair",
             "ratio of medians",
@@ -211,7 +211,7 @@ def in_flight_table(t: Mapping[str, Any]) -> str:
     ]
     return (
         f"{t['rooms']} rooms, the `!abort` typed {t['abort_after_s']:g} s after the instant; "
-        f"{t['repeats']} repeats per level, median (range); abort times from the command's "
+        f"repeats per level: {t['repeats']}; median (range); abort times from the command's "
         "server stamp.\n\n"
         + _table(
             [

@@ -105,7 +105,7 @@ def test_targets_are_judged_per_size_from_the_pairs() -> None:
 def test_the_doc_block_shows_every_pair_and_the_verdicts(tmp_path: Path) -> None:
     rep = _report()
     text = bench_report.render(rep)
-    assert "| 1000 | 5 | 60.0 (64) | 57.0 (50.0–66.0) | 95% (83%–110%) | 95% |" in text
+    assert "| 1000 | 5 | 60.0 at 64 | 57.0 (50.0–66.0) | 95% (83%–110%) | 95% |" in text
     assert "Blossom / ceiling per pair 83%, 110%, 95%, 107%, 87%" in text
     assert "| 1000 | last reply | 16667 | 17544 (15152–20000) | 1.05 (0.91–1.20) | 1.05 |" in text
     assert "**within the noise**" in text and "**met**" in text
