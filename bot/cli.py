@@ -11,7 +11,7 @@ from rich.console import Console
 
 from bot import __version__
 from bot.clock import SystemClock
-from bot.scenario import ScenarioError, load_scenario_file
+from bot.scenario import Scenario, ScenarioError, load_scenario_file
 from bot.scenario.plan import build_plan, plan_json, plan_table
 from bot.scenario.schema import schema_json
 from bot.scenario.validate import validate_paths
@@ -44,6 +44,8 @@ def validate(ctx: click.Context, files: tuple[Path, ...]) -> None:
     show_default=True,
 )
 @click.option("--city", "city_id", metavar="ID", help="Only this city's dispatches.")
+@click.option("--pod", "pod_id", metavar="ID", help="Only this pod's dispatches (POD or CITY/POD).")
+@click.option("--role", "role_id", metavar="ID", help="Only what people with this role get.")
 @click.option("--reveal", is_flag=True, help="Show stage text and places (secret until release).")
 @click.option(
     "--svg",
@@ -63,6 +65,8 @@ def plan(
     file: Path,
     output_format: str,
     city_id: str | None,
+    pod_id: str | None,
+    role_id: str | None,
     reveal: bool,
     svg_out: Path | None,
     html_out: Path | None,
@@ -80,22 +84,37 @@ def plan(
     if city_id is not None and city_id not in {c.id for c in scenario.cities}:
         known = ", ".join(c.id for c in scenario.cities)
         raise click.BadParameter(f"no city '{city_id}' (cities: {known})", param_hint="--city")
+    _check_pod_role(scenario, pod_id, role_id)
     if svg_out is not None or html_out is not None:
         from bot.scenario.svg import plan_html, plan_svg
 
         for out, render in ((svg_out, plan_svg), (html_out, plan_html)):
             if out is not None:
-                out.write_text(render(scenario, city=city_id, reveal=reveal), encoding="utf-8")
+                text = render(scenario, city=city_id, reveal=reveal, pod=pod_id, role=role_id)
+                out.write_text(text, encoding="utf-8")
                 click.echo(f"wrote {out}" + (" (content REVEALED)" if reveal else ""))
         return
-    rows = build_plan(scenario, SystemClock().now(), city=city_id, reveal=reveal)
+    now = SystemClock().now()
+    rows = build_plan(scenario, now, city=city_id, reveal=reveal, pod=pod_id, role=role_id)
     if output_format == "json":
-        click.echo(json.dumps(plan_json(rows, reveal=reveal), indent=2, ensure_ascii=False))
+        items = plan_json(rows, reveal=reveal, scenario=scenario)
+        click.echo(json.dumps(items, indent=2, ensure_ascii=False))
         return
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)  # piped: do not squeeze the table into 80 columns
     console.print(plan_table(scenario, rows, reveal=reveal))
+
+
+def _check_pod_role(scenario: Scenario, pod_id: str | None, role_id: str | None) -> None:
+    if pod_id is not None:
+        known = [f"{c.id}/{p.id}" for c in scenario.cities for p in c.pods or ()]
+        if not any(pod_id in (name, name.split("/")[1]) for name in known):
+            listed = ", ".join(known) or "the scenario has no pods"
+            raise click.BadParameter(f"no pod '{pod_id}' ({listed})", param_hint="--pod")
+    if role_id is not None and role_id not in scenario.role_ids:
+        listed = ", ".join(scenario.role_ids) or "the scenario declares no roles"
+        raise click.BadParameter(f"no role '{role_id}' ({listed})", param_hint="--role")
 
 
 @main.command()

@@ -99,15 +99,29 @@ def content_length(content: Mapping[str, Any], event_type: str = "m.room.message
     return max(canonical_json_length(content), encrypted)
 
 
-def _tag(scenario_id: str, city_id: str, stage_id: str, part: str) -> dict[str, str]:
-    # The dispatch tag's fields (bot.ledger.DeliveryKey.content_tag) plus the run's id.
-    return {
+def _tag(
+    scenario_id: str,
+    city_id: str,
+    stage_id: str,
+    part: str,
+    pod: str | None = None,
+    variant: str | None = None,
+) -> dict[str, str]:
+    # The dispatch tag's fields (bot.ledger.DeliveryKey.content_tag) plus the run's
+    # id; a pod's or role variant's dispatch also names them (the ledger is per
+    # pod and role variant, see bot.scenario.timeline.Dispatch.lane/unit).
+    tag = {
         "scenario": scenario_id,
         "city": city_id,
         "stage": stage_id,
         "part": part,
         "run": "$" * RUN_ID_BOUND,
     }
+    if pod is not None:
+        tag["pod"] = pod
+    if variant is not None:
+        tag["variant"] = variant
+    return tag
 
 
 def _text_content(body: str, formatted: str, tag: dict[str, str]) -> dict[str, Any]:
@@ -144,6 +158,8 @@ def text_size(
     stage_id: str,
     *,
     time_placeholders: int = 0,
+    pod: str | None = None,
+    variant: str | None = None,
 ) -> int:
     """The content length (see :func:`content_length`) of a stage's text message.
 
@@ -156,15 +172,23 @@ def text_size(
     content = _text_content(
         f"{label}\n{body}{seconds}",
         f"<b>{to_html(label)}</b><br/>{html}{seconds}",
-        _tag(scenario_id, city_id, stage_id, "text"),
+        _tag(scenario_id, city_id, stage_id, "text", pod, variant),
     )
     return content_length(content)
 
 
-def location_size(location: Location, scenario_id: str, city_id: str, stage_id: str) -> int:
+def location_size(
+    location: Location,
+    scenario_id: str,
+    city_id: str,
+    stage_id: str,
+    *,
+    pod: str | None = None,
+    variant: str | None = None,
+) -> int:
     """The content length of a stage's map pin, in the drill form (the larger)."""
     label = f"{DRILL_PREFIX}{location.name}"
-    tag = _tag(scenario_id, city_id, stage_id, "location")
+    tag = _tag(scenario_id, city_id, stage_id, "location", pod, variant)
     return content_length(_location_content(location, label, tag))
 
 
@@ -176,6 +200,8 @@ def stage_sizes(
     stage_id: str,
     *,
     time_placeholders: int = 0,
+    pod: str | None = None,
+    variant: str | None = None,
 ) -> dict[str, int]:
     """:func:`text_size` and :func:`location_size` of a rendered stage, by part name
     (``text``, and ``location`` when the stage has a pin). For the run manager to
@@ -189,21 +215,31 @@ def stage_sizes(
             city_id,
             stage_id,
             time_placeholders=time_placeholders,
+            pod=pod,
+            variant=variant,
         )
     }
     if rendered.location is not None:
-        sizes["location"] = location_size(rendered.location, scenario_id, city_id, stage_id)
+        sizes["location"] = location_size(
+            rendered.location, scenario_id, city_id, stage_id, pod=pod, variant=variant
+        )
     return sizes
 
 
 def abort_size(
-    body: str, scenario_id: str, city_name: str, city_id: str, *, time_placeholders: int = 0
+    body: str,
+    scenario_id: str,
+    city_name: str,
+    city_id: str,
+    *,
+    time_placeholders: int = 0,
+    pod: str | None = None,
 ) -> int:
     """The content length of the stop message ``body`` (as the run manager sends an
     abort: bold HTML, a label line in a drill)."""
     body = f"{DRILL_PREFIX}{scenario_id} · {city_name}\n{body}" + "0" * (3 * time_placeholders)
     content = _text_content(
-        body, f"<b>{to_html(body)}</b>", _tag(scenario_id, city_id, "!abort", "text")
+        body, f"<b>{to_html(body)}</b>", _tag(scenario_id, city_id, "!abort", "text", pod)
     )
     return content_length(content)
 

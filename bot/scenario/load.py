@@ -17,7 +17,18 @@ from pydantic_core import ErrorDetails
 from bot.scenario import semantics
 from bot.scenario.diagnostics import Diagnostic, ScenarioError
 from bot.scenario.fields import ERROR_TYPE
-from bot.scenario.model import City, Failover, Gate, LatePolicy, Place, Scenario, Stage
+from bot.scenario.model import (
+    City,
+    Failover,
+    Gate,
+    LatePolicy,
+    Place,
+    Pod,
+    Role,
+    RoomEntry,
+    Scenario,
+    Stage,
+)
 from bot.scenario.source import Document, SourceError, compose
 from bot.scenario.source import Path as DataPath
 
@@ -184,7 +195,13 @@ def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
             model = Stage
         elif model is Scenario and segment == "failover":
             model = Failover
-        elif model is City and segment == "places":
+        elif model is Scenario and segment == "roles":
+            model = Role
+        elif model is City and segment == "pods":
+            model = Pod
+        elif model in (City, Pod) and segment == "rooms":
+            model = RoomEntry
+        elif model in (City, Pod) and segment == "places":
             model = Place
             next(segments, None)  # the place's own key
         elif model is Stage and segment == "require":

@@ -17,10 +17,12 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     PlainValidator,
     StrictBool,
     StrictInt,
+    Tag,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
@@ -103,6 +105,81 @@ def _inject_place_ids(value: Any) -> Any:
     }
 
 
+class RoomEntry(BaseModel):
+    """A listed room with a role: ``{room: "!sup:example.org", role: support}``."""
+
+    model_config = _CONFIG
+
+    room: RoomId
+    role: Slug
+
+
+def _room_kind(value: Any) -> str:
+    # Anything but a mapping is read as a room id, so that ``rooms: [5]`` still
+    # says "expected a string" as it did before rooms could carry a role.
+    return "<mapping>" if isinstance(value, dict) else "<string>"
+
+
+RoomRef = Annotated[
+    Annotated[RoomId, Tag("<string>")] | Annotated[RoomEntry, Tag("<mapping>")],
+    Discriminator(_room_kind),
+]
+"""A room id or alias, or a room with a role."""
+
+Places = Annotated[dict[PlaceId, Place], BeforeValidator(_inject_place_ids)]
+
+
+def _room_ids(entries: tuple[str | RoomEntry, ...]) -> tuple[str, ...]:
+    return tuple(e.room if isinstance(e, RoomEntry) else e for e in entries)
+
+
+def _room_roles(entries: tuple[str | RoomEntry, ...]) -> dict[str, str]:
+    return {e.room: e.role for e in entries if isinstance(e, RoomEntry)}
+
+
+def _check_place_keys(value: dict[str, Place]) -> dict[str, Place]:
+    for key, place in value.items():
+        if place.id != key:
+            raise fail(f"place '{key}' has id '{place.id}'; a place's id is its key")
+    return value
+
+
+class Pod(BaseModel):
+    """A small group of a city with places of its own (docs/organisers.md, "Pods").
+
+    Pods share their city's time zone, T0 and stages; a pod's ``places`` override
+    the city's places of the same id for that pod only.
+    """
+
+    model_config = _CONFIG
+
+    id: Slug
+    name: NonBlank | None = None
+    # In the file: ``rooms``. ``rooms`` (the property) gives the room ids.
+    room_entries: tuple[RoomRef, ...] = Field(default=(), alias="rooms")
+    capacity: StrictInt | None = Field(default=None, ge=1)
+    """Most private participants the bot assigns to this pod; None: no limit."""
+    places: Places = Field(default_factory=dict)
+
+    @property
+    def rooms(self) -> tuple[str, ...]:
+        return _room_ids(self.room_entries)
+
+    @property
+    def room_roles(self) -> dict[str, str]:
+        """Room id → role, for the rooms listed with one."""
+        return _room_roles(self.room_entries)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.id
+
+    @field_validator("places")
+    @classmethod
+    def _ids_match_keys(cls, value: dict[str, Place]) -> dict[str, Place]:
+        return _check_place_keys(value)
+
+
 class City(BaseModel):
     """One city: where its stages go (rooms) and how its clock reads."""
 
@@ -112,11 +189,16 @@ class City(BaseModel):
     name: NonBlank
     # Field order matters: ``start`` is checked against an already valid ``timezone``.
     timezone: TimeZoneName
-    rooms: tuple[RoomId, ...] = Field(min_length=1)
-    start: LocalTime | None = None
-    places: Annotated[dict[PlaceId, Place], BeforeValidator(_inject_place_ids)] = Field(
-        default_factory=dict
+    # Before ``rooms``: whether a city needs rooms of its own depends on it.
+    pods: Annotated[tuple[Pod, ...], Field(min_length=1)] | None = None
+    # In the file: ``rooms``, at least one unless the city has pods (then every
+    # room belongs to a pod; bot.scenario.semantics_pods). ``rooms`` (the
+    # property) gives the room ids, as every caller before roles expected.
+    room_entries: tuple[RoomRef, ...] | None = Field(
+        default=None, alias="rooms", validate_default=True
     )
+    start: LocalTime | None = None
+    places: Places = Field(default_factory=dict)
     direct: StrictBool = False
     direct_limit: StrictInt | None = Field(default=None, ge=1)
     # Which crew member serves this city's rooms, most preferred first
@@ -128,6 +210,42 @@ class City(BaseModel):
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @property
+    def rooms(self) -> tuple[str, ...]:
+        """The city's own rooms (never a pod's: those are ``pod.rooms``)."""
+        return _room_ids(self.room_entries or ())
+
+    @property
+    def room_roles(self) -> dict[str, str]:
+        """Room id → role, for the city's own rooms listed with one."""
+        return _room_roles(self.room_entries or ())
+
+    @property
+    def all_pods(self) -> tuple[Pod, ...]:
+        """The city's pods; () when it has none."""
+        return self.pods or ()
+
+    def pod(self, pod_id: str) -> Pod:
+        """The pod with this id; ``KeyError`` if there is none."""
+        for pod in self.all_pods:
+            if pod.id == pod_id:
+                return pod
+        raise KeyError(pod_id)
+
+    @field_validator("room_entries")
+    @classmethod
+    def _rooms_without_pods(
+        cls, value: tuple[str | RoomEntry, ...] | None, info: ValidationInfo
+    ) -> tuple[str | RoomEntry, ...] | None:
+        # The messages pydantic gave when ``rooms`` was simply required.
+        if "pods" not in info.data or info.data["pods"] is not None:
+            return value  # pods given (or invalid, and reported there)
+        if value is None:
+            raise fail("missing required key 'rooms'")
+        if not value:
+            raise fail("needs at least 1 item")
+        return value
 
     @field_validator("start")
     @classmethod
@@ -143,10 +261,7 @@ class City(BaseModel):
     @field_validator("places")
     @classmethod
     def _ids_match_keys(cls, value: dict[str, Place]) -> dict[str, Place]:
-        for key, place in value.items():
-            if place.id != key:
-                raise fail(f"place '{key}' has id '{place.id}'; a place's id is its key")
-        return value
+        return _check_place_keys(value)
 
 
 def wall_clock_problem(local: datetime, zone: ZoneInfo) -> str | None:
@@ -171,6 +286,10 @@ class Gate(BaseModel):
 
     checkins: StrictInt = Field(ge=1)
     otherwise: Literal["hold", "skip", "abort"] = Field(default="hold", alias="else")
+    # ``per: pod``: each pod of the city is gated on its own count; None: the city.
+    per: Literal["pod"] | None = None
+    # Count only the check-ins of people (and rooms) with this role; None: everyone.
+    role: Slug | None = None
 
 
 class LatePolicy(BaseModel):
@@ -219,6 +338,8 @@ class Stage(BaseModel):
     place: Slug | None = None
     require: Gate | None = None
     late: Late = LatePolicy()
+    # Only people and rooms with one of these roles get the stage; None: everyone.
+    roles: Annotated[tuple[Slug, ...], Field(min_length=1)] | None = None
 
 
 MIN_GRACE = timedelta(seconds=2)
@@ -251,6 +372,17 @@ def _check_version(value: Any) -> int:
     return FORMAT_VERSION
 
 
+class Role(BaseModel):
+    """A way to take part (in the action, nearby support, from home, ...)."""
+
+    model_config = _CONFIG
+
+    id: Slug
+    name: NonBlank
+    about: NonBlank | None = None
+    """What the role involves, in the participant's words (``!role`` lists it)."""
+
+
 class Scenario(BaseModel):
     """A whole scenario file."""
 
@@ -265,6 +397,7 @@ class Scenario(BaseModel):
     cities: tuple[City, ...] = Field(min_length=1)
     stages: tuple[Stage, ...] = Field(min_length=1)
     abort_text: NonBlank | None = None
+    roles: Annotated[tuple[Role, ...], Field(min_length=1)] | None = None
     failover: Failover = Field(
         default_factory=Failover, json_schema_extra={"default": {"grace": "20s"}}
     )
@@ -282,3 +415,8 @@ class Scenario(BaseModel):
             if stage.id == stage_id:
                 return stage
         raise KeyError(stage_id)
+
+    @property
+    def role_ids(self) -> tuple[str, ...]:
+        """The declared roles' ids, in file order; () without roles."""
+        return tuple(role.id for role in self.roles or ())

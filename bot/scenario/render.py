@@ -14,7 +14,8 @@ from datetime import timedelta
 
 from bot.i18n import bidi
 from bot.i18n.tags import LanguageError, parse_language, text_direction
-from bot.scenario.model import City, Place, Scenario, Stage
+from bot.scenario.audience import text_key
+from bot.scenario.model import City, Place, Pod, Scenario, Stage
 from bot.scenario.templates import Placeholder, describe, parse_template
 from bot.scenario.timeline import city_t0
 
@@ -41,14 +42,14 @@ class RenderedStage:
     """Present when the stage has a place and that place has geo."""
 
 
-def stage_template(stage: Stage, city: City) -> str:
-    """The template ``stage`` uses in ``city``: its own entry, else ``default``."""
+def stage_template(stage: Stage, city: City, role: str | None = None) -> str:
+    """The template ``stage`` uses in ``city`` for ``role`` (see :func:`text_key`)."""
     if isinstance(stage.text, str):
         return stage.text
-    template = stage.text.get(city.id, stage.text.get("default"))
-    if template is None:
+    key = text_key(stage, city, role)
+    if key is None:
         raise RenderError(f"stage '{stage.id}' has no text for city '{city.id}'")
-    return template
+    return stage.text[key]
 
 
 def _local_time(scenario: Scenario, city: City, offset: timedelta, delay: timedelta) -> str:
@@ -56,16 +57,31 @@ def _local_time(scenario: Scenario, city: City, offset: timedelta, delay: timede
     return local.strftime("%H:%M:%S" if local.second else "%H:%M")
 
 
-def _lookup(city: City, overrides: Mapping[str, Place] | None, place_id: str) -> Place | None:
+def _lookup(
+    city: City, pod: Pod | None, overrides: Mapping[str, Place] | None, place_id: str
+) -> Place | None:
+    # A redirect, then the pod's own place, then the city's: never another pod's.
     if overrides and place_id in overrides:
         return overrides[place_id]
+    if pod is not None and place_id in pod.places:
+        return pod.places[place_id]
     return city.places.get(place_id)
+
+
+def effective_places(city: City, pod: Pod | None = None) -> dict[str, Place]:
+    """The places a pod's people can learn: the city's, overridden by the pod's own."""
+    return {**city.places, **(pod.places if pod is not None else {})}
+
+
+def _where(city: City, pod: Pod | None) -> str:
+    return f"city '{city.id}'" if pod is None else f"pod '{pod.id}' of city '{city.id}'"
 
 
 def _substitute(
     placeholder: Placeholder,
     scenario: Scenario,
     city: City,
+    pod: Pod | None,
     overrides: Mapping[str, Place] | None,
     delay: timedelta,
 ) -> str:
@@ -75,10 +91,10 @@ def _substitute(
         assert placeholder.offset is not None  # set by the parser for this kind
         return _local_time(scenario, city, placeholder.offset, delay)
     assert placeholder.place is not None  # set by the parser for place kinds
-    place = _lookup(city, overrides, placeholder.place)
+    place = _lookup(city, pod, overrides, placeholder.place)
     if place is None:
         raise RenderError(
-            f"{describe(placeholder.name)}: city '{city.id}' has no place '{placeholder.place}'"
+            f"{describe(placeholder.name)}: {_where(city, pod)} has no place '{placeholder.place}'"
         )
     if placeholder.kind == "place":
         return place.name
@@ -86,7 +102,7 @@ def _substitute(
     if value is None:
         raise RenderError(
             f"{describe(placeholder.name)}: place '{placeholder.place}' "
-            f"has no geo in city '{city.id}'"
+            f"has no geo in {_where(city, pod)}"
         )
     return value
 
@@ -98,12 +114,15 @@ def render_template(
     *,
     place_overrides: Mapping[str, Place] | None = None,
     delay: timedelta | None = None,
+    pod: Pod | None = None,
 ) -> str:
-    """Substitute the placeholders of ``template`` for ``city``.
+    """Substitute the placeholders of ``template`` for ``city`` (and ``pod``).
 
-    ``place_overrides`` (place id → Place) take precedence over the city's own
-    places (a redirect). ``delay`` shifts ``{time:...}`` like a delayed city.
-    Raises :class:`RenderError`.
+    Places come from ``place_overrides`` (place id → Place: a redirect of this
+    city, or of this pod), then ``pod``'s own places, then the city's: a pod's
+    text never reads another pod's places. ``delay`` shifts ``{time:...}`` like
+    a delayed city. Raises :class:`RenderError`. For the stop message and a
+    correction of a pod, pass that pod.
     """
     parsed = parse_template(template)
     if parsed.errors:
@@ -113,7 +132,7 @@ def render_template(
         return "".join(
             part
             if isinstance(part, str)
-            else _substitute(part, scenario, city, place_overrides, shift)
+            else _substitute(part, scenario, city, pod, place_overrides, shift)
             for part in parsed.parts
         )
     # A right-to-left city: lines laid out RTL, names and times isolated, commands
@@ -121,7 +140,7 @@ def render_template(
     text = "".join(
         bidi.isolate_commands(part)
         if isinstance(part, str)
-        else bidi.isolate(_substitute(part, scenario, city, place_overrides, shift))
+        else bidi.isolate(_substitute(part, scenario, city, pod, place_overrides, shift))
         for part in parsed.parts
     )
     return bidi.rtl_lines(text)
@@ -158,24 +177,30 @@ def render_stage(
     *,
     place_overrides: Mapping[str, Place] | None = None,
     delay: timedelta | None = None,
+    pod: str | None = None,
+    role: str | None = None,
 ) -> RenderedStage:
-    """Everything the bot sends for ``stage_id`` in ``city_id``.
+    """Everything the bot sends for ``stage_id`` in ``city_id`` — to ``pod``'s
+    rooms and people (its places), reading ``role``'s text (None: no role).
 
-    Raises ``KeyError`` for an unknown city or stage, :class:`RenderError` when
-    the template cannot be rendered (a loaded scenario never causes this unless
-    ``place_overrides`` lack something the text needs).
+    Raises ``KeyError`` for an unknown city, pod or stage, :class:`RenderError`
+    when the template cannot be rendered (a loaded scenario never causes this
+    unless ``place_overrides`` lack something the text needs). Whether ``role``
+    gets the stage at all is :func:`bot.scenario.audience.reaches`.
     """
     city = scenario.city(city_id)
     stage = scenario.stage(stage_id)
+    the_pod = city.pod(pod) if pod is not None else None
     body = render_template(
-        stage_template(stage, city),
+        stage_template(stage, city, role),
         scenario,
         city,
         place_overrides=place_overrides,
         delay=delay,
+        pod=the_pod,
     )
     location = None
     if stage.place is not None:
-        place = _lookup(city, place_overrides, stage.place)
+        place = _lookup(city, the_pod, place_overrides, stage.place)
         location = location_of(place) if place is not None else None
     return RenderedStage(body=body, html=to_html(body), location=location)

@@ -11,16 +11,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from bot.scenario import eventsize
-from bot.scenario.model import City, Scenario, Stage
-from bot.scenario.render import RenderError, location_of, render_template, to_html
+from bot.scenario import eventsize, semantics_pods, semantics_text
+from bot.scenario.audience import lanes
+from bot.scenario.model import City, Pod, Scenario, Stage
+from bot.scenario.render import (
+    RenderError,
+    effective_places,
+    location_of,
+    render_template,
+    to_html,
+)
 from bot.scenario.source import Path
 from bot.scenario.templates import describe, parse_template
 from bot.scenario.timeline import city_t0, stage_instant
 
-# How large a city's rendered event is (bytes of content, see bot.scenario.eventsize),
-# given the rendered body, the city and the number of {time:...} placeholders.
-Measure = Callable[[str, City, int], int]
+Target = tuple[City, Pod | None]
+"""Where a template is rendered: a city without pods, or one pod of a city."""
+
+# How large a target's rendered event is (bytes of content, see bot.scenario.eventsize),
+# given the rendered body, the target and the number of {time:...} placeholders.
+Measure = Callable[[str, Target, int], int]
 
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(9000, 1, 1, tzinfo=UTC)
@@ -43,6 +53,12 @@ def check(scenario: Scenario) -> list[Problem]:
     problems += _check_cities(scenario)
     problems += _check_city_crews(scenario)
     problems += _check_stage_ids(scenario)
+    for check_one in (
+        semantics_pods.check_rooms,
+        semantics_pods.check_pods,
+        semantics_pods.check_roles,
+    ):
+        problems += [Problem(path, message) for path, message in check_one(scenario)]
     out_of_range = _check_range(scenario)
     if out_of_range:
         # Times and templates cannot be computed; the rest would only be noise.
@@ -51,16 +67,17 @@ def check(scenario: Scenario) -> list[Problem]:
         problems += _check_stage(scenario, index, stage)
     if scenario.abort_text is not None:
 
-        def abort_size(body: str, city: City, times: int) -> int:
+        def abort_size(body: str, target: Target, times: int) -> int:
+            city, pod = target
             return eventsize.abort_size(
-                body, scenario.id, city.name, city.id, time_placeholders=times
+                body, scenario.id, city.name, city.id, time_placeholders=times, pod=_id(pod)
             )
 
         problems += _check_template(
             scenario,
             ("abort_text",),
             scenario.abort_text,
-            scenario.cities,
+            all_targets(scenario.cities),
             "abort_text",
             abort_size,
         )
@@ -71,7 +88,6 @@ def check(scenario: Scenario) -> list[Problem]:
 def _check_cities(scenario: Scenario) -> list[Problem]:
     problems: list[Problem] = []
     seen: dict[str, int] = {}
-    room_owner: dict[str, str] = {}
     for index, city in enumerate(scenario.cities):
         if city.id in RESERVED_CITY_IDS:
             problems.append(
@@ -89,17 +105,6 @@ def _check_cities(scenario: Scenario) -> list[Problem]:
             problems.append(
                 Problem(("cities", index, "direct_limit"), "direct_limit needs direct: true")
             )
-        for room_index, room in enumerate(city.rooms):
-            path = ("cities", index, "rooms", room_index)
-            owner = room_owner.get(room)
-            if owner == city.id:
-                problems.append(Problem(path, f"room {room} is listed twice"))
-            elif owner is not None:
-                # One room in two cities would get every stage twice, at two
-                # different times: never what the core group meant.
-                problems.append(Problem(path, f"room {room} is already a room of city '{owner}'"))
-            else:
-                room_owner[room] = city.id
     return problems
 
 
@@ -151,73 +156,107 @@ def _check_stage(scenario: Scenario, index: int, stage: Stage) -> list[Problem]:
             )
         )
     if stage.place is not None:
-        missing = [c.id for c in scenario.cities if stage.place not in c.places]
-        if missing:
-            problems.append(
-                Problem(
-                    (*base, "place"),
-                    f"place '{stage.place}' is not defined in {_cities_phrase(missing)}",
-                )
-            )
-        else:
+        missing = _missing_place(scenario, stage.place)
+        for message in missing:
+            problems.append(Problem((*base, "place"), message))
+        if not missing:
             problems += _check_pin(scenario, stage, (*base, "place"))
-
-    def text_size(body: str, city: City, times: int) -> int:
-        return eventsize.text_size(
-            body, to_html(body), scenario.id, city.name, city.id, stage.id, time_placeholders=times
-        )
-
     what = f"stage '{stage.id}'"
     if isinstance(stage.text, str):
-        problems += _check_template(
-            scenario, (*base, "text"), stage.text, scenario.cities, what, text_size
+        measure = _text_measure(scenario, stage, None)
+        targets = all_targets(scenario.cities)
+        return problems + _check_template(
+            scenario, (*base, "text"), stage.text, targets, what, measure
         )
-        return problems
-    city_ids = {c.id for c in scenario.cities}
-    for key in stage.text:
-        if key != "default" and key not in city_ids:
-            problems.append(
-                Problem(
-                    (*base, "text", key),
-                    f"no city '{key}' (text keys are city ids or 'default')",
-                    key=True,
-                )
-            )
-    if "default" not in stage.text:
-        uncovered = [c.id for c in scenario.cities if c.id not in stage.text]
-        if uncovered:
-            problems.append(
-                Problem(
-                    (*base, "text"),
-                    f"no text for {_cities_phrase(uncovered)} (add an entry or a 'default')",
-                )
-            )
+    problems += [
+        Problem(path, message, key=at_key)
+        for path, message, at_key in semantics_text.check_keys(scenario, base, stage)
+    ]
     for key, template in stage.text.items():
-        if key == "default":
-            users = tuple(c for c in scenario.cities if c.id not in stage.text)
-        else:
-            users = tuple(c for c in scenario.cities if c.id == key)
+        users = semantics_text.cities_reading(scenario, stage, key)
+        # With roles, the entry may go out as the variant named by its key: measure
+        # the tag with it, so it is never counted short.
+        measure = _text_measure(scenario, stage, key if scenario.roles else None)
         problems += _check_template(
-            scenario, (*base, "text", key), template, users, what, text_size
+            scenario, (*base, "text", key), template, all_targets(users), what, measure
         )
     return problems
+
+
+def _text_measure(scenario: Scenario, stage: Stage, variant: str | None) -> Measure:
+    def text_size(body: str, target: Target, times: int) -> int:
+        city, pod = target
+        return eventsize.text_size(
+            body,
+            to_html(body),
+            scenario.id,
+            city.name,
+            city.id,
+            stage.id,
+            time_placeholders=times,
+            pod=_id(pod),
+            variant=variant,
+        )
+
+    return text_size
+
+
+def _longest_variant(scenario: Scenario, stage: Stage) -> str | None:
+    if not scenario.roles or isinstance(stage.text, str):
+        return None
+    return max(stage.text, key=len)
+
+
+def _id(pod: Pod | None) -> str | None:
+    return pod.id if pod is not None else None
+
+
+def all_targets(cities: tuple[City, ...]) -> tuple[Target, ...]:
+    """Every (city, pod) of these cities; (city, None) for a city without pods."""
+    return tuple((city, pod) for city in cities for pod in lanes(city))
+
+
+def where(target: Target) -> str:
+    city, pod = target
+    return f"city '{city.id}'" if pod is None else f"pod '{pod.id}' of city '{city.id}'"
+
+
+def _missing_place(scenario: Scenario, place: str) -> list[str]:
+    """Where ``place`` is not defined: the cities without pods, then each city's pods."""
+    messages = []
+    missing = [c.id for c in scenario.cities if not c.pods and place not in c.places]
+    if missing:
+        messages.append(f"place '{place}' is not defined in {_cities_phrase(missing)}")
+    for city in scenario.cities:
+        pods = semantics_pods.city_lanes_missing(city, place)
+        if pods:
+            quoted = ", ".join(f"'{p}'" for p in pods)
+            messages.append(
+                f"place '{place}' is not defined in pod{'s' if len(pods) > 1 else ''} {quoted} "
+                f"of city '{city.id}' (define it in the pod or in the city)"
+            )
+    return messages
 
 
 def _check_pin(scenario: Scenario, stage: Stage, path: Path) -> list[Problem]:
     """The map pin of ``stage``'s place fits in one event in every city."""
     assert stage.place is not None
     problems: list[Problem] = []
-    for city in scenario.cities:
-        location = location_of(city.places[stage.place])
+    for target in all_targets(scenario.cities):
+        city, pod = target
+        location = location_of(effective_places(city, pod)[stage.place])
         if location is None:
             continue
-        size = eventsize.location_size(location, scenario.id, city.id, stage.id)
+        variant = _longest_variant(scenario, stage)
+        size = eventsize.location_size(
+            location, scenario.id, city.id, stage.id, pod=_id(pod), variant=variant
+        )
         if size > eventsize.CONTENT_LIMIT:
             problems.append(
                 Problem(
                     path,
-                    f"the map pin of place '{stage.place}' is too large to send in city "
-                    f"'{city.id}': {eventsize.too_large(size)}",
+                    f"the map pin of place '{stage.place}' is too large to send in "
+                    f"{where(target)}: {eventsize.too_large(size)}",
                 )
             )
     return problems
@@ -227,46 +266,48 @@ def _check_template(
     scenario: Scenario,
     path: Path,
     template: str,
-    cities: tuple[City, ...],
+    targets: tuple[Target, ...],
     what: str,
     measure: Measure,
 ) -> list[Problem]:
-    """Syntax once, then meaning and size in each city that uses ``template``."""
+    """Syntax once, then meaning and size in each city (and pod) that uses ``template``."""
     parsed = parse_template(template)
     if parsed.errors:
         return [Problem(path, error) for error in dict.fromkeys(parsed.errors)]
     messages: list[str] = []
-    for city in cities:
+    for target in targets:
+        places = effective_places(*target)
         for placeholder in parsed.placeholders():
             if placeholder.place is None:
                 continue
-            place = city.places.get(placeholder.place)
+            place = places.get(placeholder.place)
             if place is None:
                 messages.append(
-                    f"{describe(placeholder.name)}: city '{city.id}' has no place "
+                    f"{describe(placeholder.name)}: {where(target)} has no place "
                     f"'{placeholder.place}'"
                 )
             elif placeholder.kind in ("geo", "map") and place.geo is None:
                 messages.append(
                     f"{describe(placeholder.name)}: place '{placeholder.place}' "
-                    f"has no geo in city '{city.id}'"
+                    f"has no geo in {where(target)}"
                 )
     if messages:
         return [Problem(path, m) for m in dict.fromkeys(messages)]
-    for city in cities:
+    for target in targets:
+        city, pod = target
         try:
-            body = render_template(template, scenario, city)
+            body = render_template(template, scenario, city, pod=pod)
         except RenderError:
-            messages.append(f"{what} cannot be rendered for city '{city.id}'")
+            messages.append(f"{what} cannot be rendered for {where(target)}")
             continue
         if not body.strip():
-            messages.append(f"{what} renders empty for city '{city.id}'")
+            messages.append(f"{what} renders empty for {where(target)}")
             continue
         times = sum(1 for p in parsed.placeholders() if p.kind == "time")
-        size = measure(body, city, times)
+        size = measure(body, target, times)
         if size > eventsize.CONTENT_LIMIT:
             messages.append(
-                f"{what} is too large to send in city '{city.id}': {eventsize.too_large(size)}"
+                f"{what} is too large to send in {where(target)}: {eventsize.too_large(size)}"
             )
     return [Problem(path, m) for m in messages]
 

@@ -35,10 +35,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from xml.sax.saxutils import escape, quoteattr
 
-from bot.scenario.durations import format_offset
 from bot.scenario.model import City, Scenario, Stage
 from bot.scenario.plan import MASK, PlanRow, build_plan
 from bot.scenario.svg_axis import MIN_GAP_PX, Axis, layout_axis
+from bot.scenario.svg_parts import (
+    breaks,
+    legend,
+    mark,
+    svg_text,
+)
 
 # Geometry, in SVG user units (pixels at 100 %).
 _MIN_WIDTH = 1100  # wider when there are many distinct instants
@@ -67,59 +72,6 @@ def _utc_offset(instant: datetime) -> str:
     sign = "+" if offset >= timedelta(0) else "−"
     minutes = int(abs(offset).total_seconds()) // 60
     return f"UTC{sign}{minutes // 60:02d}:{minutes % 60:02d}"
-
-
-def _local_label(local: datetime) -> str:
-    clock = local.strftime("%H:%M:%S" if local.second else "%H:%M")
-    return f"{clock} {local.tzname()}"
-
-
-def _human_gap(delta: timedelta) -> str:
-    return format_offset(delta).lstrip("+")
-
-
-def _text(x: float, y: float, content: str, **attrs: str) -> str:
-    # Keyword names stand for attributes: font_size -> font-size, class_ -> class.
-    extra = "".join(f" {k.rstrip('_').replace('_', '-')}={quoteattr(v)}" for k, v in attrs.items())
-    return f'<text x="{x:.1f}" y="{y:.1f}"{extra}>{escape(content)}</text>'
-
-
-def _mark_shape(kind: str, x: float, y: float) -> str:
-    if kind == "gate":
-        r = 9.0
-        points = f"{x:.1f},{y - r:.1f} {x + r:.1f},{y:.1f} {x:.1f},{y + r:.1f} {x - r:.1f},{y:.1f}"
-        return f'<polygon class="shape" points="{points}" fill="#f59e0b" stroke="#92400e"/>'
-    if kind == "dispersal":
-        return (
-            f'<rect class="shape" x="{x - 7:.1f}" y="{y - 7:.1f}" width="14" height="14" '
-            'fill="#64748b" stroke="#1e293b"/>'
-        )
-    shape = (
-        f'<circle class="shape" cx="{x:.1f}" cy="{y:.1f}" r="7" fill="#db2777" stroke="#831843"/>'
-    )
-    if kind == "place":
-        shape += f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="#fff"/>'
-    return shape
-
-
-def _gate_label(stage: Stage) -> list[str]:
-    """Two short lines, so neighbouring marks' labels do not collide."""
-    assert stage.require is not None
-    return [f"≥{stage.require.checkins} check-ins", f"else {stage.require.otherwise}"]
-
-
-def _tooltip(row: PlanRow, reveal: bool) -> str:
-    head = (
-        f"{row.stage} in {row.city_name}: {_local_label(row.at_local)} "
-        f"({row.at_utc.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z)"
-    )
-    if not reveal:
-        return f"{head}\n{MASK}"
-    body = row.content.body if row.content else ""
-    if row.place is not None:
-        geo = f" ({row.place.geo_uri()})" if row.place.geo else ""
-        body += f"\n@ {row.place.name}{geo}"
-    return f"{head}\n{body}"
 
 
 @dataclass(frozen=True)
@@ -186,8 +138,8 @@ def plan_svg(
         out += lines
         lane_spans.append(span)
         top += frame.lane_heights[index]
-    out += _breaks(frame, lane_spans)
-    out += _legend(frame)
+    out += breaks(frame.axis, frame.lanes_top, frame.lane_heights, lane_spans)
+    out += legend(frame.lanes_bottom)
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
@@ -201,8 +153,8 @@ def _heading(scenario: Scenario, frame: _Frame, cities: int, reveal: bool) -> li
         f'role="img" aria-label={quoteattr(f"Timeline of {scenario.title}")}>',
         f"<title>{escape(f'{scenario.title} ({scenario.id})')}</title>",
         '<rect width="100%" height="100%" fill="#ffffff"/>',
-        _text(16, 28, scenario.title, font_size="18", font_weight="600", fill="#111827"),
-        _text(
+        svg_text(16, 28, scenario.title, font_size="18", font_weight="600", fill="#111827"),
+        svg_text(
             16,
             48,
             f"{scenario.id} · {cities} {'city' if cities == 1 else 'cities'} · "
@@ -216,7 +168,10 @@ def _heading(scenario: Scenario, frame: _Frame, cities: int, reveal: bool) -> li
 def _utc_axis(frame: _Frame) -> list[str]:
     """One tick per distinct instant, labelled in UTC above the lanes."""
     lanes_top, lanes_bottom = frame.lanes_top, frame.lanes_bottom
-    out = ['<g class="utc-axis">', _text(16, _TOP - 12, "UTC", font_weight="600", fill="#111827")]
+    out = [
+        '<g class="utc-axis">',
+        svg_text(16, _TOP - 12, "UTC", font_weight="600", fill="#111827"),
+    ]
     previous_date = None
     for instant in frame.instants:
         x = frame.axis.xs[instant]
@@ -230,7 +185,7 @@ def _utc_axis(frame: _Frame) -> list[str]:
             'stroke="#d1d5db" stroke-dasharray="2,3"/>'
         )
         out.append(
-            _text(
+            svg_text(
                 x,
                 lanes_top - 12,
                 label,
@@ -259,9 +214,11 @@ def _lane(
         f'<g class="lane" data-city={quoteattr(the_city.id)} '
         f"data-timezone={quoteattr(the_city.timezone)}>",
         f'<rect x="0" y="{top:.1f}" width="{frame.width}" height="{lane_h}" fill="{background}"/>',
-        _text(16, top + 28, the_city.name, font_size="15", font_weight="600", fill="#111827"),
-        _text(16, top + 46, the_city.timezone, fill="#4b5563"),
-        _text(16, top + 62, "local time, " + " / ".join(offsets), fill="#6b7280", font_size="11"),
+        svg_text(16, top + 28, the_city.name, font_size="15", font_weight="600", fill="#111827"),
+        svg_text(16, top + 46, the_city.timezone, fill="#4b5563"),
+        svg_text(
+            16, top + 62, "local time, " + " / ".join(offsets), fill="#6b7280", font_size="11"
+        ),
     ]
     xs = [frame.axis.xs[r.at_utc] for r in city_rows]
     if xs:
@@ -283,136 +240,9 @@ def _lane(
             date_text = f"{row.at_local:%a %b} {row.at_local.day}"
             local_date = row.at_local.date()
         kind = _kind(stage, stage.id == last_stage)
-        out += _mark(row, stage, kind, frame.axis.xs[row.at_utc], mid_y, level, date_text, reveal)
+        out += mark(row, stage, kind, frame.axis.xs[row.at_utc], mid_y, level, date_text, reveal)
     out.append("</g>")
     return out, (min(xs, default=0.0), max(xs, default=0.0), background)
-
-
-def _mark(
-    row: PlanRow,
-    stage: Stage,
-    kind: str,
-    x: float,
-    mid_y: float,
-    level: int,
-    date_text: str,
-    reveal: bool,
-) -> list[str]:
-    """One stage in one lane: its shape, id, local time, date and gate or dispersal note."""
-    label_y = mid_y + 32 + level * _STACK_H
-    out = [
-        f'<g class="mark" data-city={quoteattr(row.city)} '
-        f"data-stage={quoteattr(row.stage)} data-kind={quoteattr(kind)} "
-        f"data-utc={quoteattr(row.at_utc.astimezone(UTC).isoformat())} "
-        f"data-local={quoteattr(row.at_local.isoformat())}>",
-        f"<title>{escape(_tooltip(row, reveal))}</title>",
-    ]
-    if level == 0:
-        out.append(_mark_shape(kind, x, mid_y))
-    else:  # a later stage at the same instant: its shape beside its label
-        out.append(_mark_shape(kind, x - 40, label_y - 14))
-    out.append(
-        _text(x, label_y - 10, row.stage, text_anchor="middle", font_weight="600", fill="#111827")
-    )
-    out.append(
-        _text(
-            x,
-            label_y + 3,
-            _local_label(row.at_local),
-            text_anchor="middle",
-            fill="#374151",
-            font_size="11",
-        )
-    )
-    if date_text:
-        out.append(
-            _text(
-                x,
-                label_y + 15,
-                date_text,
-                text_anchor="middle",
-                fill="#6b7280",
-                font_size="10",
-                class_="local-date",
-            )
-        )
-    notes = _gate_label(stage) if kind == "gate" else ["dispersal"]
-    if kind in ("gate", "dispersal"):
-        for n, note in enumerate(notes):
-            out.append(
-                _text(
-                    x,
-                    label_y + 28 + 12 * n,
-                    note,
-                    text_anchor="middle",
-                    fill="#92400e" if kind == "gate" else "#334155",
-                    font_size="10",
-                    class_=f"{kind}-label",
-                )
-            )
-    out.append("</g>")
-    return out
-
-
-def _breaks(frame: _Frame, lane_spans: list[tuple[float, float, str]]) -> list[str]:
-    """Cut gaps: a break on the axis and on every lane, the real length above."""
-    out: list[str] = []
-    for x0, x1, length in frame.axis.breaks:
-        mid = (x0 + x1) / 2
-        out.append('<g class="axis-break">')
-        out.append(
-            _text(
-                mid,
-                frame.lanes_top - 4,
-                f"{_human_gap(length)} later",
-                text_anchor="middle",
-                fill="#6b7280",
-                font_size="10",
-            )
-        )
-        lane_top = frame.lanes_top
-        for lane_h, (start_x, end_x, background) in zip(
-            frame.lane_heights, lane_spans, strict=True
-        ):
-            y = lane_top + 34
-            lane_top += lane_h
-            if not start_x < mid < end_x:
-                continue  # this lane's line does not cross the gap
-            out.append(
-                f'<rect x="{mid - 7:.1f}" y="{y - 9:.1f}" width="14" height="18" '
-                f'fill="{background}"/>'
-                f'<path d="M{mid - 9:.1f},{y + 8:.1f} l6,-16 M{mid - 1:.1f},{y + 8:.1f} l6,-16" '
-                'stroke="#6b7280" stroke-width="1.5"/>'
-            )
-        out.append("</g>")
-    return out
-
-
-def _legend(frame: _Frame) -> list[str]:
-    y = frame.lanes_bottom + 30
-    x = 16.0
-    out = ['<g class="legend">']
-    for kind, label in (
-        ("stage", "stage"),
-        ("place", "stage revealing a place"),
-        ("gate", "quorum gate (waits for check-ins)"),
-        ("dispersal", "dispersal (last stage)"),
-    ):
-        out.append(_mark_shape(kind, x + 8, y - 4))
-        out.append(_text(x + 22, y, label, fill="#374151"))
-        x += 34 + 7 * len(label)
-    out.append(
-        _text(
-            16,
-            y + 24,
-            "Top: UTC. Under each mark: the stage and the city's local time. "
-            "Gaps marked // are cut to fit; their length is written above.",
-            fill="#6b7280",
-            font_size="11",
-        )
-    )
-    out.append("</g>")
-    return out
 
 
 def plan_html(scenario: Scenario, *, city: str | None = None, reveal: bool = False) -> str:
