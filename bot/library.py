@@ -46,7 +46,21 @@ def load_file(path: Path) -> LoadedScenario:
         scenario = load_scenario_text(data, filename=path.name)
     except ScenarioError as err:
         raise LibraryError(f"{path.name} is not valid", err.diagnostics) from None
+    if uses_pods_or_roles(scenario):
+        # The format and its pure layer know pods and roles; the run manager does
+        # not act on them yet (it would send every pod the city's places, or
+        # nothing). Refused here, before anything is armed, joined or scheduled,
+        # until the runtime is wired to bot.scenario.audience/gates/assign.
+        raise LibraryError(
+            f"{path.name} uses pods or roles, which this bot cannot run yet "
+            "(blossom validate and blossom plan check them; running them comes with "
+            "the runtime wiring)"
+        )
     return LoadedScenario(path, digest, scenario)
+
+
+def uses_pods_or_roles(scenario: Scenario) -> bool:
+    return bool(scenario.roles) or any(c.pods for c in scenario.cities)
 
 
 class ScenarioLibrary:

@@ -28,7 +28,9 @@ def test_the_required_examples_exist() -> None:
 def test_example_is_valid_and_renders(path: Path) -> None:
     s = load_scenario_file(path)
     for dispatch in build_timeline(s):
-        rendered = render_stage(s, dispatch.city_id, dispatch.stage_id)
+        rendered = render_stage(
+            s, dispatch.city_id, dispatch.stage_id, pod=dispatch.pod_id, role=dispatch.audiences[0]
+        )
         assert rendered.body.strip()
     if s.abort_text is not None:
         assert "{" not in s.abort_text.replace("{city}", "")

@@ -180,10 +180,21 @@ class Pod(BaseModel):
         return _check_place_keys(value)
 
 
+def _city_schema(schema: dict[str, Any]) -> None:
+    # ``rooms`` is optional in the model only so that a city with pods can leave it
+    # out; editors should see: a list of rooms, and one of rooms or pods required.
+    rooms = schema.get("properties", {}).get("rooms", {})
+    for branch in rooms.pop("anyOf", []):
+        if branch.get("type") == "array":
+            rooms.update(branch)
+    rooms.pop("default", None)
+    schema["anyOf"] = [{"required": ["rooms"]}, {"required": ["pods"]}]
+
+
 class City(BaseModel):
     """One city: where its stages go (rooms) and how its clock reads."""
 
-    model_config = _CONFIG
+    model_config = ConfigDict(**_CONFIG, json_schema_extra=_city_schema)
 
     id: Slug
     name: NonBlank

@@ -44,6 +44,8 @@ class PlanRow:
     """The pod (its places); None: a city without pods."""
     audiences: tuple[str | None, ...] = (None,)
     """Who gets this row's text: role ids, None for no role."""
+    variant: str | None = None
+    """The role variant (:attr:`bot.scenario.timeline.Dispatch.variant`)."""
 
     @property
     def past(self) -> bool:
@@ -53,6 +55,13 @@ class PlanRow:
     def roles_label(self) -> str:
         """``front, support``; ``no role`` for people without one."""
         return ", ".join(a if a is not None else "no role" for a in self.audiences)
+
+    @property
+    def stage_label(self) -> str:
+        """The stage id, and whom this row is for when that is not simply everyone."""
+        if self.variant is None and self.audiences == (None,):
+            return self.stage
+        return f"{self.stage} · {self.roles_label}"
 
 
 def build_plan(
@@ -116,6 +125,7 @@ def build_plan(
                 place=place,
                 pod=dispatch.pod_id,
                 audiences=dispatch.audiences,
+                variant=dispatch.variant,
             )
         )
     return rows
@@ -171,6 +181,7 @@ def plan_json(
             item["pod"] = row.pod
         if roles:
             item["roles"] = list(row.audiences)
+            item["variant"] = row.variant
         if reveal:
             item["text"] = row.content.body if row.content else None
             item["place"] = _place_json(row.place) if row.place else None

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from xml.sax.saxutils import escape, quoteattr
 
-from bot.scenario.model import City, Scenario, Stage
+from bot.scenario.audience import lanes as audience_lanes
+from bot.scenario.model import City, Pod, Scenario, Stage
 from bot.scenario.plan import MASK, PlanRow, build_plan
 from bot.scenario.svg_axis import MIN_GAP_PX, Axis, layout_axis
 from bot.scenario.svg_parts import (
@@ -44,6 +45,7 @@ from bot.scenario.svg_parts import (
     mark,
     svg_text,
 )
+from bot.scenario.timeline import lane_id
 
 # Geometry, in SVG user units (pixels at 100 %).
 _MIN_WIDTH = 1100  # wider when there are many distinct instants
@@ -81,7 +83,8 @@ class _Frame:
     width: int
     axis: Axis
     instants: list[datetime]
-    by_city: dict[str, list[PlanRow]]
+    by_lane: dict[str, list[PlanRow]]
+    """Rows by lane: a city's id, or ``city/pod`` for each pod of a city with pods."""
     lane_heights: list[int]
 
     @property
@@ -97,21 +100,30 @@ class _Frame:
         return self.lanes_bottom + _LEGEND_H
 
 
-def _frame(rows: list[PlanRow], cities: list[City]) -> _Frame:
+Lane = tuple[City, Pod | None]
+"""One lane of the picture: a city without pods, or one pod (a sub-lane of its city)."""
+
+
+def _lane_key(lane: Lane) -> str:
+    city, pod = lane
+    return lane_id(city.id, pod.id if pod is not None else None)
+
+
+def _frame(rows: list[PlanRow], lanes: list[Lane]) -> _Frame:
     instants = sorted({r.at_utc for r in rows})
     width = max(_MIN_WIDTH, _HEADER_W + 40 + _RIGHT_PAD + int(MIN_GAP_PX * len(instants)))
     axis = layout_axis(instants, _HEADER_W + 40, width - _RIGHT_PAD)
-    by_city: dict[str, list[PlanRow]] = defaultdict(list)
+    by_lane: dict[str, list[PlanRow]] = defaultdict(list)
     for row in rows:
-        by_city[row.city].append(row)
-    # A lane grows by one label block per extra stage sharing an instant.
+        by_lane[lane_id(row.city, row.pod)].append(row)
+    # A lane grows by one label block per extra stage (or role variant) sharing an instant.
     lane_heights = []
-    for the_city in cities:
+    for lane in lanes:
         per_instant: dict[datetime, int] = defaultdict(int)
-        for row in by_city[the_city.id]:
+        for row in by_lane[_lane_key(lane)]:
             per_instant[row.at_utc] += 1
         lane_heights.append(_LANE_BASE_H + _STACK_H * (max(per_instant.values(), default=1) - 1))
-    return _Frame(width, axis, instants, by_city, lane_heights)
+    return _Frame(width, axis, instants, by_lane, lane_heights)
 
 
 def plan_svg(
@@ -119,22 +131,30 @@ def plan_svg(
     *,
     city: str | None = None,
     reveal: bool = False,
+    pod: str | None = None,
+    role: str | None = None,
 ) -> str:
     """The timeline of ``scenario`` as an SVG document (UTF-8 text).
 
-    ``city`` keeps one lane; ``reveal`` adds the rendered text and places as
-    tooltips (secret until release: leave it off for anything you share). The
-    picture does not depend on when it is drawn (no "now" in it).
+    One lane per city; a city with pods has one sub-lane per pod, and a stage
+    whose text differs by role has one mark per role variant. ``city`` keeps one
+    city, ``pod`` one pod, ``role`` what that role gets (as ``blossom plan``);
+    ``reveal`` adds the rendered text and places as tooltips (secret until
+    release: leave it off for anything you share). The picture does not depend
+    on when it is drawn (no "now" in it).
     """
-    rows = build_plan(scenario, scenario.start, city=city, reveal=reveal)
+    rows = build_plan(scenario, scenario.start, city=city, reveal=reveal, pod=pod, role=role)
     cities = [c for c in scenario.cities if city is None or c.id == city]
-    frame = _frame(rows, cities)
+    lanes: list[Lane] = [(c, p) for c in cities for p in audience_lanes(c)]
+    if pod is not None:
+        lanes = [ln for ln in lanes if ln[1] is not None and pod in (ln[1].id, _lane_key(ln))]
+    frame = _frame(rows, lanes)
     out = _heading(scenario, frame, len(cities), reveal)
     out += _utc_axis(frame)
     top = frame.lanes_top
     lane_spans: list[tuple[float, float, str]] = []  # where each lane's line runs
-    for index, the_city in enumerate(cities):
-        lines, span = _lane(scenario, frame, index, the_city, top, reveal)
+    for index, lane in enumerate(lanes):
+        lines, span = _lane(scenario, frame, index, lane, top, reveal)
         out += lines
         lane_spans.append(span)
         top += frame.lane_heights[index]
@@ -142,6 +162,11 @@ def plan_svg(
     out += legend(frame.lanes_bottom)
     out.append("</svg>")
     return "\n".join(out) + "\n"
+
+
+def lane_label(row: PlanRow) -> str:
+    """The city's name, and the pod's id in a city with pods."""
+    return row.city_name if row.pod is None else f"{row.city_name} · {row.pod}"
 
 
 def _heading(scenario: Scenario, frame: _Frame, cities: int, reveal: bool) -> list[str]:
@@ -201,20 +226,24 @@ def _utc_axis(frame: _Frame) -> list[str]:
 
 
 def _lane(
-    scenario: Scenario, frame: _Frame, index: int, the_city: City, top: float, reveal: bool
+    scenario: Scenario, frame: _Frame, index: int, lane: Lane, top: float, reveal: bool
 ) -> tuple[list[str], tuple[float, float, str]]:
-    """One city's lane: its header, its line and its marks; and where the line runs."""
+    """One lane (a city, or a pod): its header, its line and its marks; and where the line runs."""
+    the_city, the_pod = lane
     lane_h = frame.lane_heights[index]
     background = "#fdf2f8" if index % 2 == 0 else "#ffffff"
     mid_y = top + 34
-    city_rows = frame.by_city[the_city.id]
+    city_rows = frame.by_lane[_lane_key(lane)]
     first_local = city_rows[0].at_local if city_rows else scenario.start.astimezone(the_city.tz)
     offsets = sorted({_utc_offset(r.at_local) for r in city_rows}) or [_utc_offset(first_local)]
+    # A pod is a sub-lane: its city's name, then the pod (its id, never its places).
+    name = the_city.name if the_pod is None else f"{the_city.name} · {the_pod.label}"
+    pod_attr = "" if the_pod is None else f" data-pod={quoteattr(the_pod.id)}"
     out = [
-        f'<g class="lane" data-city={quoteattr(the_city.id)} '
+        f'<g class="lane" data-city={quoteattr(the_city.id)}{pod_attr} '
         f"data-timezone={quoteattr(the_city.timezone)}>",
         f'<rect x="0" y="{top:.1f}" width="{frame.width}" height="{lane_h}" fill="{background}"/>',
-        svg_text(16, top + 28, the_city.name, font_size="15", font_weight="600", fill="#111827"),
+        svg_text(16, top + 28, name, font_size="15", font_weight="600", fill="#111827"),
         svg_text(16, top + 46, the_city.timezone, fill="#4b5563"),
         svg_text(
             16, top + 62, "local time, " + " / ".join(offsets), fill="#6b7280", font_size="11"
@@ -245,11 +274,18 @@ def _lane(
     return out, (min(xs, default=0.0), max(xs, default=0.0), background)
 
 
-def plan_html(scenario: Scenario, *, city: str | None = None, reveal: bool = False) -> str:
+def plan_html(
+    scenario: Scenario,
+    *,
+    city: str | None = None,
+    reveal: bool = False,
+    pod: str | None = None,
+    role: str | None = None,
+) -> str:
     """A standalone HTML page: the SVG timeline and the plan as a table."""
-    svg = plan_svg(scenario, city=city, reveal=reveal)
+    svg = plan_svg(scenario, city=city, reveal=reveal, pod=pod, role=role)
     svg_body = svg.split("\n", 1)[1]  # drop the XML declaration inside HTML
-    rows = build_plan(scenario, scenario.start, city=city, reveal=reveal)
+    rows = build_plan(scenario, scenario.start, city=city, reveal=reveal, pod=pod, role=role)
     cells: list[str] = []
     for row in rows:
         if reveal and row.content is not None:
@@ -262,7 +298,7 @@ def plan_html(scenario: Scenario, *, city: str | None = None, reveal: bool = Fal
             "<tr>"
             f"<td>{escape(f'{row.at_utc.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z')}</td>"
             f"<td>{escape(row.at_local.strftime('%Y-%m-%d %H:%M:%S %Z'))}</td>"
-            f"<td>{escape(row.city_name)}</td><td>{escape(row.stage)}</td>"
+            f"<td>{escape(lane_label(row))}</td><td>{escape(row.stage_label)}</td>"
             f"<td>{len(row.rooms)}</td><td>{content}</td>"
             "</tr>"
         )

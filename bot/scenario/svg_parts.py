@@ -56,9 +56,13 @@ def gate_label(stage: Stage) -> list[str]:
     return [f"≥{stage.require.checkins} check-ins", f"else {stage.require.otherwise}"]
 
 
+def _lane_name(row: PlanRow) -> str:
+    return row.city_name if row.pod is None else f"{row.city_name} · {row.pod}"
+
+
 def tooltip(row: PlanRow, reveal: bool) -> str:
     head = (
-        f"{row.stage} in {row.city_name}: {local_label(row.at_local)} "
+        f"{row.stage_label} in {_lane_name(row)}: {local_label(row.at_local)} "
         f"({row.at_utc.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z)"
     )
     if not reveal:
@@ -95,7 +99,12 @@ def mark(
         out.append(mark_shape(kind, x - 40, label_y - 14))
     out.append(
         svg_text(
-            x, label_y - 10, row.stage, text_anchor="middle", font_weight="600", fill="#111827"
+            x,
+            label_y - 10,
+            row.stage_label,
+            text_anchor="middle",
+            font_weight="600",
+            fill="#111827",
         )
     )
     out.append(
