@@ -5,6 +5,7 @@ run manager calls. Compartmentalisation and assignment have their own files."""
 from __future__ import annotations
 
 import shutil
+import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,7 +15,9 @@ import yaml
 from bot.library import LibraryError, ScenarioLibrary
 from bot.scenario import (
     Scenario,
+    ScenarioError,
     build_timeline,
+    eventsize,
     load_scenario_file,
     load_scenario_text,
     render_stage,
@@ -23,6 +26,7 @@ from bot.scenario.audience import reaches, role_variants, text_key, variant_for
 from bot.scenario.gates import gate_verdicts
 from bot.scenario.plan import build_plan, plan_json
 from bot.scenario.render import render_template
+from bot.scenario.svg import plan_html, plan_svg
 from bot.scenario.timeline import split_lane, split_unit
 
 EXAMPLES = Path(__file__).parent.parent / "scenarios"
@@ -251,3 +255,41 @@ def test_the_bot_refuses_to_run_pods_or_roles_until_wired(tmp_path: Path) -> Non
         library.find("blossom-everywhere")
     assert library.find("silent-disco-quorum").scenario.id == "silent-disco-quorum"
     assert [ls.scenario.id for ls in library.all_valid()] == ["silent-disco-quorum"]
+
+
+def test_svg_draws_pods_as_sub_lanes_and_stays_masked() -> None:
+    s = load_scenario_file(EVERYWHERE)
+    svg = plan_svg(s)
+    root = ET.fromstring(svg.encode())
+    ns = {"svg": "http://www.w3.org/2000/svg"}
+    lanes = root.findall(".//svg:g[@class='lane']", ns)
+    assert [(g.get("data-city"), g.get("data-pod")) for g in lanes] == [
+        ("hk", "mongkok"),
+        ("hk", "causeway"),
+        ("hk", "shatin"),
+        ("hk", "tsuenwan"),
+    ]
+    secrets = [p.name for pod in s.cities[0].all_pods for p in pod.places.values()]
+    secrets += [p.name for p in s.cities[0].places.values()]
+    for page in (svg, plan_html(s)):
+        assert not any(secret in page for secret in secrets)
+    one = ET.fromstring(plan_svg(s, pod="hk/shatin", role="support").encode())
+    assert [g.get("data-pod") for g in one.findall(".//svg:g[@class='lane']", ns)] == ["shatin"]
+    marks = one.findall(".//svg:g[@class='mark']", ns)
+    assert {m.get("data-stage") for m in marks} == {"call", "gather", "spot", "disperse"}
+    assert "Sha Tin" in plan_svg(s, reveal=True, pod="shatin")
+
+
+def test_every_pod_and_role_variant_is_measured() -> None:
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    data["stages"][1]["text"]["support"] = "S {staging} " + "\\" * 20_000
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario_text(yaml.safe_dump(data, sort_keys=False))
+    messages = {d.message for d in caught.value.diagnostics}
+    # Each pod that reads the role's entry, and the city without pods.
+    assert {m.split(":")[0] for m in messages} == {"stages[1].text.support"}
+    assert any("pod 'mk' of city 'hk'" in m for m in messages)
+    assert any("pod 'cb' of city 'hk'" in m for m in messages)
+    assert any("in city 'tp'" in m for m in messages)
+    tagged = eventsize.text_size("x", "x", "s", "City", "c", "st", pod="p", variant="c.front")
+    assert tagged > eventsize.text_size("x", "x", "s", "City", "c", "st")
