@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import shutil
 import xml.etree.ElementTree as ET
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,7 @@ from bot.scenario import (
     load_scenario_text,
     render_stage,
 )
-from bot.scenario.audience import reaches, role_variants, text_key, variant_for
+from bot.scenario.audience import pods_reading, reaches, role_variants, text_key, variant_for
 from bot.scenario.gates import gate_verdicts
 from bot.scenario.plan import build_plan, plan_json
 from bot.scenario.render import render_template
@@ -293,3 +293,20 @@ def test_every_pod_and_role_variant_is_measured() -> None:
     assert any("in city 'tp'" in m for m in messages)
     tagged = eventsize.text_size("x", "x", "s", "City", "c", "st", pod="p", variant="c.front")
     assert tagged > eventsize.text_size("x", "x", "s", "City", "c", "st")
+
+
+def test_a_city_redirect_reaches_only_the_pods_that_read_the_citys_place() -> None:
+    s = scenario()
+    assert pods_reading(s.city("hk"), "target") == ("mk", "cb")
+    assert pods_reading(s.city("hk"), "staging") == ()  # every pod has its own
+
+
+def test_delays_per_city_or_per_pod() -> None:
+    s = scenario()
+    base = {(d.lane, d.unit): d.at for d in build_timeline(s)}
+    shifted = build_timeline(s, delays={"hk": timedelta(minutes=10), "hk/cb": timedelta(1)})
+    for d in shifted:
+        want = {"hk/mk": timedelta(minutes=10), "hk/cb": timedelta(1)}.get(d.lane, timedelta(0))
+        assert d.at - base[(d.lane, d.unit)] == want
+    with pytest.raises(ValueError):
+        build_timeline(s, delays={"hk/nowhere": timedelta(1)})

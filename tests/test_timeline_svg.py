@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from bot.cli import main
-from bot.scenario import Scenario, load_scenario_file, load_scenario_text
+from bot.scenario import Scenario, build_timeline, load_scenario_file, load_scenario_text
 from bot.scenario.render import render_stage
 from bot.scenario.svg import plan_html, plan_svg
 
@@ -45,15 +45,18 @@ def texts(element: ET.Element) -> list[str]:
 
 
 def secrets_of(scenario: Scenario) -> set[str]:
-    """Every rendered stage body and every place name and geo URI."""
+    """Every rendered stage body (each pod's, each role variant's) and every place
+    name and geo URI (the pods' too)."""
     found = set()
     for city in scenario.cities:
-        for place in city.places.values():
+        places = [*city.places.values(), *(p for pod in city.all_pods for p in pod.places.values())]
+        for place in places:
             found.add(place.name)
             if place.geo_uri():
                 found.add(str(place.geo_uri()))
-        for stage in scenario.stages:
-            found.add(render_stage(scenario, city.id, stage.id).body.strip())
+    for d in build_timeline(scenario):
+        rendered = render_stage(scenario, d.city_id, d.stage_id, pod=d.pod_id, role=d.audiences[0])
+        found.add(rendered.body.strip())
     return found
 
 

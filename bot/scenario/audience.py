@@ -104,3 +104,10 @@ def variant_for(variants: tuple[Variant, ...], role: Audience) -> Variant | None
         if role in variant.audiences:
             return variant
     return None
+
+
+def pods_reading(city: City, place_id: str) -> tuple[str, ...]:
+    """The pods whose people learn the *city's* place ``place_id`` (they define no
+    place of that id themselves): who a city-wide redirect of it reaches. A
+    redirect of one pod's place (``hk/mongkok``) reaches that pod only."""
+    return tuple(p.id for p in city.all_pods if place_id not in p.places)
