@@ -22,7 +22,14 @@ from bot.scenario import (
     load_scenario_text,
     render_stage,
 )
-from bot.scenario.audience import pods_reading, reaches, role_variants, text_key, variant_for
+from bot.scenario.audience import (
+    pods_reading,
+    reaches,
+    role_matters,
+    role_variants,
+    text_key,
+    variant_for,
+)
 from bot.scenario.gates import gate_verdicts
 from bot.scenario.plan import build_plan, plan_json
 from bot.scenario.render import render_template
@@ -310,3 +317,10 @@ def test_delays_per_city_or_per_pod() -> None:
         assert d.at - base[(d.lane, d.unit)] == want
     with pytest.raises(ValueError):
         build_timeline(s, delays={"hk/nowhere": timedelta(1)})
+
+
+def test_which_stages_need_a_role() -> None:
+    s = load_scenario_file(EVERYWHERE)
+    assert [st.id for st in s.stages if role_matters(s, st)] == ["gather", "spot"]
+    plain = load_scenario_file(EXAMPLES / "lantern-walk.yaml")
+    assert not any(role_matters(plain, st) for st in plain.stages)

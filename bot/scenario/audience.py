@@ -111,3 +111,16 @@ def pods_reading(city: City, place_id: str) -> tuple[str, ...]:
     place of that id themselves): who a city-wide redirect of it reaches. A
     redirect of one pod's place (``hk/mongkok``) reaches that pod only."""
     return tuple(p.id for p in city.all_pods if place_id not in p.places)
+
+
+def role_matters(scenario: Scenario, stage: Stage) -> bool:
+    """Whether what ``stage`` sends depends on a person's role: it is limited to
+    roles, or its text has an entry for a role (``front``, ``hk.front``). A
+    participant may change role until the first such stage of their city is
+    released (docs/participants.md, "Roles and pods")."""
+    if stage.roles is not None:
+        return True
+    if isinstance(stage.text, str):
+        return False
+    roles = set(scenario.role_ids)
+    return any(key.partition(".")[2] in roles or key in roles for key in stage.text)
