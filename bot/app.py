@@ -7,7 +7,6 @@ singleton. ``run_bot`` is what ``blossom run`` (and the demo) call.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -39,11 +38,14 @@ from bot.notify import Notifier
 from bot.runs import RunManager
 from bot.schedule import Timers
 from bot.store import Store
+from bot.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
 DB_FILE = "blossom.db"
-SHUTDOWN_GRACE_S = 10.0
+# A clean stop must end well inside systemd's TimeoutStopSec (30 s, docs/operators.md).
+SHUTDOWN_GRACE_S = 5.0
+TASK_STOP_S = 3.0
 # Command event ids remembered against a second reading (watch, then sync).
 _TAKEN_KEPT = 4096
 
@@ -284,14 +286,15 @@ class Bot:
             if t is not stopper and t.exception() is not None:
                 log.error("task %s died: %r", t.get_name(), t.exception())
         log.info("stopping")
-        self.timers.shutdown()
+        # Nothing new leaves; the requests in flight finish and are recorded
+        # (no delivery is left SENDING by a clean stop). Only then are the
+        # timers shut down: that cancels the release jobs still running.
         self.dispatcher.stop()
         await self.runs.wait_idle(SHUTDOWN_GRACE_S)
-        for t in [*tasks, stopper]:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        self.timers.shutdown()
+        stuck = await cancel_and_wait(*tasks, stopper, within_s=TASK_STOP_S)
+        for t in stuck:
+            log.error("task %s did not stop within %.0fs", t.get_name(), TASK_STOP_S)
 
 
 async def run_bot(config: Config, clock: Clock, stop: asyncio.Event | None = None) -> None:

@@ -20,6 +20,8 @@ from typing import Any
 from aiohttp import ClientError
 from nio import AsyncClient, SyncError, SyncResponse
 
+from bot.tasks import cancel_and_wait
+
 log = logging.getLogger(__name__)
 
 SYNC_FILTER: dict[str, Any] = {
@@ -88,12 +90,9 @@ class SyncLoop:
                     else:
                         await waiting
         finally:
-            for task in (waiting, watcher):
-                if task is None:
-                    continue
-                task.cancel()  # no-op when done; awaited either way, so no error is left unread
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            # Not ``suppress(CancelledError)`` around an await: a shutdown arriving
+            # here would be swallowed with the helpers' own cancellations.
+            await cancel_and_wait(waiting, watcher)
 
     async def _keys(self) -> None:
         client = self._client
