@@ -60,7 +60,9 @@ class Bot:
         self.store = store
         self.sender = MatrixSender(client)
         self.sync = SyncLoop(client, on_sync=self._on_sync)
-        self.notifier = Notifier(self.sender, clock, config.control.rooms)
+        self.notifier = Notifier(
+            self.sender, clock, config.control.rooms, in_room=lambda r: r in client.rooms
+        )
         self.rooms = RoomRegistry(
             client,
             store,
@@ -292,6 +294,7 @@ class Bot:
         self.dispatcher.stop()
         await self.runs.wait_idle(SHUTDOWN_GRACE_S)
         self.timers.shutdown()
+        await self.notifier.close()
         stuck = await cancel_and_wait(*tasks, stopper, within_s=TASK_STOP_S)
         for t in stuck:
             log.error("task %s did not stop within %.0fs", t.get_name(), TASK_STOP_S)

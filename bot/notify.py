@@ -3,15 +3,22 @@
 Notices are not dispatches: they are not in the ledger, but they are retried
 on 429 and transient errors (bounded) so a report is not silently lost, and a
 report that still cannot be sent is logged with its ids.
+
+A report to a control room the bot is not in yet (at the first start, the
+invites of city rooms may be handled before the control room's) is not sent
+into a 403: it waits, in order with the room's later reports, until the bot
+is in the room (bounded by ``wait_in_room_s``). The waiting happens in a task
+of its own, so the caller (the inbox handling an invite) is never blocked.
 """
 
 from __future__ import annotations
 
+import asyncio
 import html
 import logging
 import random
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -19,8 +26,17 @@ from bot.clock import Clock
 from bot.content import notice, preformatted
 from bot.matrix.sender import Sender, SendFailed
 from bot.retry import GiveUp, RetryPolicy
+from bot.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
+
+# How long a report waits for the bot to be in its control room.
+WAIT_IN_ROOM_S = 120.0
+_IN_ROOM_POLL_S = 0.2
+
+
+def _always_in(room_id: str) -> bool:
+    return True
 
 
 class Notifier:
@@ -32,6 +48,8 @@ class Notifier:
         *,
         policy: RetryPolicy | None = None,
         max_attempts: int = 6,
+        in_room: Callable[[str], bool] = _always_in,
+        wait_in_room_s: float = WAIT_IN_ROOM_S,
     ) -> None:
         self._sender = sender
         self._clock = clock
@@ -39,6 +57,13 @@ class Notifier:
         self._policy = policy or RetryPolicy()
         self._max_attempts = max_attempts
         self._rng = random.Random()
+        # Whether the bot is in a room (known from its sync), so a send can work.
+        self._in_room = in_room
+        self._wait_in_room_s = wait_in_room_s
+        # room -> reports waiting for the bot to be in it, oldest first; and the
+        # one task per room that sends them when it is.
+        self._backlog: dict[str, list[tuple[str, str | None, str | None]]] = {}
+        self._drains: dict[str, asyncio.Task[None]] = {}
 
     async def send(
         self, room_id: str, content: Mapping[str, Any], *, txn_id: str | None = None
@@ -90,7 +115,41 @@ class Notifier:
         table: str | None = None,
         txn_id: str | None = None,
     ) -> None:
-        """Tell one control room (the run's), or all of them when ``room_id`` is None."""
+        """Tell one control room (the run's), or all of them when ``room_id`` is None.
+        Returns at once for a room the bot is not in yet (see the module doc)."""
         rooms = (room_id,) if room_id else self.control_rooms
         for room in rooms:
-            await self.reply(room, None, text, table=table, txn_id=txn_id)
+            if room in self._backlog or not self._in_room(room):
+                self._later(room, text, table, txn_id)
+            else:
+                await self.reply(room, None, text, table=table, txn_id=txn_id)
+
+    def _later(self, room: str, text: str, table: str | None, txn_id: str | None) -> None:
+        self._backlog.setdefault(room, []).append((text, table, txn_id))
+        if room not in self._drains:
+            self._drains[room] = asyncio.create_task(self._drain(room), name=f"notices {room}")
+
+    async def _drain(self, room: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._wait_in_room_s
+        try:
+            # Membership is learnt from the sync; there is no event to await here.
+            while not self._in_room(room) and loop.time() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(_IN_ROOM_POLL_S)
+            while self._backlog.get(room):
+                text, table, txn_id = self._backlog[room].pop(0)
+                if self._in_room(room):
+                    await self.reply(room, None, text, table=table, txn_id=txn_id)
+                else:
+                    log.error(
+                        "could not send a notice to %s: the bot is not in the room", room
+                    )
+        finally:
+            self._backlog.pop(room, None)
+            self._drains.pop(room, None)
+
+    async def close(self) -> None:
+        """Shutdown: reports still waiting for their room are dropped (logged)."""
+        for room, waiting in self._backlog.items():
+            log.warning("%d notice(s) to %s not sent: the bot stopped", len(waiting), room)
+        await cancel_and_wait(*self._drains.values())
