@@ -20,12 +20,16 @@ class SendFailure:
     errcode: str | None = None
     retry_after_ms: int | None = None
     message: str = ""
+    # What a person can do about it, when the bot knows (ids only, no content).
+    advice: str = ""
 
     def describe(self) -> str:
         if self.http_status is None:
-            return f"network error ({self.message or 'no answer'})"
-        code = f" {self.errcode}" if self.errcode else ""
-        return f"HTTP {self.http_status}{code}"
+            said = f"network error ({self.message or 'no answer'})"
+        else:
+            code = f" {self.errcode}" if self.errcode else ""
+            said = f"HTTP {self.http_status}{code}"
+        return f"{said}; {self.advice}" if self.advice else said
 
 
 @dataclass(frozen=True)

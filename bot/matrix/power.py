@@ -12,6 +12,10 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+# The power a member must have to opt a room in (invite the bot), the
+# moderator level of the default power levels.
+OPT_IN_POWER = 50
+
 # Room versions whose creators have infinite power (MSC4289). Unknown future
 # versions are assumed to keep the rule.
 _CREATOR_POWER_VERSIONS_BEFORE = {str(v) for v in range(1, 12)}

@@ -32,14 +32,14 @@ from nio import (
 )
 
 from bot.clock import Clock
-from bot.matrix.power import user_power
+from bot.matrix.power import OPT_IN_POWER, user_power
 from bot.matrix.sender import failure_from_error
 from bot.retry import GiveUp, RetryPolicy, SendFailure
 from bot.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
-OPT_IN_POWER = 50
+__all__ = ["OPT_IN_POWER", "InviteDecision", "RoomRegistry", "decide_invite"]
 # A join is a membership event: Synapse counts it against the bot's message rate
 # limit, so a burst of invites meets 429s. Joins are retried as sends are.
 JOIN_ATTEMPTS = 6
@@ -332,6 +332,9 @@ class RoomRegistry:
         now = self._clock.now()
         await self._store.set_successor(room_id, successor, upgraded_by=upgraded_by, now=now)
         log.info("%s was upgraded to %s by %s", room_id, successor, upgraded_by)
+        # Synapse moves the old room's local aliases to the new room.
+        for alias in [a for a, rid in self._aliases.items() if rid == room_id]:
+            await self.resolve(alias, refresh=True)
         if await self._store.room_membership(successor) == "joined":
             followed = True  # invited there before the tombstone reached us
         else:
@@ -377,7 +380,16 @@ class RoomRegistry:
         return True
 
     def _current(self, room_id: str, successors: Mapping[str, str], opted: set[str]) -> str:
-        """``room_id``, or the latest successor of it the bot is in and that opted in."""
+        """``room_id``, or the latest successor of it the bot is in and that opted in.
+
+        A listed alias that Synapse moved to an upgraded room's successor, where
+        the bot is not (yet), means the old room: it is served, and reported,
+        as the same room listed by id would be."""
+        if room_id not in opted:
+            room_id = next(
+                (old for old, new in successors.items() if new == room_id and old in opted),
+                room_id,
+            )
         seen = {room_id}
         while (nxt := successors.get(room_id)) is not None and nxt not in seen:
             if nxt not in opted or nxt not in self._client.rooms:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, Protocol
 
 from aiohttp import ClientError
@@ -23,6 +24,7 @@ from nio import (
 from nio.exceptions import OlmUnverifiedDeviceError, SendRetryError
 
 from bot import DISPATCH_KEY
+from bot.matrix.power import OPT_IN_POWER
 from bot.retry import SendFailure
 
 log = logging.getLogger(__name__)
@@ -87,13 +89,33 @@ class MatrixSender:
         except LocalProtocolError:
             # Not in client.rooms: the bot is not (or no longer) joined.
             raise SendFailed(
-                SendFailure(403, errcode="M_FORBIDDEN", message="bot is not in the room")
+                SendFailure(
+                    403,
+                    errcode="M_FORBIDDEN",
+                    message="bot is not in the room",
+                    advice=self._upgrade_advice(room_id),
+                )
             ) from None
         if isinstance(resp, RoomSendResponse):
             return str(resp.event_id)
         if isinstance(resp, RoomSendError):
-            raise SendFailed(failure_from_error(resp))
+            failure = failure_from_error(resp)
+            if failure.http_status == 403:
+                failure = replace(failure, advice=self._upgrade_advice(room_id))
+            raise SendFailed(failure)
         raise SendFailed(SendFailure(None, message=f"unexpected {type(resp).__name__}"))
+
+    def _upgrade_advice(self, room_id: str) -> str:
+        """An upgraded room refuses the bot's messages (Synapse restricts the old
+        room); the fix is the new room's moderators' to make."""
+        room = self._client.rooms.get(room_id)
+        new = getattr(room, "replacement_room", None)
+        if not isinstance(new, str):
+            return ""
+        return (
+            f"the room was upgraded to {new}: invite the bot there from an account "
+            f"with power ≥ {OPT_IN_POWER}"
+        )
 
     async def prepare(self, room_id: str) -> None:
         """Share the room's megolm session ahead of the instant, so the instant
