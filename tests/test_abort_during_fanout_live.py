@@ -51,6 +51,32 @@ class SlowStageProxy(LoopbackProxy):
                 await asyncio.sleep(self._delay)
 
 
+class SlowStageBadEventProxy(SlowStageProxy):
+    """Also puts a malformed event (a string ``origin_server_ts``, which makes
+    matrix-nio's parser raise) at the head of every ``/messages`` page of
+    ``room``, as a room holding one relayed from another server would."""
+
+    def __init__(self, upstream: str, delay: float, room: str) -> None:
+        super().__init__(upstream, delay)
+        self.room = room
+        self.served = 0
+
+    def rewrite(self, request: web.Request, status: int, data: bytes) -> bytes:
+        if status != 200 or not request.path.endswith("/messages") or self.room not in (
+            request.path
+        ):
+            return data
+        doc = json.loads(data)
+        bad = {
+            "type": "m.room.message", "sender": "@evil:elsewhere.example",
+            "event_id": f"$bad-{self.served}", "origin_server_ts": "soon",
+            "room_id": self.room, "content": {"msgtype": "m.text", "body": "!help"},
+        }
+        doc["chunk"] = [bad, *doc.get("chunk", [])]
+        self.served += 1
+        return json.dumps(doc).encode()
+
+
 def stages_in(events: list[Any]) -> list[str]:
     return [content_of(e)[DISPATCH_KEY]["stage"] for e in with_content_key(events, DISPATCH_KEY)]
 
@@ -58,13 +84,34 @@ def stages_in(events: list[Any]) -> list[str]:
 async def test_abort_during_fanout_is_read_at_once_and_stops_it(
     homeserver: EmbeddedHomeserver, tmp_path: Path, clients: ClientPool
 ) -> None:
-    proxy = SlowStageProxy(homeserver.url, STAGE_DELAY_S)
-    await proxy.start()
+    await abort_mid_fanout(homeserver, tmp_path, clients, bad_event=False)
+
+
+async def test_abort_during_fanout_is_read_past_a_malformed_control_room_event(
+    homeserver: EmbeddedHomeserver, tmp_path: Path, clients: ClientPool
+) -> None:
+    """Issue 11, defect 3: the control watch's /messages pages were not
+    sanitised, and a failing page was asked for again from the same token: one
+    malformed event in the control room disabled the watch, and the !abort
+    waited out the fan-out."""
+    await abort_mid_fanout(homeserver, tmp_path, clients, bad_event=True)
+
+
+async def abort_mid_fanout(
+    homeserver: EmbeddedHomeserver, tmp_path: Path, clients: ClientPool, *, bad_event: bool
+) -> None:
+    proxy: SlowStageProxy | None = None
     try:
         # One request in flight, and a hold longer than the whole fan-out: only the
         # control watch can bring the !abort in time.
         dispatch = {"max_in_flight": 1, "sync_hold_seconds": 60, "control_poll_seconds": 0.2}
         async with bot_env(homeserver, tmp_path, clients, "midabort", dispatch) as env:
+            proxy = (
+                SlowStageBadEventProxy(homeserver.url, STAGE_DELAY_S, env.control_room)
+                if bad_event
+                else SlowStageProxy(homeserver.url, STAGE_DELAY_S)
+            )
+            await proxy.start()
             config = yaml.safe_load(env.config_path.read_text())
             config["matrix"]["homeserver"] = proxy.url
             env.config_path.write_text(yaml.safe_dump(config))
@@ -110,5 +157,8 @@ async def test_abort_during_fanout_is_read_at_once_and_stops_it(
                 got_stage += stages == ["go", "!abort"]
             # The abort stopped the fan-out part-way: most rooms never got the stage.
             assert 1 <= got_stage <= ROOMS // 2, got_stage
+            if isinstance(proxy, SlowStageBadEventProxy):
+                assert proxy.served > 0  # the watch did read through the bad event
     finally:
-        await proxy.close()
+        if proxy is not None:
+            await proxy.close()

@@ -45,14 +45,20 @@ from matrix_helpers import (
     sync_until,
     with_content_key,
 )
-from nio import AsyncClient, AsyncClientConfig, RoomSendResponse, SyncResponse
+from nio import (
+    AsyncClient,
+    AsyncClientConfig,
+    RoomMessagesResponse,
+    RoomSendResponse,
+    SyncResponse,
+)
 
 from bot import DISPATCH_KEY
 from bot.control.catalog import CONTROL_COMMANDS, PARTICIPANT_COMMANDS
 from bot.control.parse import SLUG, Command, UsageError, parse
 from bot.control.registry import CommandDef
 from bot.devtools.homeserver import EmbeddedHomeserver
-from bot.matrix.sanitize import clean_sync_body
+from bot.matrix.sanitize import clean_messages_body, clean_sync_body
 
 CORPUS = Path(__file__).parent / "corpus" / "commands"
 CONTROL_SPECS: dict[str, CommandDef] = CONTROL_COMMANDS
@@ -525,6 +531,18 @@ def test_any_sync_body_is_handled_after_cleaning(events: list[Any]) -> None:
     body = _sync_body(events)
     clean_sync_body(body)
     _nio_handles(body)
+
+
+@pytest.mark.parametrize("event", NIO_BREAKERS, ids=lambda e: str(e)[:40])
+def test_known_nio_breakers_are_cleaned_from_a_messages_page(event: Any) -> None:
+    """The control watch's /messages pages (issue 11, defect 3)."""
+    good = {"type": "m.room.message", "sender": "@a:localhost", "event_id": "$g",
+            "origin_server_ts": 5, "content": {"msgtype": "m.text", "body": "!abort"}}
+    body = {"chunk": [event, good, event], "start": "s1", "end": "s2", "state": [event]}
+    assert clean_messages_body(body)
+    page = RoomMessagesResponse.from_dict(body, "!r:localhost")
+    assert isinstance(page, RoomMessagesResponse), page
+    assert [e.event_id for e in page.chunk] == ["$g"]
 
 
 def test_clean_sync_keeps_good_events() -> None:

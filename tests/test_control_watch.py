@@ -8,7 +8,7 @@ from typing import Any
 
 from nio import Event, RoomMessagesError, RoomMessagesResponse, RoomMessageText
 
-from bot.control.watch import ControlWatch
+from bot.control.watch import MAX_FAILED_POLLS, ControlWatch
 
 BOT = "@bot:x"
 ROOM = "!control"
@@ -93,3 +93,11 @@ async def test_errors_are_retried_quietly() -> None:
     client = ScriptedClient({"s0": RoomMessagesError("M_FORBIDDEN")})
     seen, returned = await run_watch(client)
     assert seen == [] and not returned
+
+
+async def test_a_page_nio_keeps_failing_on_ends_the_watch() -> None:
+    """Should a page still break nio (after sanitising), asking again from the
+    same token fails for ever: the watch gives way to the sync."""
+    client = ScriptedClient({"s0": TypeError("nio parser")})
+    seen, returned = await run_watch(client, seconds=1)
+    assert seen == [] and returned and len(client.asked) == MAX_FAILED_POLLS

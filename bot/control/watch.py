@@ -12,6 +12,11 @@ An encrypted control room's command is readable here only if the bot already
 holds the sender's room key. Keys arrive over /sync, so a message the bot cannot
 decrypt ends the watch, and with it the hold: the sync that follows brings the
 key and the command.
+
+Pages are sanitised like /sync bodies (bot/matrix/sanitize.py): an event nio
+cannot parse is dropped, so one malformed event (another server can relay one)
+does not make the page fail. Should nio still fail on a room's page several
+polls in a row, the watch ends, and with it the hold: the sync reads on.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ OnCommand = Callable[[str, RoomMessageText], Awaitable[None]]
 # Only messages can be commands; encrypted ones are decrypted by nio if it can.
 _FILTER = {"types": ["m.room.message", "m.room.encrypted"]}
 _PAGE = 50
+# Pages of one room nio failed on, in a row, before the watch gives way to the sync.
+MAX_FAILED_POLLS = 3
 
 
 class ControlWatch:
@@ -56,8 +63,10 @@ class ControlWatch:
         """Poll every control room from ``since`` until cancelled, or until a
         message only a sync can make readable: then return (ending the hold).
         Never raises: a failed poll is retried at the next interval (the main
-        sync is the fallback that always comes)."""
+        sync is the fallback that always comes); a page nio cannot parse
+        ``MAX_FAILED_POLLS`` times in a row ends the watch."""
         tokens: dict[str, str] = {}
+        failed: dict[str, int] = {}
         while True:
             for room_id in list(self._control_rooms()):
                 start = tokens.setdefault(room_id, since)
@@ -66,9 +75,16 @@ class ControlWatch:
                 except (ClientError, TimeoutError, ConnectionError) as err:
                     log.debug("control watch: %s poll failed: %s", room_id, type(err).__name__)
                     continue
-                except Exception as err:
+                except Exception as err:  # nio failed on the page itself
+                    failed[room_id] = failed.get(room_id, 0) + 1
                     log.warning("control watch: %s poll failed: %s", room_id, type(err).__name__)
+                    if failed[room_id] >= MAX_FAILED_POLLS:
+                        # The same page from the same token fails again: the sync
+                        # (sanitised, and the fallback that always comes) reads on.
+                        log.warning("control watch: %s unreadable; syncing now", room_id)
+                        return
                     continue
+                failed.pop(room_id, None)
                 if unreadable:
                     log.info("control watch: undecryptable message in %s; syncing now", room_id)
                     return

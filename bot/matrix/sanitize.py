@@ -244,20 +244,50 @@ def clean_sync_body(body: Any) -> list[str]:
     return dropped
 
 
+def clean_messages_body(body: Any) -> list[str]:
+    """The same for a ``/rooms/{id}/messages`` page (the control watch's poll,
+    crash recovery's look into a room): its ``chunk`` and ``state`` events. A page
+    nio cannot parse would be asked for again from the same token, for ever."""
+    dropped: list[str] = []
+    if not isinstance(body, MutableMapping):
+        return dropped
+    parse = _nio_parsers()["room"]
+    for section in ("chunk", "state"):
+        if section not in body:
+            continue
+        holder = {"events": body[section]}
+        _clean_events(holder, dropped)
+        _trial(holder, parse, dropped)
+        body[section] = holder["events"]
+    return dropped
+
+
+def _cleaner(path: str) -> tuple[str, Any] | None:
+    if path.endswith("/sync"):
+        return "a sync", clean_sync_body
+    if path.endswith("/messages"):
+        return "a page of room messages", clean_messages_body
+    return None
+
+
 class SanitizingClient(AsyncClient):  # type: ignore[misc]
-    """The bot's nio client: /sync bodies are cleaned before nio parses them."""
+    """The bot's nio client: /sync and /messages bodies are cleaned before nio
+    parses them."""
 
     async def parse_body(self, transport_response: Any) -> dict[Any, Any]:
         body: dict[Any, Any] = await super().parse_body(transport_response)
         url = getattr(transport_response, "url", None)
         path = getattr(url, "path", "")
-        if isinstance(path, str) and path.endswith("/sync"):
-            dropped = clean_sync_body(body)
+        found = _cleaner(path) if isinstance(path, str) else None
+        if found is not None:
+            what, clean = found
+            dropped = clean(body)
             if dropped:
                 reasons = Counter(dropped)
                 log.warning(
-                    "dropped %d malformed item(s) from a sync: %s",
+                    "dropped %d malformed item(s) from %s: %s",
                     len(dropped),
+                    what,
                     "; ".join(f"{why} x{n}" for why, n in reasons.most_common(5)),
                 )
         return body
