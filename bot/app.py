@@ -9,31 +9,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
-from nio import (
-    AsyncClient,
-    MatrixRoom,
-    ReactionEvent,
-    RoomMemberEvent,
-    RoomMessageText,
-    RoomUpgradeEvent,
-    SyncResponse,
-)
+from nio import AsyncClient
 
 from bot.clock import Clock
 from bot.config import Config
 from bot.control.commands import Controller
 from bot.control.participants import Participants
 from bot.control.steering import Steering
-from bot.control.watch import ControlWatch
 from bot.dispatch import Dispatcher
 from bot.library import ScenarioLibrary
+from bot.matrix.actions import MatrixActions
 from bot.matrix.crosssign import ensure_cross_signing
+from bot.matrix.events import (
+    BotJoined,
+    BotRemoved,
+    Command,
+    Invited,
+    MatrixEvent,
+    MemberLeft,
+    Reacted,
+    RoomUpgraded,
+    Said,
+)
 from bot.matrix.rooms import RoomRegistry
 from bot.matrix.sender import MatrixSender
 from bot.matrix.session import open_session
 from bot.matrix.sync import SyncLoop
+from bot.matrix.watch import ControlWatch
 from bot.notify import Notifier
 from bot.runs import RunManager
 from bot.schedule import Timers
@@ -59,12 +63,12 @@ class Bot:
         self.client = client
         self.store = store
         self.sender = MatrixSender(client)
-        self.sync = SyncLoop(client, on_sync=self._on_sync)
+        self.matrix = MatrixActions(client, clock)
         self.notifier = Notifier(
-            self.sender, clock, config.control.rooms, in_room=lambda r: r in client.rooms
+            self.sender, clock, config.control.rooms, in_room=self.matrix.in_room
         )
         self.rooms = RoomRegistry(
-            client,
+            self.matrix,
             store,
             clock,
             control_rooms=config.control.rooms,
@@ -74,15 +78,20 @@ class Bot:
         self.dispatcher = Dispatcher(
             store, self.sender, clock, max_in_flight=config.dispatch.max_in_flight
         )
-        self.sync.hold = self.dispatcher.quiet
-        self.sync.max_hold_s = config.dispatch.sync_hold_seconds
         self.watch = ControlWatch(
             client,
             lambda: self.rooms.control_rooms,
             self._on_watched_command,
             interval_s=config.dispatch.control_poll_seconds,
         )
-        self.sync.while_held = self.watch.watch
+        self.sync = SyncLoop(
+            client,
+            on_events=self._route,
+            control_rooms=config.control.rooms,
+            hold=self.dispatcher.quiet,
+            max_hold_s=config.dispatch.sync_hold_seconds,
+            while_held=self.watch.watch,
+        )
         self.timers = Timers()
         self.runs = RunManager(
             store=store,
@@ -124,143 +133,94 @@ class Bot:
         # sync that brings a newly joined room carries its history too: commands
         # older than the join are history, not orders.
         self._joined_at: dict[str, int] = {}
-        client.add_event_callback(self._on_message, RoomMessageText)
-        client.add_event_callback(self._on_reaction, ReactionEvent)
-        client.add_event_callback(self._on_member, RoomMemberEvent)
 
-    # -- events ------------------------------------------------------------------------
+    # -- events ----------------------------------------------------------------------
 
-    def _taking_commands(self) -> bool:
-        return self.sync.synced_once or not self.sync.first_sync_ever
+    async def _route(self, events: Sequence[MatrixEvent]) -> None:
+        """One sync's typed events (bot/matrix/events.py, in their order) to
+        their handlers: queued, never awaited here (the sync must not wait)."""
+        for ev in events:
+            match ev:
+                case BotJoined():
+                    self._joined_at[ev.room_id] = ev.ts
+                case Command():
+                    self._take_command(ev)
+                case Said():
+                    self._queue(
+                        self.participants.on_message, ev.room_id, ev.event_id, ev.sender, ev.body
+                    )
+                case Reacted():
+                    self._queue(self.participants.on_reaction, ev.room_id, ev.sender, ev.reacts_to)
+                case MemberLeft():
+                    self._queue(self.participants.on_member_left, ev.room_id, ev.user_id)
+                case RoomUpgraded():
+                    self._queue(
+                        self.rooms.on_tombstone, ev.room_id, ev.successor, ev.by, self._report
+                    )
+                case Invited():
+                    self._queue(self._invited, ev)
+                case BotRemoved():
+                    self._queue(self._removed, ev)
 
-    async def _on_message(self, room: MatrixRoom, event: RoomMessageText) -> None:
-        if event.sender == self.client.user_id or not self._taking_commands():
-            return
-        if room.room_id in self.rooms.control_rooms:
-            self._take_command(room.room_id, event)
-            return
-        body = event.body if isinstance(event.body, str) else ""
-        self._inbox.put_nowait(
-            lambda: self.participants.on_message(room.room_id, event.event_id, event.sender, body)
-        )
+    def _queue(self, handler: Callable[..., Awaitable[object]], *args: object) -> None:
+        async def job() -> None:
+            await handler(*args)
 
-    def _take_command(self, room_id: str, event: RoomMessageText) -> None:
+        self._inbox.put_nowait(job)
+
+    def _take_command(self, command: Command) -> None:
         """Queue a control-room command once, however many times it is read."""
-        if event.event_id in self._taken:
+        if command.event_id in self._taken:
             return
-        self._taken[event.event_id] = None
+        self._taken[command.event_id] = None
         if len(self._taken) > _TAKEN_KEPT:
             del self._taken[next(iter(self._taken))]
-        body = event.body if isinstance(event.body, str) else ""
 
-        async def command() -> None:
+        async def run() -> None:
             # Checked in the lane: the join comes later in the same timeline.
-            if event.server_timestamp < self._joined_at.get(room_id, 0):
+            if command.ts < self._joined_at.get(command.room_id, 0):
                 return
             await self.controller.handle(
-                room_id, event.event_id, event.sender, body, sent_ms=event.server_timestamp
+                command.room_id,
+                command.event_id,
+                command.sender,
+                command.body,
+                sent_ms=command.ts,
             )
 
-        self._commands.put_nowait(command)
+        self._commands.put_nowait(run)
 
-    async def _on_watched_command(self, room_id: str, event: RoomMessageText) -> None:
-        if self._taking_commands() and room_id in self.rooms.control_rooms:
-            self._take_command(room_id, event)
+    async def _on_watched_command(self, command: Command) -> None:
+        if self.sync.taking_commands and command.room_id in self.rooms.control_rooms:
+            self._take_command(command)
 
-    async def _on_reaction(self, room: MatrixRoom, event: ReactionEvent) -> None:
-        if event.sender == self.client.user_id or not self._taking_commands():
-            return
-        reacts_to = event.reacts_to if isinstance(event.reacts_to, str) else ""
-        if reacts_to:
-            self._inbox.put_nowait(
-                lambda: self.participants.on_reaction(room.room_id, event.sender, reacts_to)
-            )
-
-    async def _on_member(self, room: MatrixRoom, event: RoomMemberEvent) -> None:
-        if (
-            event.state_key == self.client.user_id
-            and event.membership == "join"
-            and event.prev_membership != "join"
+    async def _invited(self, ev: Invited) -> None:
+        listed, direct_open = self.library.opt_in_facts()
+        if await self.rooms.on_invite(
+            ev.room_id,
+            ev.inviter,
+            listed_rooms=listed,
+            report=self._report,
+            is_direct=ev.is_direct,
+            direct_open=direct_open,
         ):
-            self._joined_at[room.room_id] = event.server_timestamp
-        if event.state_key == self.client.user_id or not self._taking_commands():
+            # Opted in again after a removal: stages may go there again.
+            self.dispatcher.remember_room(ev.room_id)
+
+    async def _removed(self, ev: BotRemoved) -> None:
+        ours = ev.by == self.matrix.user_id
+        if ours and await self.store.room_membership(ev.room_id) != "joined":
+            # Our own leave: a declined invite, a failed power check, a private
+            # chat closed (each recorded before leaving). A leave "by us" of a
+            # room still joined is the server's doing: the room was deleted or
+            # shut down by an admin.
             return
-        if event.membership in ("leave", "ban") and event.prev_membership == "join":
-            user = event.state_key
-            self._inbox.put_nowait(lambda: self.participants.on_member_left(room.room_id, user))
+        self.dispatcher.forget_room(ev.room_id)
+        await self.participants.forget_room(ev.room_id)
+        await self.rooms.on_removed(ev.room_id, ev.by, ev.membership, self._report)
 
     async def _report(self, text: str) -> None:
         await self.notifier.report(None, text)
-
-    async def _on_sync(self, resp: SyncResponse) -> None:
-        me = self.client.user_id
-        # Upgrades first: an invite to a successor room, in this same sync, is
-        # judged knowing the tombstone that names it.
-        for room_id, joined in resp.rooms.join.items():
-            for ev in (*joined.state, *joined.timeline.events):
-                if not isinstance(ev, RoomUpgradeEvent) or not isinstance(ev.replacement_room, str):
-                    continue
-
-                async def upgraded(
-                    room_id: str = room_id,
-                    successor: str = ev.replacement_room,
-                    by: str = ev.sender,
-                ) -> None:
-                    await self.rooms.on_tombstone(room_id, successor, by, self._report)
-
-                self._inbox.put_nowait(upgraded)
-        for room_id, info in resp.rooms.invite.items():
-            inviter: str | None = None
-            is_direct = False
-            for ev in info.invite_state:
-                if getattr(ev, "state_key", None) != me:
-                    continue
-                if getattr(ev, "membership", "") != "invite":
-                    continue
-                inviter = ev.sender
-                content = getattr(ev, "content", None)
-                is_direct = isinstance(content, dict) and content.get("is_direct") is True
-            if inviter is None:
-                continue
-
-            async def handle(
-                room_id: str = room_id, inviter: str = inviter, is_direct: bool = is_direct
-            ) -> None:
-                listed, direct_open = self.library.opt_in_facts()
-                if await self.rooms.on_invite(
-                    room_id,
-                    inviter,
-                    [],
-                    listed_rooms=listed,
-                    report=self._report,
-                    is_direct=is_direct,
-                    direct_open=direct_open,
-                ):
-                    # Opted in again after a removal: stages may go there again.
-                    self.dispatcher.remember_room(room_id)
-
-            self._inbox.put_nowait(handle)
-        for room_id, left in resp.rooms.leave.items():
-            by: str | None = None
-            membership = "leave"
-            for ev in left.timeline.events:
-                if isinstance(ev, RoomMemberEvent) and ev.state_key == me:
-                    by, membership = ev.sender, ev.membership
-
-            async def removed(
-                room_id: str = room_id, by: str | None = by, membership: str = membership
-            ) -> None:
-                if by == me and await self.store.room_membership(room_id) != "joined":
-                    # Our own leave: a declined invite, a failed power check, a
-                    # private chat closed (each recorded before leaving). A leave
-                    # "by us" of a room still joined is the server's doing: the
-                    # room was deleted or shut down by an admin.
-                    return
-                self.dispatcher.forget_room(room_id)
-                await self.participants.forget_room(room_id)
-                await self.rooms.on_removed(room_id, by, membership, self._report)
-
-            self._inbox.put_nowait(removed)
 
     @staticmethod
     async def _work(queue: asyncio.Queue[Callable[[], Awaitable[None]]]) -> None:

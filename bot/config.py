@@ -82,7 +82,7 @@ class DispatchConfig(_Strict):
     # The bot's next /sync waits while a fan-out is sending, at most this long
     # (0: never wait): on one Synapse, syncing during a fan-out costs about as much
     # as the sends. Meanwhile the control rooms are polled every
-    # control_poll_seconds (bot/control/watch.py), so an !abort typed during a
+    # control_poll_seconds (bot/matrix/watch.py), so an !abort typed during a
     # fan-out is read within that, not after the hold; participants' messages
     # (check-ins, !stop) are read when the hold ends.
     sync_hold_seconds: float = Field(default=30.0, ge=0, le=120)

@@ -25,7 +25,7 @@ from typing import Any
 from bot.clock import Clock
 from bot.content import notice, preformatted
 from bot.matrix.sender import Sender, SendFailed
-from bot.retry import GiveUp, RetryPolicy
+from bot.retry import RetryPolicy, retry_call
 from bot.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -71,24 +71,23 @@ class Notifier:
         """Send one notice. ``txn_id`` makes it idempotent: a notice sent again
         with the same id (after a crash) is the homeserver's first one."""
         txn = txn_id or f"blossom-notice-{uuid.uuid4().hex}"
-        for attempt in range(1, self._max_attempts + 1):
-            try:
-                return await self._sender.send(room_id, "m.room.message", content, txn)
-            except SendFailed as err:
-                decision = self._policy.decide(
-                    err.failure,
-                    attempt=attempt,
-                    now=self._clock.now(),
-                    deadline=None,
-                    rng=self._rng,
-                )
-                if isinstance(decision, GiveUp) or attempt == self._max_attempts:
-                    log.error("could not send a notice to %s: %s", room_id, err.failure.describe())
-                    return None
-                await self._clock.sleep_until(
-                    self._clock.now() + min(decision.delay, timedelta(seconds=30))
-                )
-        return None
+
+        async def once() -> str:
+            return await self._sender.send(room_id, "m.room.message", content, txn)
+
+        try:
+            return await retry_call(
+                once,
+                policy=self._policy,
+                sleep=lambda d: self._clock.sleep_until(self._clock.now() + d),
+                now=self._clock.now,
+                max_attempts=self._max_attempts,
+                rng=self._rng,
+                max_delay=timedelta(seconds=30),
+            )
+        except SendFailed as err:
+            log.error("could not send a notice to %s: %s", room_id, err.failure.describe())
+            return None
 
     async def reply(
         self,

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from nio import Event, RoomMessagesError, RoomMessagesResponse, RoomMessageText
+from nio import Event, RoomMessagesError, RoomMessagesResponse
 
-from bot.control.watch import MAX_FAILED_POLLS, ControlWatch
+from bot.matrix.events import Command
+from bot.matrix.watch import MAX_FAILED_POLLS, ControlWatch
 
 BOT = "@bot:x"
 ROOM = "!control"
@@ -52,9 +53,9 @@ class ScriptedClient:
 async def run_watch(client: ScriptedClient, seconds: float = 0.1) -> tuple[list[str], bool]:
     seen: list[str] = []
 
-    async def on_command(room_id: str, event: RoomMessageText) -> None:
-        assert room_id == ROOM
-        seen.append(event.body)
+    async def on_command(command: Command) -> None:
+        assert command.room_id == ROOM
+        seen.append(command.body)
 
     watch = ControlWatch(client, lambda: [ROOM], on_command, interval_s=0.01)  # type: ignore[arg-type]
     task = asyncio.ensure_future(watch.watch("s0"))

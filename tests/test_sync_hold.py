@@ -4,6 +4,7 @@ it (pure asyncio; the live behaviour is in test_abort_during_fanout_live.py)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bot.matrix.sync import SyncLoop
@@ -16,15 +17,17 @@ class _Client:
     next_batch = "s42"
 
 
-def _loop(max_hold_s: float = 5.0) -> SyncLoop:
-    loop = SyncLoop(_Client())  # type: ignore[arg-type]
-    loop.max_hold_s = max_hold_s
-    loop.watch_after_s = 0.01
-    return loop
+def _loop(watch: Callable[[str], Awaitable[None]], max_hold_s: float = 5.0) -> SyncLoop:
+    """Built whole by its constructor, as the bot builds it."""
+    return SyncLoop(
+        _Client(),  # type: ignore[arg-type]
+        max_hold_s=max_hold_s,
+        while_held=watch,
+        watch_after_s=0.01,
+    )
 
 
 async def test_short_hold_starts_no_watch() -> None:
-    loop = _loop()
     started: list[str] = []
 
     async def watch(since: str) -> None:
@@ -33,13 +36,12 @@ async def test_short_hold_starts_no_watch() -> None:
     async def hold() -> None:
         return None
 
-    loop.while_held = watch
+    loop = _loop(watch)
     await loop._held(hold)
     assert started == []
 
 
 async def test_watch_runs_from_last_token_and_is_cancelled_when_hold_ends() -> None:
-    loop = _loop()
     quiet = asyncio.Event()
     seen: list[str] = []
     cancelled = asyncio.Event()
@@ -52,7 +54,7 @@ async def test_watch_runs_from_last_token_and_is_cancelled_when_hold_ends() -> N
             cancelled.set()
             raise
 
-    loop.while_held = watch
+    loop = _loop(watch)
     held = asyncio.ensure_future(loop._held(quiet.wait))
     await asyncio.sleep(0.05)
     assert seen == ["s42"] and not held.done()
@@ -63,18 +65,16 @@ async def test_watch_runs_from_last_token_and_is_cancelled_when_hold_ends() -> N
 
 async def test_watch_returning_ends_the_hold_at_once() -> None:
     """E.g. an undecryptable command: only a sync brings its key."""
-    loop = _loop(max_hold_s=30)
 
     async def watch(since: str) -> None:
         await asyncio.sleep(0.02)
 
     never = asyncio.Event()
-    loop.while_held = watch
+    loop = _loop(watch, max_hold_s=30)
     await asyncio.wait_for(loop._held(never.wait), 1)
 
 
 async def test_hold_is_bounded_and_cancels_the_watch() -> None:
-    loop = _loop(max_hold_s=0.1)
     state: dict[str, Any] = {}
 
     async def watch(since: str) -> None:
@@ -85,18 +85,17 @@ async def test_hold_is_bounded_and_cancels_the_watch() -> None:
             raise
 
     never = asyncio.Event()
-    loop.while_held = watch
+    loop = _loop(watch, max_hold_s=0.1)
     await asyncio.wait_for(loop._held(never.wait), 1)
     assert state == {"cancelled": True}
 
 
 async def test_a_failing_watch_does_not_break_the_hold() -> None:
-    loop = _loop(max_hold_s=0.2)
 
     async def watch(since: str) -> None:
         raise RuntimeError("boom")
 
     never = asyncio.Event()
-    loop.while_held = watch
+    loop = _loop(watch, max_hold_s=0.2)
     # The watch "returned" (with an error): the hold ends, nothing propagates.
     await asyncio.wait_for(loop._held(never.wait), 1)

@@ -14,36 +14,21 @@ in the successor.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from aiohttp import ClientError
-from nio import (
-    AsyncClient,
-    JoinResponse,
-    RoomGetStateEventError,
-    RoomGetStateEventResponse,
-    RoomResolveAliasResponse,
-)
-
 from bot.clock import Clock
+from bot.matrix.actions import ActionFailed, MatrixActions
 from bot.matrix.power import OPT_IN_POWER, user_power
-from bot.matrix.sender import failure_from_error
-from bot.retry import GiveUp, RetryPolicy, SendFailure
 from bot.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["OPT_IN_POWER", "InviteDecision", "RoomRegistry", "decide_invite"]
-# A join is a membership event: Synapse counts it against the bot's message rate
-# limit, so a burst of invites meets 429s. Joins are retried as sends are.
-JOIN_ATTEMPTS = 6
-
 Report = Callable[[str], Awaitable[None]]
 # The reason recorded for a room joined as the successor of an upgraded room.
 UPGRADE_OF = "upgrade of "
@@ -86,14 +71,14 @@ def decide_invite(
 class RoomRegistry:
     def __init__(
         self,
-        client: AsyncClient,
+        matrix: MatrixActions,
         store: Store,
         clock: Clock,
         *,
         control_rooms: Iterable[str],
         min_control_power: int,
     ) -> None:
-        self._client = client
+        self._matrix = matrix
         self._store = store
         self._clock = clock
         self.control_rooms = frozenset(control_rooms)
@@ -103,46 +88,31 @@ class RoomRegistry:
 
     # -- power -----------------------------------------------------------------------
 
-    async def _state_event(self, room_id: str, event_type: str) -> dict[str, Any] | None:
-        try:
-            resp = await self._client.room_get_state_event(room_id, event_type)
-        except (ClientError, TimeoutError, ConnectionError):
-            return None
-        if isinstance(resp, RoomGetStateEventResponse):
-            return dict(resp.content)
-        if isinstance(resp, RoomGetStateEventError):
-            return None
-        return None
-
     async def _create_event(self, room_id: str) -> dict[str, Any] | None:
         """``m.room.create`` as {sender, content}; it never changes, so it is cached."""
         if room_id in self._create_events:
             return self._create_events[room_id]
-        content = await self._state_event(room_id, "m.room.create")
+        content = await self._matrix.state_event(room_id, "m.room.create")
         if content is None:
             return None
         # The state-event endpoint returns content only; the creator is the
-        # content's `creator` (v1-10) or the event's sender (v11+).
-        sender = content.get("creator") or await self._create_sender(room_id)
-        event = {"sender": sender, "content": content}
+        # content's `creator` (v1-10) or the event's sender (v11+), which the
+        # whole state (events with senders) gives.
+        sender = content.get("creator") or next(
+            (
+                ev.get("sender")
+                for ev in await self._matrix.state(room_id)
+                if ev.get("type") == "m.room.create"
+            ),
+            None,
+        )
+        event = {"sender": str(sender) if sender else None, "content": content}
         self._create_events[room_id] = event
         return event
 
-    async def _create_sender(self, room_id: str) -> str | None:
-        # /state returns whole events, with senders.
-        try:
-            resp = await self._client.room_get_state(room_id)
-        except (ClientError, TimeoutError, ConnectionError):
-            return None
-        for ev in getattr(resp, "events", []) or []:
-            if isinstance(ev, Mapping) and ev.get("type") == "m.room.create":
-                sender = ev.get("sender")
-                return str(sender) if sender else None
-        return None
-
     async def power_of(self, room_id: str, user_id: str) -> float:
         create = await self._create_event(room_id)
-        levels = await self._state_event(room_id, "m.room.power_levels")
+        levels = await self._matrix.state_event(room_id, "m.room.power_levels")
         return user_power(user_id, power_levels=levels, create_event=create)
 
     async def is_core(self, user_id: str, room_id: str | None = None) -> bool:
@@ -176,7 +146,6 @@ class RoomRegistry:
         self,
         room_id: str,
         inviter: str,
-        stripped_state: list[dict[str, Any]],
         *,
         listed_rooms: set[str],
         report: Report,
@@ -206,47 +175,33 @@ class RoomRegistry:
             successor_of=successor_of,
         )
         if not first.accept:
-            await self._client.room_leave(room_id)  # rejects the invite
-            await self._store.set_room(room_id, "declined", now=now, note=first.reason)
-            await self._audit_declined(room_id, inviter, first.reason)
+            await self._matrix.leave(room_id)  # rejects the invite
+            await self._declined(room_id, inviter, first.reason, now)
             log.info("declined invite to %s from %s: %s", room_id, inviter, first.reason)
             return False
-        # The inviter's power: stripped state carries m.room.create (so creators
-        # are known before joining); power levels are only readable after joining.
-        create = next((e for e in stripped_state if e.get("type") == "m.room.create"), None)
-        power = user_power(inviter, power_levels=None, create_event=create) if create else 0.0
-        if first.reason == "direct chat":
-            power = math.inf  # a private chat: the person inviting is the audience
-        joined_to_check = False
+        # Power levels are readable only after joining (and nio drops m.room.create
+        # from an invite's stripped state): join, then check the inviter's power.
+        why = await self._matrix.join(room_id)
+        if why is not None:
+            log.warning("could not join %s: %s", room_id, why)
+            return False
+        # A private chat: the person inviting is the audience.
+        direct = first.reason == "direct chat"
+        power = math.inf if direct else await self.power_of(room_id, inviter)
         if power < OPT_IN_POWER:
-            why = await self._join(room_id)
-            if why is not None:
-                log.warning("could not join %s to check power: %s", room_id, why)
-                return False
-            joined_to_check = True
-            power = await self.power_of(room_id, inviter)
-        if power < OPT_IN_POWER:
-            await self._client.room_leave(room_id)
-            await self._client.room_forget(room_id)
+            await self._matrix.leave(room_id, forget=True)
             reason = f"inviter {inviter} has power {power:g} < {OPT_IN_POWER}"
-            await self._store.set_room(room_id, "declined", now=now, note=reason)
-            await self._audit_declined(room_id, inviter, reason)
+            await self._declined(room_id, inviter, reason, now)
             log.info("left %s: %s", room_id, reason)
             await report(
                 f"Did not opt in room {room_id}: the invite came from {inviter}, "
                 f"who has power {power:g} there; a member with power ≥ {OPT_IN_POWER} must invite."
             )
             return False
-        if not joined_to_check:
-            why = await self._join(room_id)
-            if why is not None:
-                log.warning("could not join %s: %s", room_id, why)
-                return False
         if successor_of is not None and not await self._replaces(room_id, successor_of):
-            await self._client.room_leave(room_id)
+            await self._matrix.leave(room_id)
             reason = f"does not name {successor_of} as its predecessor"
-            await self._store.set_room(room_id, "declined", now=now, note=reason)
-            await self._audit_declined(room_id, inviter, reason)
+            await self._declined(room_id, inviter, reason, now)
             await report(f"Did not opt in room {room_id}: it {reason} (m.room.create).")
             return False
         await self._store.set_room(
@@ -257,28 +212,9 @@ class RoomRegistry:
             await report(f"Joined {room_id}: opted in by {inviter} ({first.reason}).")
         return True
 
-    async def _join(self, room_id: str) -> str | None:
-        """Join, retrying rate limits and transient errors (bounded); None when
-        joined, else why not."""
-        policy = RetryPolicy()
-        rng = random.Random()
-        failure = SendFailure(None)
-        for attempt in range(1, JOIN_ATTEMPTS + 1):
-            try:
-                resp = await self._client.join(room_id)
-            except (ClientError, TimeoutError, ConnectionError) as err:
-                failure = SendFailure(None, message=err.__class__.__name__)
-            else:
-                if isinstance(resp, JoinResponse):
-                    return None
-                failure = failure_from_error(resp)
-            decision = policy.decide(
-                failure, attempt=attempt, now=self._clock.now(), deadline=None, rng=rng
-            )
-            if isinstance(decision, GiveUp) or attempt == JOIN_ATTEMPTS:
-                break
-            await self._clock.sleep_until(self._clock.now() + decision.delay)
-        return failure.describe()
+    async def _declined(self, room_id: str, inviter: str, reason: str, now: datetime) -> None:
+        await self._store.set_room(room_id, "declined", now=now, note=reason)
+        await self._audit_declined(room_id, inviter, reason)
 
     async def on_removed(
         self, room_id: str, by: str | None, membership: str, report: Report
@@ -292,7 +228,7 @@ class RoomRegistry:
         if was == "joined" and room_id not in self.control_rooms:
             verb = "banned" if membership == "ban" else "removed"
             who = by or "someone"
-            if by == self._client.user_id:
+            if by == self._matrix.user_id:
                 who = "the server (the room was deleted or shut down)"
             await report(
                 f"The bot was {verb} from {room_id} by {who}; it will send nothing more there."
@@ -354,14 +290,10 @@ class RoomRegistry:
     async def _follow(self, old: str, successor: str) -> bool:
         """Join the successor uninvited (a public or restricted room allows it) and
         carry the opt-in over; False if the bot has to be invited."""
-        try:
-            resp = await self._client.join(successor)
-        except (ClientError, TimeoutError, ConnectionError):
-            return False
-        if not isinstance(resp, JoinResponse):
+        if await self._matrix.join(successor, retry=False) is not None:
             return False
         if not await self._replaces(successor, old):
-            await self._client.room_leave(successor)
+            await self._matrix.leave(successor)
             await self._store.set_room(
                 successor,
                 "declined",
@@ -392,7 +324,7 @@ class RoomRegistry:
             )
         seen = {room_id}
         while (nxt := successors.get(room_id)) is not None and nxt not in seen:
-            if nxt not in opted or nxt not in self._client.rooms:
+            if nxt not in opted or not self._matrix.in_room(nxt):
                 break
             seen.add(nxt)
             room_id = nxt
@@ -401,11 +333,7 @@ class RoomRegistry:
     async def wait_known(self, room_id: str, seconds: float = 15.0) -> None:
         """Wait until the sync has brought ``room_id`` into the client (nio's
         room_send refuses rooms it does not know)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        # nio offers no event for "this room is now known"; poll briefly.
-        while room_id not in self._client.rooms and loop.time() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.1)
+        await self._matrix.wait_in_room(room_id, seconds)
 
     # -- aliases and served rooms ------------------------------------------------------
 
@@ -415,13 +343,12 @@ class RoomRegistry:
         if room in self._aliases and not refresh:
             return self._aliases[room]
         try:
-            resp = await self._client.room_resolve_alias(room)
-        except (ClientError, TimeoutError, ConnectionError):
+            rid = await self._matrix.resolve_alias(room)
+        except ActionFailed:
             return self._aliases.get(room)
-        if isinstance(resp, RoomResolveAliasResponse):
-            self._aliases[room] = resp.room_id
-            return str(resp.room_id)
-        return None
+        if rid is not None:
+            self._aliases[room] = rid
+        return rid
 
     async def resolve_all(self, rooms: Iterable[str]) -> set[str]:
         found: set[str] = set()
@@ -443,7 +370,7 @@ class RoomRegistry:
             if rid is None:
                 continue
             rid = self._current(rid, successors, opted)
-            if rid in opted and rid in self._client.rooms and rid not in served:
+            if rid in opted and self._matrix.in_room(rid) and rid not in served:
                 served.append(rid)
         return served
 
@@ -463,7 +390,7 @@ class RoomRegistry:
                     f"upgraded to {successors[rid]}: invite the bot there from an account "
                     "with power ≥ 50"
                 )
-            elif rid not in opted or rid not in self._client.rooms:
+            elif rid not in opted or not self._matrix.in_room(rid):
                 missing[room] = (
                     "the bot is not in this room (invite it from an account with power ≥ 50)"
                 )

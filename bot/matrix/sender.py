@@ -25,15 +25,13 @@ from nio.exceptions import OlmUnverifiedDeviceError, SendRetryError
 
 from bot import DISPATCH_KEY
 from bot.matrix.power import OPT_IN_POWER
-from bot.retry import SendFailure
+from bot.retry import RequestFailed, SendFailure
 
 log = logging.getLogger(__name__)
 
 
-class SendFailed(Exception):
-    def __init__(self, failure: SendFailure) -> None:
-        super().__init__(failure.describe())
-        self.failure = failure
+class SendFailed(RequestFailed):
+    """A send failed (what the dispatcher and the notifier catch)."""
 
 
 class Sender(Protocol):

@@ -14,12 +14,16 @@ import contextlib
 import logging
 import random
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import ClientError
-from nio import AsyncClient, SyncError, SyncResponse
+from nio import AsyncClient, SyncResponse
 
+from bot.matrix.events import MatrixEvent, from_sync
+from bot.matrix.sender import failure_from_error
+from bot.retry import RequestFailed, RetryPolicy, SendFailure, retry_call
 from bot.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -32,6 +36,11 @@ SYNC_FILTER: dict[str, Any] = {
     "presence": {"not_types": ["*"]},
 }
 
+# Every failure is retried (the bot must never stop listening), backing off to 30 s.
+SYNC_POLICY = RetryPolicy(base_s=1.0, cap_s=30.0, give_up_on_client_errors=False)
+
+OnEvents = Callable[[Sequence[MatrixEvent]], Awaitable[None]]
+
 
 def _where(err: BaseException) -> str:
     """An exception's class and innermost frame: enough to find the bug, and no
@@ -42,35 +51,51 @@ def _where(err: BaseException) -> str:
 
 
 class SyncLoop:
+    """Long-polls /sync and hands each response's typed events to ``on_events``.
+
+    ``hold`` (the dispatcher: no fan-out under way) is awaited before each
+    long-poll, at most ``max_hold_s``: commands typed during a fan-out are read
+    when it ends, or after this long at the latest. ``while_held`` runs while a
+    hold lasts longer than ``watch_after_s``, from the last sync's token, and is
+    cancelled when it ends: the control-room watch, so a command typed during a
+    fan-out is not kept waiting by the hold. If it returns, the hold ends at
+    once (it saw something only a sync can bring, e.g. a message whose room key
+    arrives over /sync)."""
+
     def __init__(
         self,
         client: AsyncClient,
         *,
-        on_sync: Callable[[SyncResponse], Awaitable[None]] | None = None,
+        on_events: OnEvents | None = None,
+        control_rooms: Iterable[str] = (),
+        hold: Callable[[], Awaitable[None]] | None = None,
+        max_hold_s: float = 30.0,
+        while_held: Callable[[str], Awaitable[None]] | None = None,
+        watch_after_s: float = 0.1,
         poll_ms: int = 30_000,
+        policy: RetryPolicy = SYNC_POLICY,
     ) -> None:
         self._client = client
-        # nio runs response callbacks only inside sync_forever; ours is called here.
-        self._on_sync = on_sync
+        self._on_events = on_events
+        self._control_rooms = frozenset(control_rooms)
+        self._hold = hold
+        self._max_hold_s = max_hold_s
+        self._while_held = while_held
+        self._watch_after_s = watch_after_s
         self._poll_ms = poll_ms
+        self._policy = policy
         self.ready = asyncio.Event()
         # Whether this is the account's first sync ever on this device: its
         # timeline holds old history, which is never taken as commands.
         self.first_sync_ever = client.loaded_sync_token is None
         self.synced_once = False
         self._rng = random.Random()
-        # Before each long-poll, wait for ``hold`` (the dispatcher: no fan-out
-        # under way), at most ``max_hold_s``: commands typed during a fan-out are
-        # read when it ends, or after this long at the latest.
-        self.hold: Callable[[], Awaitable[None]] | None = None
-        self.max_hold_s = 30.0
-        # Run while a hold lasts longer than ``watch_after_s``, from the last sync's
-        # token, and cancelled when it ends: the control-room watch, so a command
-        # typed during a fan-out is not kept waiting by the hold. If it returns,
-        # the hold ends at once (it saw something only a sync can bring, e.g. a
-        # message whose room key arrives over /sync).
-        self.while_held: Callable[[str], Awaitable[None]] | None = None
-        self.watch_after_s = 0.1
+        self._failures = 0
+
+    @property
+    def taking_commands(self) -> bool:
+        """False only during the first sync ever (its timeline is history)."""
+        return self.synced_once or not self.first_sync_ever
 
     async def _held(self, hold: Callable[[], Awaitable[None]]) -> None:
         """Wait for ``hold`` (at most ``max_hold_s``), running ``while_held``
@@ -81,11 +106,11 @@ class SyncLoop:
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a
             # cancellation (shutdown) when the awaited hold ends at that moment.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.max_hold_s):
-                    done, _ = await asyncio.wait({waiting}, timeout=self.watch_after_s)
+                async with asyncio.timeout(self._max_hold_s):
+                    done, _ = await asyncio.wait({waiting}, timeout=self._watch_after_s)
                     since = self._client.next_batch
-                    if not done and self.while_held is not None and since:
-                        watcher = asyncio.ensure_future(self.while_held(since))
+                    if not done and self._while_held is not None and since:
+                        watcher = asyncio.ensure_future(self._while_held(since))
                         await asyncio.wait({waiting, watcher}, return_when=asyncio.FIRST_COMPLETED)
                     else:
                         await waiting
@@ -109,52 +134,70 @@ class SyncLoop:
         # Answer other devices' key requests and share keys sent to-device.
         await client.send_to_device_messages()
 
+    async def _sync_once(self) -> SyncResponse:
+        try:
+            resp = await self._client.sync(
+                timeout=self._poll_ms if self.synced_once else 0,
+                sync_filter=SYNC_FILTER,
+                full_state=not self.synced_once,
+            )
+        except (ClientError, TimeoutError, ConnectionError) as err:
+            raise RequestFailed(SendFailure(None, message=err.__class__.__name__)) from None
+        except Exception as err:
+            # nio failed on the response itself (an event it could not handle).
+            # The sanitizing client removes what nio cannot parse; this is the
+            # last line: the bot must never stop listening because of one event.
+            why = f"internal error {_where(err)}"
+            raise RequestFailed(SendFailure(None, message=why)) from None
+        if not isinstance(resp, SyncResponse):
+            raise RequestFailed(failure_from_error(resp))
+        return resp
+
+    def _retrying(self, failure: SendFailure, delay: timedelta, attempt: int) -> None:
+        self._failures = attempt
+        why = failure.message if failure.http_status is None else failure.describe()
+        log.warning(
+            "sync failed (%s); retrying in %.1fs", why or "error", delay.total_seconds()
+        )
+
+    async def _handle(self, resp: SyncResponse, *, history: bool) -> None:
+        if self._on_events is not None:
+            events = from_sync(
+                resp,
+                me=self._client.user_id,
+                control_rooms=self._control_rooms,
+                history=history,
+            )
+            try:
+                await self._on_events(events)
+            except Exception as err:
+                log.error("handling a sync failed: %s", _where(err))
+        try:
+            await self._keys()
+        except (ClientError, TimeoutError, ConnectionError) as err:
+            log.warning("key maintenance failed: %s", err.__class__.__name__)
+        except Exception as err:
+            log.error("key maintenance failed: %s", _where(err))
+
     async def run(self) -> None:
-        failures = 0
         while True:
-            if self.synced_once and self.hold is not None and self.max_hold_s > 0:
-                await self._held(self.hold)
-            try:
-                resp = await self._client.sync(
-                    timeout=self._poll_ms if self.synced_once else 0,
-                    sync_filter=SYNC_FILTER,
-                    full_state=not self.synced_once,
-                )
-            except (ClientError, TimeoutError, ConnectionError) as err:
-                resp = None
-                why = err.__class__.__name__
-            except Exception as err:
-                # nio failed on the response itself (an event it could not handle).
-                # The sanitizing client removes what nio cannot parse; this is the
-                # last line: the bot must never stop listening because of one event.
-                resp = None
-                why = f"internal error {_where(err)}"
-            else:
-                why = str(getattr(resp, "status_code", "")) if isinstance(resp, SyncError) else ""
-            if not isinstance(resp, SyncResponse):
-                failures += 1
-                delay = min(30.0, 0.5 * 2 ** min(failures, 6)) * self._rng.uniform(0.5, 1.0)
-                retry_after = getattr(resp, "retry_after_ms", None)
-                if retry_after:
-                    delay = max(delay, retry_after / 1000)
-                log.warning("sync failed (%s); retrying in %.1fs", why or "error", delay)
-                await asyncio.sleep(delay)
-                continue
-            if failures:
-                log.info("sync recovered after %d failures", failures)
-            failures = 0
+            if self.synced_once and self._hold is not None and self._max_hold_s > 0:
+                await self._held(self._hold)
+            resp = await retry_call(
+                self._sync_once,
+                policy=self._policy,
+                sleep=lambda d: asyncio.sleep(d.total_seconds()),
+                now=lambda: datetime.now(UTC),
+                max_attempts=None,
+                rng=self._rng,
+                on_retry=self._retrying,
+            )
+            if self._failures:
+                log.info("sync recovered after %d failures", self._failures)
+                self._failures = 0
+            history = not self.taking_commands
             self.synced_once = True
-            if self._on_sync is not None:
-                try:
-                    await self._on_sync(resp)
-                except Exception as err:
-                    log.error("handling a sync failed: %s", _where(err))
-            try:
-                await self._keys()
-            except (ClientError, TimeoutError, ConnectionError) as err:
-                log.warning("key maintenance failed: %s", err.__class__.__name__)
-            except Exception as err:
-                log.error("key maintenance failed: %s", _where(err))
+            await self._handle(resp, history=history)
             if not self.ready.is_set():
                 self.ready.set()
                 log.info("first sync done; %d rooms joined", len(self._client.rooms))

@@ -31,12 +31,13 @@ from nio import (
     MegolmEvent,
     MessageDirection,
     RoomMessagesResponse,
-    RoomMessageText,
 )
+
+from bot.matrix.events import Command, command_of
 
 log = logging.getLogger(__name__)
 
-OnCommand = Callable[[str, RoomMessageText], Awaitable[None]]
+OnCommand = Callable[[Command], Awaitable[None]]
 
 # Only messages can be commands; encrypted ones are decrypted by nio if it can.
 _FILTER = {"types": ["m.room.message", "m.room.encrypted"]}
@@ -109,8 +110,9 @@ class ControlWatch:
                 if isinstance(event, MegolmEvent):
                     # Later commands wait too: they must not overtake this one.
                     return start, True
-                if isinstance(event, RoomMessageText):
-                    await self._on_command(room_id, event)
+                command = command_of(room_id, event, self._client.user_id)
+                if command is not None:
+                    await self._on_command(command)
             # No ``end``: nothing newer yet; keep asking from the same place.
             if not resp.end or resp.end == start:
                 return start, False
