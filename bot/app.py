@@ -1,7 +1,9 @@
 """Wire the bot together and run it until told to stop. The imperative shell.
 
 Everything is built here and passed in explicitly; nothing is a module-level
-singleton. ``run_bot`` is what ``blossom run`` (and the demo) call.
+singleton. The sync's typed events (bot/matrix/events.py) are routed to their
+handlers here, in two in-order lanes. ``run_bot`` is what ``blossom run`` (and
+the demo) call.
 """
 
 from __future__ import annotations

@@ -155,3 +155,54 @@ def test_describe() -> None:
     assert SendFailure(403, "M_FORBIDDEN", message="secret text").describe() == (
         "HTTP 403 M_FORBIDDEN"
     )
+
+
+# -- retry_call: the one retry loop -----------------------------------------------------
+
+
+async def _run_retry(
+    failures: list[SendFailure], policy: RetryPolicy, max_attempts: int | None
+) -> tuple[str | None, list[float], int]:
+    from bot.retry import RequestFailed, retry_call
+
+    slept: list[float] = []
+    calls = 0
+
+    async def call() -> str:
+        nonlocal calls
+        calls += 1
+        if failures:
+            raise RequestFailed(failures.pop(0))
+        return "ok"
+
+    async def sleep(d: timedelta) -> None:
+        slept.append(d.total_seconds())
+
+    try:
+        got: str | None = await retry_call(
+            call, policy=policy, sleep=sleep, now=lambda: NOW,
+            max_attempts=max_attempts, rng=random.Random(1),
+        )
+    except RequestFailed:
+        got = None
+    return got, slept, calls
+
+
+async def test_retry_call_waits_as_the_server_says_then_returns() -> None:
+    got, slept, calls = await _run_retry(
+        [SendFailure(429, retry_after_ms=1500), SendFailure(502)], POLICY, 6
+    )
+    assert got == "ok" and calls == 3 and slept[0] == 1.5 and 0 <= slept[1] <= 1.0
+
+
+async def test_retry_call_gives_up_on_a_client_error_or_after_max_attempts() -> None:
+    got, slept, calls = await _run_retry([SendFailure(403)], POLICY, 6)
+    assert got is None and calls == 1 and slept == []
+    got, slept, calls = await _run_retry([SendFailure(None)] * 5, POLICY, 3)
+    assert got is None and calls == 3 and len(slept) == 2
+
+
+async def test_retry_call_for_ever_policy_retries_client_errors() -> None:
+    forever = RetryPolicy(base_s=1.0, cap_s=30.0, give_up_on_client_errors=False)
+    got, slept, calls = await _run_retry([SendFailure(401)] * 4, forever, None)
+    assert got == "ok" and calls == 5 and all(0 <= s <= 30 for s in slept)

@@ -1,8 +1,10 @@
-"""The sync loop: long-polls the homeserver, with backoff when it is away.
+"""The sync loop: long-polls the homeserver, retrying for ever when it is away
+(``bot.retry.retry_call`` with :data:`SYNC_POLICY`).
 
 The first sync of a session asks for full state so that every joined room is
 known to the client (nio keeps no room state across restarts) before any
-stage is sent; ``ready`` is set when it is done. After each sync the
+stage is sent; ``ready`` is set when it is done. Each response becomes typed
+events (bot/matrix/events.py) for ``on_events``. After each sync the
 encryption keys are kept current (upload, query, claim), as nio's
 ``sync_forever`` would.
 """
