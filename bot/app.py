@@ -123,7 +123,7 @@ class Bot:
             clock=clock,
         )
         # Room events are handled one at a time, in order, off the sync path:
-        # nio runs callbacks inside sync, and a slow command must not stall it.
+        # a slow command must not stall the sync.
         self._inbox: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
         # Control-room commands have their own lane, in order among themselves:
         # an !abort must not queue behind a crowd's check-ins.
