@@ -28,6 +28,7 @@ from bot.matrix.events import (
     BotJoined,
     BotRemoved,
     Command,
+    Heartbeats,
     Invited,
     MatrixEvent,
     MemberLeft,
@@ -163,6 +164,8 @@ class Bot:
                     self._queue(self._invited, ev)
                 case BotRemoved():
                     self._queue(self._removed, ev)
+                case Heartbeats():
+                    pass  # the crew's roster is not started yet (docs/crew.md)
 
     def _queue(self, handler: Callable[..., Awaitable[object]], *args: object) -> None:
         async def job() -> None:

@@ -10,6 +10,7 @@ from bot.matrix.events import (
     BotJoined,
     BotRemoved,
     Command,
+    Heartbeats,
     Invited,
     MemberLeft,
     Reacted,
@@ -115,3 +116,12 @@ def test_upgrades_then_invites_control_rooms_first_then_removals() -> None:
         BotRemoved("!gone", "@mod:x", "ban"),
         BotRemoved("!quiet", None, "leave"),
     ]
+
+
+def test_crew_heartbeats_of_control_rooms_only_raw_and_last() -> None:
+    beat = ev("org.blossom.crew", "@peer:y", {"v": 1}, 1, state_key="@peer:y")
+    resp = sync({CONTROL: [text("@org:x", "!status", 2), beat], CITY: [dict(beat)]})
+    got = typed(resp)
+    assert got[0] == Command(CONTROL, "$2", "@org:x", "!status", 2)
+    assert isinstance(got[-1], Heartbeats) and got[-1].room_id == CONTROL
+    assert [e["type"] for e in got[-1].events] == ["org.blossom.crew"] and len(got) == 2

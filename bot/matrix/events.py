@@ -9,7 +9,8 @@ Order within one sync, which the handlers rely on: first each joined room's
 timeline in order (messages, reactions, memberships), then room upgrades (an
 invite to a successor, in the same sync, is judged knowing the tombstone that
 names it), then invites (control rooms first: the notices about city rooms go
-to a control room, which must be joined first), then the rooms the bot left.
+to a control room, which must be joined first), then the rooms the bot left,
+then the crew's heartbeats in the control rooms.
 
 ``history``: the first sync ever on a device brings the rooms' old timelines;
 none of it is a command, a check-in or a departure (it is memberships and
@@ -18,8 +19,9 @@ invites only).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from nio import (
     InviteMemberEvent,
@@ -29,6 +31,8 @@ from nio import (
     RoomUpgradeEvent,
     SyncResponse,
 )
+
+from bot.matrix.crew_state import crew_events
 
 
 @dataclass(frozen=True)
@@ -96,8 +100,26 @@ class BotRemoved:
     membership: str
 
 
+@dataclass(frozen=True)
+class Heartbeats:
+    """The crew's ``org.blossom.crew`` events of one control room in this sync,
+    raw, in order (state, then timeline), for ``bot.crew.roster.Roster.ingest``:
+    only the crew's pure parser reads them."""
+
+    room_id: str
+    events: tuple[Mapping[str, Any], ...]
+
+
 MatrixEvent = (
-    Command | Said | Reacted | MemberLeft | BotJoined | RoomUpgraded | Invited | BotRemoved
+    Command
+    | Said
+    | Reacted
+    | MemberLeft
+    | BotJoined
+    | RoomUpgraded
+    | Invited
+    | BotRemoved
+    | Heartbeats
 )
 
 
@@ -187,4 +209,8 @@ def from_sync(
     events.extend(_upgrades(resp))
     events.extend(_invites(resp, me, control_rooms))
     events.extend(_removals(resp, me))
+    events.extend(
+        Heartbeats(room_id, tuple(raw))
+        for room_id, raw in crew_events(resp, control_rooms).items()
+    )
     return events
