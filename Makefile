@@ -34,7 +34,7 @@ catalogs: $(STAMP)
 	$(VENV)/bin/pybabel extract -F babel.cfg -c TRANSLATORS: --no-location --sort-output \
 		--project=Blossom --copyright-holder="Blossom contributors" -o bot/i18n/locale/blossom.pot .
 	$(VENV)/bin/pybabel update -i bot/i18n/locale/blossom.pot -d bot/i18n/locale -D blossom \
-		--no-fuzzy-matching --ignore-pot-creation-date
+		--no-fuzzy-matching --ignore-obsolete --ignore-pot-creation-date
 
 # Start the catalog of a new language: make catalog LOCALE=pt_BR (the directory name is
 # the POSIX form of the BCP 47 tag: pt-BR -> pt_BR, zh-Hant -> zh_Hant).

@@ -21,6 +21,7 @@ from bot.control.commands import Controller
 from bot.control.participants import Participants
 from bot.control.steering import Steering
 from bot.dispatch import Dispatcher
+from bot.i18n import Catalogs
 from bot.library import ScenarioLibrary
 from bot.matrix.actions import MatrixActions
 from bot.matrix.crosssign import ensure_cross_signing
@@ -114,6 +115,7 @@ class Bot:
             store=store, runs=self.runs, rooms=self.rooms, notifier=self.notifier, clock=clock
         )
         Steering(runs=self.runs, store=store, client=client, clock=clock).register(self.controller)
+        self.catalogs = Catalogs()  # participants' languages, read once (bot/i18n)
         self.participants = Participants(
             client=client,
             store=store,
@@ -122,6 +124,7 @@ class Bot:
             dispatcher=self.dispatcher,
             notifier=self.notifier,
             clock=clock,
+            catalogs=self.catalogs,
         )
         # Room events are handled one at a time, in order, off the sync path:
         # a slow command must not stall the sync.

@@ -8,8 +8,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from bot.control.catalog import PARTICIPANT_COMMANDS
 from bot.control.parse import Command as ParsedCommand
-from bot.control.parse import CommandSpec, parse
+from bot.control.parse import CommandSpec, UsageError, parse
+from bot.control.participants import help_reply, usage_reply
 from bot.i18n import Catalogs, LanguageError, Translator, bidi, english, parse_language
 from bot.i18n import messages as m
 
@@ -91,13 +93,18 @@ def test_catalogs_load_in_milliseconds() -> None:
 
 # --- English is exactly what the bot said before languages -------------------------------
 
-# The literals of bot/control/participants.py and bot/runs.py before bot/i18n.
+# What the bot said in English before its replies went through bot/i18n (the
+# literals of bot/control/participants.py, bot/text/participants.py and
+# bot/control/parse.py on main before the wiring): a city without language reads
+# exactly this.
 BEFORE = {
     "help": (
-        "Blossom: you get each stage of the action here when it is released.\n"
-        "!join <scenario> <city> — get a city's stages privately in this chat\n"
-        "!here — check in (or react to the latest stage message)\n"
-        "!stop — stop at once; the bot forgets you"
+        "Blossom: you get each stage of the action here when it is released. "
+        "To check in you can also react to the latest stage message.\n"
+        "!here [words] — Check in for your city's current stage.\n"
+        "!help — What you can say to the bot.\n"
+        "!join <scenario> <city> — Get a city's stages privately in this direct chat.\n"
+        "!stop — Stop getting stages here; the bot forgets you."
     ),
     "not_direct": "Send !join in a direct chat with the bot.",
     "no_city": "There is no city lndon open for private joining in demo.",
@@ -105,6 +112,17 @@ BEFORE = {
     "joined": (
         "You're in for London. Each stage will come to this chat when it is "
         "released. Say !here to check in, !stop to leave at once."
+    ),
+    "joined_underway": (
+        "You're in for London. Each stage will come to this chat when it is "
+        "released. Say !here to check in, !stop to leave at once. The action has "
+        "already begun: stages released before you joined are not sent again here; "
+        "ask your city's organisers or room where things stand."
+    ),
+    "checked_in": "Checked in ✅ — you are counted.",
+    "checked_in_early": (
+        "Checked in ⏳ — noted, but the next check counts only check-ins after "
+        "a later message from the bot: check in again when it comes."
     ),
     "not_signed_up": "You are not signed up in this chat.",
     "stopped": "Stopped. You will get nothing more from Blossom here.",
@@ -114,34 +132,53 @@ BEFORE = {
     ),
     "unknown": "unknown command; !help lists them",
     "unknown_named": "unknown command !jion; !help lists them",
+    "too_long": "command too long (over 2000 characters)",
     "invisible": "the command contains invisible formatting characters",
     "missing": "missing city. Usage: !join <scenario> <city>",
+    "missing_scenario": "missing scenario. Usage: !join <scenario> <city>",
     "extra": "too many arguments. Usage: !join <scenario> <city>",
+    "extra_stop": "too many arguments. Usage: !stop",
+    "invalid": (
+        "scenario must be an id (lowercase letters, digits and inner hyphens). "
+        "Usage: !join <scenario> <city>"
+    ),
+    "invalid_city": "city must be a city id. Usage: !join <scenario> <city>",
 }
 
 
+def _usage(t: Translator, text: str) -> m.Reply:
+    error = parse(text, PARTICIPANT_COMMANDS)
+    assert isinstance(error, UsageError), text
+    return usage_reply(t, error, PARTICIPANT_COMMANDS)
+
+
 def replies(t: Translator) -> dict[str, m.Reply]:
-    """Every participant reply, with sample values."""
+    """Every participant reply, with sample values (usage errors as the parser finds them)."""
     at = datetime(2026, 12, 5, 17, 30, tzinfo=UTC)
     roles = [m.RoleLine("front", "In the action", "at the square"), m.RoleLine("remote", "Home")]
     return {
-        "help": m.help_text(t),
-        "help_roles": m.help_text(t, roles=True),
+        "help": help_reply(t, PARTICIPANT_COMMANDS),
         "not_direct": m.join_in_direct_chat(t),
         "no_city": m.no_such_city(t, scenario_id="demo", city_id="lndon"),
         "full": m.city_full(t, city_name="London"),
         "joined": m.joined(t, city_name="London"),
+        "joined_underway": m.joined(t, city_name="London", underway=True),
         "joined_late": m.joined_late(t, released=2, latest_at=at, zone=ZoneInfo("Europe/London")),
+        "checked_in": m.checked_in(t, counted=True),
+        "checked_in_early": m.checked_in(t, counted=False),
         "not_signed_up": m.not_signed_up(t),
         "stopped": m.stopped(t),
         "abort": m.abort_text(t, city_name="London"),
-        "unknown": m.unknown_command(t),
-        "unknown_named": m.unknown_command(t, typed="jion"),
-        "invisible": m.invisible_characters(t),
-        "missing": m.join_usage(t, problem="missing", argument="city"),
-        "missing_scenario": m.join_usage(t, problem="missing", argument="scenario"),
-        "extra": m.join_usage(t, problem="extra"),
-        "invalid": m.join_usage(t, problem="invalid", argument="scenario"),
+        "unknown": _usage(t, "!jоin"),  # a Cyrillic о: not a plain name
+        "unknown_named": _usage(t, "!jion demo london"),
+        "too_long": _usage(t, "!join " + "x" * 2001),
+        "invisible": _usage(t, "!join demo lon\u200bdon"),
+        "missing": _usage(t, "!join demo"),
+        "missing_scenario": _usage(t, "!join"),
+        "extra": _usage(t, "!join demo london now"),
+        "extra_stop": _usage(t, "!stop now"),
+        "invalid": _usage(t, "!join Demo london"),
+        "invalid_city": _usage(t, "!join demo lon,don"),
         "roles": m.role_list(t, roles=roles),
         "role_chosen": m.role_chosen(t, role_name="In the action"),
         "role_unknown": m.role_unknown(t, role_id="frnt"),
@@ -187,8 +224,8 @@ def test_every_reply_is_in_the_language(tag: str) -> None:
 @pytest.mark.parametrize("tag", [None, "de", "es", "fr", "fa", "zh-Hant"])
 def test_commands_are_the_same_words_in_every_language(tag: str | None) -> None:
     got = replies(CATALOGS.translator(tag))
-    assert "!join" in got["help"].body and "!here" in got["help"].body
-    assert "!stop" in got["help"].body and "!role" in got["help_roles"].body
+    for name in PARTICIPANT_COMMANDS:  # !help is generated from the registry
+        assert f"!{name}" in got["help"].body, name
     assert "!here" in got["joined"].body and "!stop" in got["joined"].body
     assert "!join" in got["not_direct"].body and "!help" in got["unknown"].body
     assert "!role" in got["roles"].body and "!role" in got["role_unknown"].body
@@ -205,24 +242,26 @@ def test_values_are_escaped_in_html_only() -> None:
 def test_help_says_when_its_translation_is_machine_made() -> None:
     note = "translated by a machine"
     assert FA.machine_made and ZH.machine_made
-    assert m.help_text(FA).body != m.help_text(EN).body
-    assert "ماشین" in m.help_text(FA).body.splitlines()[-1]
-    assert note not in m.help_text(EN).body
+    assert help_reply(FA, PARTICIPANT_COMMANDS).body != help_reply(EN, PARTICIPANT_COMMANDS).body
+    assert "ماشین" in help_reply(FA, PARTICIPANT_COMMANDS).body.splitlines()[-1]
+    assert note not in help_reply(EN, PARTICIPANT_COMMANDS).body
     reviewed = Translator("fa", FA.translations, FA.locale, "rtl", machine_made=False)
-    assert len(m.help_text(reviewed).body.splitlines()) == len(m.help_text(EN).body.splitlines())
+    lines = len(help_reply(EN, PARTICIPANT_COMMANDS).body.splitlines())
+    assert len(help_reply(reviewed, PARTICIPANT_COMMANDS).body.splitlines()) == lines
 
 
 # --- right to left -----------------------------------------------------------------------
 
 
 def test_rtl_reply_lines_start_with_rlm_and_html_sets_direction() -> None:
-    reply = m.help_text(FA)
+    reply = help_reply(FA, PARTICIPANT_COMMANDS)
     assert reply.direction == "rtl"
     lines = reply.body.split("\n")
-    assert len(lines) == 5  # four lines of help, then the machine-translation note
+    # The heading, one line per command, then the machine-translation note.
+    assert len(lines) == len(PARTICIPANT_COMMANDS) + 2
     assert all(line.startswith(bidi.RLM) for line in lines)
     assert reply.html.startswith('<div dir="rtl">' + bidi.RLM) and reply.html.endswith("</div>")
-    assert reply.html.count("<br/>" + bidi.RLM) == 4
+    assert reply.html.count("<br/>" + bidi.RLM) == len(lines) - 1
     # The first line starts with the Latin word "Blossom": the RLM keeps it right to left.
     assert lines[0].startswith(bidi.RLM + "Blossom")
 

@@ -39,6 +39,11 @@ class Command:
 class UsageError:
     name: str | None
     message: str
+    # What went wrong, for a reply in another language (bot.i18n.messages):
+    # unknown | too_long | invisible | missing | invalid | extra; and the argument
+    # it concerns (for ``unknown``: the typed name when it is plain ASCII).
+    problem: str = field(default="", compare=False)
+    argument: str | None = field(default=None, compare=False)
 
 
 def CommandSpec(  # the old class's name, kept for its callers
@@ -61,22 +66,29 @@ def _suspicious(text: str) -> bool:
     return any(unicodedata.category(ch) == "Cf" for ch in text)
 
 
+def _missing(spec: CommandDef, arg: Arg) -> UsageError:
+    message = f"missing {arg.name}. Usage: {spec.usage()}"
+    return UsageError(spec.name, message, "missing", arg.name)
+
+
 def parse(text: str, commands: Mapping[str, CommandDef]) -> Command | UsageError | None:
     """None when the text is not a command at all (does not start with ``!``)."""
     stripped = text.strip()
     if not stripped.startswith("!"):
         return None
     if len(stripped) > MAX_COMMAND_CHARS:
-        return UsageError(None, f"command too long (over {MAX_COMMAND_CHARS} characters)")
+        return UsageError(
+            None, f"command too long (over {MAX_COMMAND_CHARS} characters)", "too_long"
+        )
     head, _, rest = stripped[1:].partition(" ")
     name = head.strip().lower()
     if name not in commands:
         if not name.isascii() or not name.isalnum():
-            return UsageError(None, "unknown command; !help lists them")
-        return UsageError(None, f"unknown command !{name}; !help lists them")
+            return UsageError(None, "unknown command; !help lists them", "unknown")
+        return UsageError(None, f"unknown command !{name}; !help lists them", "unknown", name)
     spec = commands[name]
     if _suspicious(stripped):
-        return UsageError(name, "the command contains invisible formatting characters")
+        return UsageError(name, "the command contains invisible formatting characters", "invisible")
     words = rest.split()
     confirmed = spec.confirmable and bool(words) and words[-1].lower() == "confirm"
     if confirmed:
@@ -91,11 +103,11 @@ def parse(text: str, commands: Mapping[str, CommandDef]) -> Command | UsageError
             if not word:
                 if arg.optional:
                     break
-                return UsageError(name, f"missing {arg.name}. Usage: {spec.usage()}")
+                return _missing(spec, arg)
         elif i >= len(words):
             if arg.optional:
                 continue
-            return UsageError(name, f"missing {arg.name}. Usage: {spec.usage()}")
+            return _missing(spec, arg)
         else:
             word = words[i]
         try:
@@ -103,11 +115,12 @@ def parse(text: str, commands: Mapping[str, CommandDef]) -> Command | UsageError
         except BadValue as err:
             if arg.optional and not arg.type.rest and spec.args[n + 1 :]:
                 continue  # perhaps the next argument's word
-            return UsageError(name, f"{arg.shown or arg.name} {err}. Usage: {spec.usage()}")
+            message = f"{arg.shown or arg.name} {err}. Usage: {spec.usage()}"
+            return UsageError(name, message, "invalid", arg.name)
         args[arg.name] = word
         values[arg.name] = value
         if not arg.type.rest:
             i += 1
     if i < len(words):
-        return UsageError(name, f"too many arguments. Usage: {spec.usage()}")
+        return UsageError(name, f"too many arguments. Usage: {spec.usage()}", "extra")
     return Command(name, args, stripped, confirmed, values)

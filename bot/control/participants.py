@@ -9,32 +9,90 @@
   ``!stop`` (forget me now), ``!help``.
 - A participant who leaves a direct chat is forgotten at once; nothing more is
   sent there.
+
+Replies are in the participant's language (bot.i18n): in a city room, that
+room's city's; in a direct chat with a participation, that city's for every
+reply; ``!join`` naming a real city, that city's; otherwise English (a city
+without ``language`` reads exactly as before languages existed).
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from nio import AsyncClient, JoinedMembersResponse
 
 from bot.clock import Clock
 from bot.control.args import CITY_ARG, SCENARIO, TEXT_ARG, Arg
 from bot.control.checkins import counted_by_next_gate, latest_released
-from bot.control.parse import UsageError, parse
-from bot.control.registry import Args, Context, Reply, Table, Who, command
+from bot.control.parse import MAX_COMMAND_CHARS, UsageError, parse
+from bot.control.registry import Args, CommandDef, Context, Reply, Table, Who, command
 from bot.dispatch import Dispatcher
+from bot.i18n import Catalogs, Translator, bidi
+from bot.i18n import Reply as Said
+from bot.i18n import messages as say
 from bot.library import ScenarioLibrary
 from bot.notify import Notifier
 from bot.runs import ArmedRun, RunManager
+from bot.scenario import City
 from bot.store import Store
-from bot.text import participants as say
 
 log = logging.getLogger(__name__)
 
 # Event ids the bot has put its own acknowledgement on (a reaction to a stage
 # message): one is enough, and Synapse refuses a second with the same key.
 _ACKED_KEPT = 4096
+
+
+@dataclass(frozen=True)
+class Translated(Reply):
+    """A handler's reply in the participant's language: the caller sends ``said``
+    (its plain body and HTML form); ``text`` is its plain body."""
+
+    said: Said | None = None
+
+
+def _reply(said: Said) -> Translated:
+    return Translated(said.body, said=said)
+
+
+def help_entries(defs: Mapping[str, CommandDef]) -> tuple[say.CommandHelp, ...]:
+    """!help's lines, from the registry: each command's usage and summary."""
+    return tuple(
+        say.CommandHelp(
+            say.Usage(f"!{d.name}", tuple((a.shown or a.name, a.optional) for a in d.args)),
+            d.summary,
+        )
+        for d in defs.values()
+    )
+
+
+def help_reply(t: Translator, defs: Mapping[str, CommandDef]) -> Said:
+    """The participant ``!help``, generated from the registry, in ``t``'s language."""
+    return say.help_text(t, help_entries(defs))
+
+
+def usage_reply(t: Translator, error: UsageError, defs: Mapping[str, CommandDef]) -> Said:
+    """A participant's mistyped command, answered in ``t``'s language."""
+    spec = defs.get(error.name) if error.name else None
+    if error.problem == "too_long":
+        return say.command_too_long(t, limit=MAX_COMMAND_CHARS)
+    if error.problem == "invisible":
+        return say.invisible_characters(t)
+    if spec is None or error.problem not in ("missing", "invalid", "extra"):
+        return say.unknown_command(t, typed=error.argument)
+    usage = help_entries({spec.name: spec})[0].usage
+    arg = next((a for a in spec.args if a.name == error.argument), None)
+    return say.usage_error(
+        t,
+        problem=error.problem,
+        usage=usage,
+        argument=(arg.shown or arg.name) if arg else None,
+        kind=arg.kind if arg else None,
+    )
 
 
 class Participants:
@@ -48,6 +106,7 @@ class Participants:
         dispatcher: Dispatcher,
         notifier: Notifier,
         clock: Clock,
+        catalogs: Catalogs,
     ) -> None:
         self._client = client
         self._store = store
@@ -56,6 +115,7 @@ class Participants:
         self._dispatcher = dispatcher
         self._notifier = notifier
         self._clock = clock
+        self._catalogs = catalogs
         self._acked: dict[str, None] = {}
         self.table = Table(Who.PARTICIPANT)
         self.table.add(self)
@@ -84,30 +144,59 @@ class Participants:
         except Exception as err:  # an acknowledgement is a courtesy, never fatal
             log.info("could not acknowledge in %s: %s", room_id, err.__class__.__name__)
 
-    async def _say(self, room_id: str, event_id: str | None, text: str) -> None:
-        await self._notifier.reply(room_id, event_id, text)
+    async def _say(self, room_id: str, event_id: str | None, said: Said) -> None:
+        await self._notifier.send(room_id, said.content(reply_to=event_id))
+
+    # -- which language ----------------------------------------------------------------
+
+    def _city(self, scenario_id: str, city_id: str) -> City | None:
+        for ls in self._library.all_valid():
+            if ls.scenario.id == scenario_id:
+                return next((c for c in ls.scenario.cities if c.id == city_id), None)
+        return None
+
+    def _of(self, city: City | None) -> Translator:
+        return self._catalogs.translator(city.language if city else None)
+
+    async def _translator(self, room_id: str) -> Translator:
+        """The language of this room: its participation's city (a direct chat),
+        else the city it serves (a city room), else English."""
+        for scenario_id, city_id, _user in await self._store.direct_of_room(room_id):
+            return self._of(self._city(scenario_id, city_id))
+        for armed, city_id in await self._runs.runs_of_room(room_id):
+            return self._of(armed.scenario.city(city_id))
+        for ls in self._library.all_valid():  # a city room of a scenario not armed now
+            for city in ls.scenario.cities:
+                if room_id in city.rooms:
+                    return self._of(city)
+        return self._catalogs.translator(None)
 
     # -- messages ----------------------------------------------------------------------
 
     async def on_message(self, room_id: str, event_id: str, sender: str, body: str) -> None:
-        parsed = parse(body, self.table.defs)
+        # A command copied from a right-to-left reply brings direction marks at its
+        # ends; marks inside it are still refused by the parser.
+        parsed = parse(bidi.strip_edges(body), self.table.defs)
         if parsed is None:
             return
         if isinstance(parsed, UsageError):
             if await self._is_direct_chat(room_id):
-                await self._say(room_id, event_id, parsed.message)
+                t = await self._translator(room_id)
+                await self._say(room_id, event_id, usage_reply(t, parsed, self.table.defs))
             return  # in a city room, stay quiet: no message per person
         spec = self.table.defs[parsed.name]
         ctx = Context(room_id, sender, event_id)
         reply = await self.table.handlers[parsed.name](ctx, Args(spec, parsed.values, parsed.args))
-        if reply is not None:
-            await self._say(room_id, event_id, reply.text)
+        if isinstance(reply, Translated) and reply.said is not None:
+            await self._say(room_id, event_id, reply.said)
+        elif reply is not None:  # every participant reply is translated; kept for safety
+            await self._notifier.reply(room_id, event_id, reply.text)
 
     # Words after !here ("I'm with 3 friends") are allowed and not kept: the
     # sender counts once, as with !here alone.
     @command(
         "here",
-        "Check in for your city's current stage.",
+        say.HERE_SUMMARY,
         example="!here",
         args=(Arg("words", TEXT_ARG, optional=True),),
         who=Who.PARTICIPANT,
@@ -116,12 +205,11 @@ class Participants:
         await self.check_in(ctx.room_id, ctx.sender, via="here", ack_event=ctx.event_id)
         return None
 
-    @command("help", "What you can say to the bot.", example="!help", who=Who.PARTICIPANT)
+    @command("help", say.HELP_SUMMARY, example="!help", who=Who.PARTICIPANT)
     async def help(self, ctx: Context, args: Args) -> Reply | None:
         if not await self._is_direct_chat(ctx.room_id):
             return None
-        lines = [f"{d.usage()} — {d.summary}" for d in self.table.defs.values()]
-        return Reply("\n".join([say.HELP_HEADING, *lines]))
+        return _reply(help_reply(await self._translator(ctx.room_id), self.table.defs))
 
     async def check_in(
         self,
@@ -156,7 +244,8 @@ class Participants:
         if new:
             log.info("check-in by %s in %s (%d new)", sender, room_id, new)
             if ack_event is not None:
-                await self._react(room_id, ack_event, say.COUNTED if counted else say.TOO_EARLY)
+                mark = say.COUNTED if counted else say.TOO_EARLY
+                await self._react(room_id, ack_event, mark)
         return new
 
     async def on_reaction(self, room_id: str, sender: str, reacts_to: str) -> None:
@@ -190,7 +279,8 @@ class Participants:
             return
         counted = counted_by_next_gate(armed.scenario, stage_id)
         if await self._is_direct_chat(room_id):
-            await self._say(room_id, reacts_to, say.checked_in(counted))
+            t = self._of(armed.scenario.city(delivery.key.city_id))
+            await self._say(room_id, reacts_to, say.checked_in(t, counted=counted))
         else:
             await self._react(room_id, reacts_to, say.COUNTED if counted else say.TOO_EARLY)
 
@@ -198,27 +288,25 @@ class Participants:
 
     @command(
         "join",
-        "Get a city's stages privately in this direct chat.",
+        say.JOIN_SUMMARY,
         example="!join demo london",
         args=(SCENARIO, Arg("city", CITY_ARG)),
         who=Who.PARTICIPANT,
     )
     async def join(self, ctx: Context, args: Args) -> Reply | None:
         if not await self._is_direct_chat(ctx.room_id):
-            return Reply(say.JOIN_IN_DIRECT_CHAT)
+            # Said where others read it: in the room's language, not the named city's.
+            return _reply(say.join_in_direct_chat(await self._translator(ctx.room_id)))
         room_id, sender = ctx.room_id, ctx.sender
         scenario_id, typed_city = args.text("scenario"), args.text("city")
-        found = next(
-            (ls.scenario for ls in self._library.all_valid() if ls.scenario.id == scenario_id),
-            None,
-        )
-        city = next((c for c in found.cities if c.id == typed_city), None) if found else None
-        if found is None or city is None or not city.direct:
-            return Reply(say.no_direct_city(scenario_id, typed_city))
+        city = self._city(scenario_id, typed_city)
+        t = self._of(city) if city else await self._translator(room_id)
+        if city is None or not city.direct:
+            return _reply(say.no_such_city(t, scenario_id=scenario_id, city_id=typed_city))
         current = await self._store.direct_rooms(scenario_id, city.id)
         mine = [s for s in await self._store.direct_of_room(room_id) if s[2] == sender]
         if city.direct_limit is not None and len(current) >= city.direct_limit and not mine:
-            return Reply(say.city_full(city.name))
+            return _reply(say.city_full(t, city_name=city.name))
         await self._store.add_direct(scenario_id, city.id, sender, room_id, now=self._clock.now())
         self._dispatcher.remember_room(room_id)
         underway = False
@@ -226,11 +314,11 @@ class Participants:
             if armed.scenario_id == scenario_id and armed.drill_room is None:
                 rows = await self._store.dispatches(armed.run.id)
                 underway = underway or bool(latest_released(armed.scenario, rows, city.id))
-        return Reply(say.joined(city.name, underway))
+        return _reply(say.joined(t, city_name=city.name, underway=underway))
 
     @command(
         "stop",
-        "Stop getting stages here; the bot forgets you.",
+        say.STOP_SUMMARY,
         example="!stop",
         who=Who.PARTICIPANT,
     )
@@ -238,10 +326,11 @@ class Participants:
         mine = await self._store.direct_of_room(ctx.room_id)
         if not any(user == ctx.sender for _, _, user in mine):
             if await self._is_direct_chat(ctx.room_id):
-                return Reply(say.NOT_SIGNED_UP)
+                return _reply(say.not_signed_up(await self._translator(ctx.room_id)))
             return None  # in a city room: leaving the room is how one stops
+        t = await self._translator(ctx.room_id)  # before the chat's city is forgotten
         await self.forget_room(ctx.room_id)
-        return Reply(say.STOPPED)
+        return _reply(say.stopped(t))
 
     async def forget_room(self, room_id: str) -> int:
         """Forget every private participation through this chat, at once."""

@@ -18,7 +18,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 
-from bot.i18n.translator import HELP, HERE, JOIN, ROLE, STOP, Line, Reply, Translator, Value
+from bot.i18n.translator import (
+    HELP,
+    HERE,
+    JOIN,
+    ROLE,
+    STOP,
+    Command,
+    Line,
+    Reply,
+    Translator,
+    Value,
+)
 
 
 def _machine_note(t: Translator) -> list[Line]:
@@ -31,25 +42,88 @@ def _machine_note(t: Translator) -> list[Line]:
     return [t.line(note)]
 
 
+# --- what the commands are for (their !help lines) ----------------------------------
+
+
+def N_(message: str) -> str:
+    """Mark ``message`` for extraction; it is translated where it is shown."""
+    return message
+
+
+# The participant commands' summaries, as their declarations in
+# bot/control/participants.py take them (declared once, translated in !help).
+# TRANSLATORS: what !here does, after the command in !help's list.
+HERE_SUMMARY = N_("Check in for your city's current stage.")
+# TRANSLATORS: what !help does, after the command in !help's list.
+HELP_SUMMARY = N_("What you can say to the bot.")
+# TRANSLATORS: what !join does, after the command in !help's list.
+JOIN_SUMMARY = N_("Get a city's stages privately in this direct chat.")
+# TRANSLATORS: what !stop does, after the command in !help's list.
+STOP_SUMMARY = N_("Stop getting stages here; the bot forgets you.")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """A command as ``!help`` and usage errors show it: its word and its arguments."""
+
+    word: str
+    """``!join``: never translated."""
+    args: tuple[tuple[str, bool], ...] = ()
+    """(name, optional) of each argument, as the registry declares them."""
+
+
+@dataclass(frozen=True)
+class CommandHelp:
+    """One line of ``!help``: a participant command as the registry declares it."""
+
+    usage: Usage
+    summary: str
+    """The English summary, one of the ``*_SUMMARY`` messages above."""
+
+
+def argument_name(t: Translator, name: str) -> str:
+    """An argument's name, as usage lines show it inside ``<…>`` or ``[…]``."""
+    names = {
+        # TRANSLATORS: the first word after !join: the action's id, as organisers tell it.
+        "scenario": t.pgettext("command argument", "scenario"),
+        # TRANSLATORS: the second word after !join: the city's id.
+        "city": t.pgettext("command argument", "city"),
+        # TRANSLATORS: what may follow !here ("!here with 3 friends"); not kept.
+        "words": t.pgettext("command argument", "words"),
+    }
+    return names.get(name, name)
+
+
+def usage_of(t: Translator, usage: Usage) -> Command:
+    """The command line to show: the word as is, the arguments' names translated."""
+    labels = []
+    for name, optional in usage.args:
+        shown = argument_name(t, name)
+        labels.append(f"[{shown}]" if optional else f"<{shown}>")
+    return Command(usage.word, tuple(labels))
+
+
 # --- direct chat: !help, !join, !stop -------------------------------------------------
 
 
-def help_text(t: Translator, *, roles: bool = False) -> Reply:
-    """The answer to ``!help`` in a direct chat. ``roles``: the scenario offers roles."""
-    intro = t.gettext("Blossom: you get each stage of the action here when it is released.")
-    # TRANSLATORS: %(join)s is the command !join; <scenario> and <city> are what the
-    # organisers tell people to type after it (translate the words, keep the brackets).
-    join = t.gettext("%(join)s <scenario> <city> — get a city's stages privately in this chat")
-    # TRANSLATORS: %(here)s is the command !here.
-    here = t.gettext("%(here)s — check in (or react to the latest stage message)")
-    # TRANSLATORS: %(stop)s is the command !stop.
-    stop = t.gettext("%(stop)s — stop at once; the bot forgets you")
-    lines = [t.line(intro), t.line(join, join=JOIN), t.line(here, here=HERE)]
-    lines.append(t.line(stop, stop=STOP))
-    if roles:
-        # TRANSLATORS: %(role)s is the command !role; <role> is a role's id.
-        role = t.gettext("%(role)s <role> — choose your role; %(role)s alone lists the roles")
-        lines.append(t.line(role, role=ROLE))
+def help_text(t: Translator, commands: Sequence[CommandHelp]) -> Reply:
+    """The answer to ``!help`` in a direct chat: one line per participant command,
+    in the registry's order (``commands``), each summary translated."""
+    # TRANSLATORS: the first line of !help in a direct chat.
+    intro = t.gettext(
+        "Blossom: you get each stage of the action here when it is released. "
+        "To check in you can also react to the latest stage message."
+    )
+    lines = [t.line(intro)]
+    for entry in commands:
+        # The separator is layout, not language: "<command line> — <what it does>".
+        lines.append(
+            t.line(
+                "%(usage)s — %(summary)s",
+                usage=usage_of(t, entry.usage),
+                summary=t.gettext(entry.summary),
+            )
+        )
     return t.reply(*lines, *_machine_note(t))
 
 
@@ -74,15 +148,27 @@ def city_full(t: Translator, *, city_name: str) -> Reply:
     return t.reply(t.line(template, city=city_name))
 
 
-def joined(t: Translator, *, city_name: str) -> Reply:
-    """``!join`` accepted."""
+def joined(t: Translator, *, city_name: str, underway: bool = False) -> Reply:
+    """``!join`` accepted. ``underway``: a stage of the city has been released already
+    (late joiners get the stages from the next one on: docs/participants.md)."""
     # TRANSLATORS: %(city)s is the city's name; %(here)s and %(stop)s are the
     # commands !here and !stop.
     template = t.gettext(
         "You're in for %(city)s. Each stage will come to this chat when it is released. "
         "Say %(here)s to check in, %(stop)s to leave at once."
     )
-    return t.reply(t.line(template, city=city_name, here=HERE, stop=STOP))
+    line = t.line(template, city=city_name, here=HERE, stop=STOP)
+    if underway:
+        # TRANSLATORS: follows "You're in for …" when the action has begun.
+        late = t.line(
+            t.gettext(
+                "The action has already begun: stages released before you joined are not "
+                "sent again here; ask your city's organisers or room where things stand."
+            )
+        )
+        # One paragraph, as the English always was.
+        line = Line(plain=f"{line.plain} {late.plain}", html=f"{line.html} {late.html}")
+    return t.reply(line)
 
 
 def joined_late(t: Translator, *, released: int, latest_at: datetime, zone: tzinfo) -> Reply:
@@ -108,6 +194,29 @@ def not_signed_up(t: Translator) -> Reply:
 def stopped(t: Translator) -> Reply:
     """``!stop`` done: the participant is forgotten."""
     return t.reply(t.line(t.gettext("Stopped. You will get nothing more from Blossom here.")))
+
+
+# Reaction keys. ✅: this check-in counts for the next gate (or there is no gate
+# ahead). ⏳: noted, but the next gate counts only check-ins after a later stage.
+COUNTED = "✅"
+TOO_EARLY = "⏳"
+
+
+def checked_in(t: Translator, *, counted: bool) -> Reply:
+    """The reply in a direct chat to a check-in by reaction (a reaction cannot be
+    answered with a reaction that clients show). No stage is named: a stage id is
+    the organisers' word and may say more than its released text."""
+    if counted:
+        # TRANSLATORS: a check-in by reaction was counted; %(mark)s is the ✅ sign.
+        template = t.gettext("Checked in %(mark)s — you are counted.")
+        return t.reply(t.line(template, mark=COUNTED))
+    # TRANSLATORS: a check-in by reaction was noted but the next check will not count
+    # it; %(mark)s is the ⏳ sign.
+    template = t.gettext(
+        "Checked in %(mark)s — noted, but the next check counts only check-ins after "
+        "a later message from the bot: check in again when it comes."
+    )
+    return t.reply(t.line(template, mark=TOO_EARLY))
 
 
 # --- the stop message -------------------------------------------------------------------
@@ -143,34 +252,54 @@ def invisible_characters(t: Translator) -> Reply:
     return t.reply(t.line(t.gettext("the command contains invisible formatting characters")))
 
 
-def join_usage(t: Translator, *, problem: str, argument: str = "city") -> Reply:
-    """``!join`` with a word missing, too many, or one that is not an id.
+def command_too_long(t: Translator, *, limit: int) -> Reply:
+    """A command longer than the parser reads."""
+    # TRANSLATORS: %(limit)d is a number of characters.
+    template = t.ngettext(
+        "command too long (over %(limit)d character)",
+        "command too long (over %(limit)d characters)",
+        limit,
+    )
+    return t.reply(t.line(template, limit=limit))
 
-    ``problem`` is ``missing``, ``extra`` or ``invalid``; ``argument`` (``scenario``
-    or ``city``) is the word that is missing or invalid.
+
+def usage_error(
+    t: Translator,
+    *,
+    problem: str,
+    usage: Usage,
+    argument: str | None = None,
+    kind: str | None = None,
+) -> Reply:
+    """A command with a word missing, too many, or one that does not fit.
+
+    ``problem`` is ``missing``, ``extra`` or ``invalid`` (the parser's); ``argument``
+    is the name of the word missing or invalid, ``kind`` its type (``slug``,
+    ``city``) when invalid; ``usage`` is the command as declared.
     """
-    # TRANSLATORS: the first of !join's two words, as in "<scenario> <city>" of !help.
-    scenario = t.pgettext("join command", "scenario")
-    # TRANSLATORS: the second of !join's two words, as in "<scenario> <city>" of !help.
-    city = t.pgettext("join command", "city")
-    word = {"scenario": scenario, "city": city}.get(argument, argument)
+    values: dict[str, Value] = {"usage": usage_of(t, usage)}
+    if problem == "extra":
+        # TRANSLATORS: %(usage)s is the command with its words, e.g. !stop.
+        template = t.gettext("too many arguments. Usage: %(usage)s")
+        return t.reply(t.line(template, **values))
+    values["argument"] = argument_name(t, argument or "")
     if problem == "missing":
-        # TRANSLATORS: %(argument)s is "scenario" or "city" (translated on their own);
-        # %(join)s is the command !join.
-        template = t.gettext("missing %(argument)s. Usage: %(join)s <scenario> <city>")
-    elif problem == "extra":
-        # TRANSLATORS: %(join)s is the command !join.
-        template = t.gettext("too many arguments. Usage: %(join)s <scenario> <city>")
-    else:
+        # TRANSLATORS: %(argument)s is a word's name such as "city" (translated on
+        # its own); %(usage)s is the command with its words, e.g. !join <scenario> <city>.
+        template = t.gettext("missing %(argument)s. Usage: %(usage)s")
+    elif kind == "slug":
         # TRANSLATORS: ids are short lowercase names such as demo or london;
-        # %(join)s is the command !join.
+        # %(usage)s is the command with its words.
         template = t.gettext(
-            "%(argument)s is not an id (lowercase letters, digits, hyphens). "
-            "Usage: %(join)s <scenario> <city>"
+            "%(argument)s must be an id (lowercase letters, digits and inner hyphens). "
+            "Usage: %(usage)s"
         )
-    values: dict[str, Value] = {"join": JOIN}
-    if problem != "extra":
-        values["argument"] = word
+    elif kind == "city":
+        # TRANSLATORS: %(usage)s is the command with its words.
+        template = t.gettext("%(argument)s must be a city id. Usage: %(usage)s")
+    else:
+        # TRANSLATORS: a word that does not fit; %(usage)s is the command with its words.
+        template = t.gettext("%(argument)s is not valid here. Usage: %(usage)s")
     return t.reply(t.line(template, **values))
 
 

@@ -30,9 +30,18 @@ Direction = Literal["ltr", "rtl"]
 
 @dataclass(frozen=True)
 class Command:
-    """A command word such as ``!here``: the same in every language."""
+    """A command word such as ``!here``: the same in every language.
+
+    ``args``: what follows it when a usage is shown (``<scenario> <city>``,
+    already translated); the whole is one left-to-right unit, a command line.
+    """
 
     word: str
+    args: tuple[str, ...] = ()
+
+    @property
+    def text(self) -> str:
+        return " ".join((self.word, *self.args))
 
 
 HERE = Command("!here")
@@ -117,7 +126,7 @@ class Translator:
             if isinstance(value, Command):
                 if rtl:
                     template = bidi.command_slot(template, name)
-                plain_values[name] = value.word
+                plain_values[name] = value.text
             elif isinstance(value, int):
                 plain_values[name] = value
             else:

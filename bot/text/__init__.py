@@ -1,5 +1,5 @@
-"""Every sentence the bot says in replies, in one place: control-room replies in
-:mod:`bot.text.control`, what participants read in :mod:`bot.text.participants`.
+"""Every sentence the bot says in control-room replies: :mod:`bot.text.control`.
+What participants read is in :mod:`bot.i18n.messages`, in their city's language.
 
 Pure functions of ids, counts and times. None of them takes a stage's text or a
 place: a reply quotes ids only (secret until release), and anything typed by a
