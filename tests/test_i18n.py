@@ -378,3 +378,40 @@ stages:
 """
     scenario = load_scenario_text(text)
     assert render_template("At {time:0m}", scenario, scenario.cities[0]) == "At 12:30"
+
+
+# --- the registry and the catalogs agree ----------------------------------------------
+
+
+def test_every_participant_command_is_explained_in_every_language() -> None:
+    """A participant command added to the registry without a translatable summary,
+    or with an argument whose name or type has no message, fails here."""
+    template = {msg.id for msg in CATALOGS.languages[0].catalog if msg.id}
+    for spec in PARTICIPANT_COMMANDS.values():
+        assert spec.summary in template, f"!{spec.name}: declare its summary with N_ in messages"
+        for arg in spec.args:
+            shown = arg.shown or arg.name
+            for tag in ("de", "fa", "zh-Hant"):
+                t = CATALOGS.translator(tag)
+                assert m.argument_name(t, shown) != shown, (spec.name, shown, tag)
+            if not arg.type.rest:  # the rest of the line is never invalid
+                assert arg.kind in ("slug", "city"), f"!{spec.name} {shown}: no invalid message"
+
+
+@pytest.mark.parametrize("tag", ["de", "fa", "zh-Hant"])
+def test_help_is_generated_from_the_registry(tag: str) -> None:
+    t = CATALOGS.translator(tag)
+    lines = help_reply(t, PARTICIPANT_COMMANDS).body.split("\n")
+    for line, spec in zip(lines[1:], PARTICIPANT_COMMANDS.values(), strict=False):
+        assert f"!{spec.name}" in line
+        assert t.gettext(spec.summary) in line
+        assert t.gettext(spec.summary) != spec.summary
+    usage = help_reply(t, PARTICIPANT_COMMANDS).body
+    assert f"<{m.argument_name(t, 'scenario')}> <{m.argument_name(t, 'city')}>" in usage
+
+
+def test_a_usage_in_an_rtl_reply_is_one_left_to_right_command_line() -> None:
+    reply = _usage(FA, "!join")
+    line = f"{bidi.LRI} !join <{m.argument_name(FA, 'scenario')}> <{m.argument_name(FA, 'city')}> "
+    assert line + bidi.PDI in reply.body
+    assert "&lt;" in reply.html and "<سناریو>" not in reply.html  # escaped in HTML

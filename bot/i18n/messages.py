@@ -8,8 +8,14 @@ reads as before. Stage texts are the organisers' own and are not here.
 For translators: ``%(here)s``, ``%(join)s``, ``%(stop)s``, ``%(help)s`` and
 ``%(role)s`` are the commands ``!here`` etc. They are placeholders so that a
 command stays the same word in every language (a poster or a guide works
-everywhere); keep each placeholder exactly as written. ``make catalogs``
-extracts this file into ``bot/i18n/locale/blossom.pot``.
+everywhere); keep each placeholder exactly as written. ``%(usage)s`` is a
+command with its arguments' names (``!join <scenario> <city>``), shown as one
+left-to-right command line. ``make catalogs`` extracts this file into
+``bot/i18n/locale/blossom.pot``.
+
+The participant ``!help`` is generated from the command registry
+(bot/control/participants.py): each command's summary is declared here with
+:func:`N_` and translated where it is shown.
 """
 
 from __future__ import annotations
