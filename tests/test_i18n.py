@@ -415,3 +415,17 @@ def test_a_usage_in_an_rtl_reply_is_one_left_to_right_command_line() -> None:
     line = f"{bidi.LRI} !join <{m.argument_name(FA, 'scenario')}> <{m.argument_name(FA, 'city')}> "
     assert line + bidi.PDI in reply.body
     assert "&lt;" in reply.html and "<سناریو>" not in reply.html  # escaped in HTML
+
+
+def test_the_stop_message_in_bold_is_what_the_runs_layer_sent_before() -> None:
+    """What bot/runs.py should send for the default stop message: ``abort_text(...).bold()``
+    (in English, exactly the body and ``<b>`` HTML it renders from DEFAULT_ABORT_TEXT)."""
+    from bot.runs import DEFAULT_ABORT_TEXT
+    from bot.scenario.render import to_html
+
+    english = m.abort_text(EN, city_name="London").bold()
+    assert english.body == DEFAULT_ABORT_TEXT.format(city="London")
+    assert english.html == f"<b>{to_html(english.body)}</b>"
+    persian = m.abort_text(FA, city_name="Tehran").bold()
+    assert persian.html.startswith('<div dir="rtl"><b>' + bidi.RLM)
+    assert persian.html.endswith("</b></div>")

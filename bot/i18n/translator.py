@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import gettext
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, tzinfo
 from typing import Any, Literal
 
@@ -71,6 +71,15 @@ class Reply:
     language: str
     """BCP 47 tag of the catalog used (``en``: the built-in English)."""
     direction: Direction
+
+    def bold(self) -> Reply:
+        """The same reply with its HTML form in bold, inside the direction's ``<div>``
+        (the stop message is sent in bold, as it always was)."""
+        opening = '<div dir="rtl">'
+        if self.html.startswith(opening) and self.html.endswith("</div>"):
+            inner = self.html[len(opening) : -len("</div>")]
+            return replace(self, html=f"{opening}<b>{inner}</b></div>")
+        return replace(self, html=f"<b>{self.html}</b>")
 
     def content(self, *, reply_to: str | None = None, msgtype: str = "m.notice") -> dict[str, Any]:
         """The ``m.room.message`` content of this reply."""
