@@ -150,10 +150,19 @@ class Participants:
     # -- which language ----------------------------------------------------------------
 
     def _city(self, scenario_id: str, city_id: str) -> City | None:
+        """The city as the scenario file says now (what ``!join`` has always read)."""
         for ls in self._library.all_valid():
             if ls.scenario.id == scenario_id:
                 return next((c for c in ls.scenario.cities if c.id == city_id), None)
         return None
+
+    def _speaking(self, scenario_id: str, city_id: str) -> City | None:
+        """The city whose language a participation speaks: an armed run's (in memory,
+        what the run sends by), else the file's."""
+        for armed in list(self._runs.armed.values()):
+            if armed.scenario_id == scenario_id:
+                return next((c for c in armed.scenario.cities if c.id == city_id), None)
+        return self._city(scenario_id, city_id)
 
     def _of(self, city: City | None) -> Translator:
         return self._catalogs.translator(city.language if city else None)
@@ -162,7 +171,7 @@ class Participants:
         """The language of this room: its participation's city (a direct chat),
         else the city it serves (a city room), else English."""
         for scenario_id, city_id, _user in await self._store.direct_of_room(room_id):
-            return self._of(self._city(scenario_id, city_id))
+            return self._of(self._speaking(scenario_id, city_id))
         for armed, city_id in await self._runs.runs_of_room(room_id):
             return self._of(armed.scenario.city(city_id))
         for ls in self._library.all_valid():  # a city room of a scenario not armed now
