@@ -429,3 +429,37 @@ def test_the_stop_message_in_bold_is_what_the_runs_layer_sent_before() -> None:
     persian = m.abort_text(FA, city_name="Tehran").bold()
     assert persian.html.startswith('<div dir="rtl"><b>' + bidi.RLM)
     assert persian.html.endswith("</b></div>")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "!jion",
+        "!jоin",
+        "!JION x",
+        "!",
+        "!!",
+        "!join",
+        "!join demo",
+        "!join Demo london",
+        "!join demo lon,don",
+        "!join demo london x",
+        "!join demo london confirm",
+        "!stop now",
+        "!help me",
+        "!join d\u200bemo london",
+        "!here\u202e",
+        "!join " + "x" * 3000,
+        "!join -x london",
+        "!join demo a_b",
+        "!JOIN",
+        "!Stop please",
+    ],
+)
+def test_in_english_every_usage_reply_is_the_parsers_message(text: str) -> None:
+    """Whatever a participant mistypes, a city without language reads what the parser
+    says, as it did before the replies were translated."""
+    error = parse(text, PARTICIPANT_COMMANDS)
+    assert isinstance(error, UsageError)
+    assert usage_reply(EN, error, PARTICIPANT_COMMANDS).body == error.message
+    assert usage_reply(FA, error, PARTICIPANT_COMMANDS).body != error.message

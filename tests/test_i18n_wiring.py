@@ -83,13 +83,18 @@ class FakeNotifier:
 
 class FakeRuns:
     def __init__(self, armed: bool) -> None:
-        run = SimpleNamespace(run=SimpleNamespace(id=1), scenario=SCENARIO, scenario_id="langs",
-                              drill_room=None)
+        run = SimpleNamespace(
+            run=SimpleNamespace(id=1), scenario=SCENARIO, scenario_id="langs", drill_room=None
+        )
         self.armed = {1: run} if armed else {}
 
     async def runs_of_room(self, room_id: str) -> list[tuple[Any, str]]:
-        return [(run, c.id) for run in self.armed.values()
-                for c in run.scenario.cities if room_id in c.rooms]
+        return [
+            (run, c.id)
+            for run in self.armed.values()
+            for c in run.scenario.cities
+            if room_id in c.rooms
+        ]
 
 
 def make(*, armed: bool = True) -> tuple[Participants, FakeNotifier, FakeStore]:
@@ -158,9 +163,15 @@ def test_a_city_without_language_is_answered_as_before() -> None:
         "released. Say !here to check in, !stop to leave at once."
     )
     assert content["msgtype"] == "m.notice"
-    assert same(say(p, notifier, DM, "!join"), m.usage_error(
-        EN, problem="missing", usage=m.Usage("!join", (("scenario", False), ("city", False))),
-        argument="scenario"))
+    assert same(
+        say(p, notifier, DM, "!join"),
+        m.usage_error(
+            EN,
+            problem="missing",
+            usage=m.Usage("!join", (("scenario", False), ("city", False))),
+            argument="scenario",
+        ),
+    )
 
 
 def test_marks_at_a_commands_ends_are_ignored_and_inside_refused() -> None:

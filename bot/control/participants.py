@@ -82,15 +82,17 @@ def usage_reply(t: Translator, error: UsageError, defs: Mapping[str, CommandDef]
         return say.command_too_long(t, limit=MAX_COMMAND_CHARS)
     if error.problem == "invisible":
         return say.invisible_characters(t)
-    if spec is None or error.problem not in ("missing", "invalid", "extra"):
+    if spec is None or error.problem == "unknown":
         return say.unknown_command(t, typed=error.argument)
     usage = help_entries({spec.name: spec})[0].usage
     arg = next((a for a in spec.args if a.name == error.argument), None)
+    # Named as the parser names it: "missing city", "city must be a city id".
+    named = None if arg is None else arg.name if error.problem == "missing" else arg.shown
     return say.usage_error(
         t,
         problem=error.problem,
         usage=usage,
-        argument=(arg.shown or arg.name) if arg else None,
+        argument=named or (arg.name if arg else None),
         kind=arg.kind if arg else None,
     )
 
