@@ -463,3 +463,9 @@ def test_in_english_every_usage_reply_is_the_parsers_message(text: str) -> None:
     assert isinstance(error, UsageError)
     assert usage_reply(EN, error, PARTICIPANT_COMMANDS).body == error.message
     assert usage_reply(FA, error, PARTICIPANT_COMMANDS).body != error.message
+
+
+def test_a_late_join_is_one_paragraph_spaced_as_the_language_spaces() -> None:
+    assert "。行動已經開始" in m.joined(ZH, city_name="香港", underway=True).body
+    assert ". Die Aktion" in m.joined(CATALOGS.translator("de"), city_name="X", underway=True).body
+    assert "\n" not in m.joined(FA, city_name="X", underway=True).body

@@ -172,8 +172,9 @@ def joined(t: Translator, *, city_name: str, underway: bool = False) -> Reply:
                 "sent again here; ask your city's organisers or room where things stand."
             )
         )
-        # One paragraph, as the English always was.
-        line = Line(plain=f"{line.plain} {late.plain}", html=f"{line.html} {late.html}")
+        # One paragraph, as the English always was; CJK sentences follow without a space.
+        sep = "" if line.plain.endswith(("。", "！", "？")) else " "
+        line = Line(plain=f"{line.plain}{sep}{late.plain}", html=f"{line.html}{sep}{late.html}")
     return t.reply(line)
 
 
