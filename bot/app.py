@@ -117,7 +117,7 @@ class Bot:
         Steering(runs=self.runs, store=store, client=client, clock=clock).register(self.controller)
         self.catalogs = Catalogs()  # participants' languages, read once (bot/i18n)
         self.participants = Participants(
-            client=client,
+            matrix=self.matrix,
             store=store,
             runs=self.runs,
             library=self.library,

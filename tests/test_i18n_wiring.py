@@ -13,8 +13,6 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
-from nio import JoinedMembersResponse, RoomMember
-
 from bot.clock import ManualClock
 from bot.control.catalog import PARTICIPANT_COMMANDS
 from bot.control.participants import Participants, help_reply
@@ -63,13 +61,18 @@ class FakeStore:
         return before - len(self.direct)
 
 
-class FakeClient:
+class FakeMatrix:
     user_id = "@bot:x"
 
-    async def joined_members(self, room_id: str) -> JoinedMembersResponse:
+    async def members(self, room_id: str) -> list[str] | None:
         count = 3 if room_id.startswith(("!teh", "!hk", "!lon", "!group")) else 2
-        members = [RoomMember(f"@u{i}:x", None, None) for i in range(count)]
-        return JoinedMembersResponse(members, room_id)
+        return [f"@u{i}:x" for i in range(count)]
+
+    async def react(self, room_id: str, event_id: str, key: str) -> str | None:
+        return "$reaction"
+
+    async def leave(self, room_id: str, *, forget: bool = False) -> bool:
+        return True
 
 
 class FakeNotifier:
@@ -102,7 +105,7 @@ def make(*, armed: bool = True) -> tuple[Participants, FakeNotifier, FakeStore]:
     library = SimpleNamespace(all_valid=lambda: [SimpleNamespace(scenario=SCENARIO)])
     dispatcher = SimpleNamespace(remember_room=lambda r: None, forget_room=lambda r: None)
     p = Participants(
-        client=FakeClient(),  # type: ignore[arg-type]
+        matrix=FakeMatrix(),  # type: ignore[arg-type]
         store=store,  # type: ignore[arg-type]
         runs=FakeRuns(armed),  # type: ignore[arg-type]
         library=library,  # type: ignore[arg-type]

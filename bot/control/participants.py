@@ -19,11 +19,8 @@ without ``language`` reads exactly as before languages existed).
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-
-from nio import AsyncClient, JoinedMembersResponse
 
 from bot.clock import Clock
 from bot.control.args import CITY_ARG, SCENARIO, TEXT_ARG, Arg
@@ -35,6 +32,7 @@ from bot.i18n import Catalogs, Translator, bidi
 from bot.i18n import Reply as Said
 from bot.i18n import messages as say
 from bot.library import ScenarioLibrary
+from bot.matrix.actions import MatrixActions
 from bot.notify import Notifier
 from bot.runs import ArmedRun, RunManager
 from bot.scenario import City
@@ -101,7 +99,7 @@ class Participants:
     def __init__(
         self,
         *,
-        client: AsyncClient,
+        matrix: MatrixActions,
         store: Store,
         runs: RunManager,
         library: ScenarioLibrary,
@@ -110,7 +108,7 @@ class Participants:
         clock: Clock,
         catalogs: Catalogs,
     ) -> None:
-        self._client = client
+        self._matrix = matrix
         self._store = store
         self._runs = runs
         self._library = library
@@ -123,10 +121,8 @@ class Participants:
         self.table.add(self)
 
     async def _is_direct_chat(self, room_id: str) -> bool:
-        resp = await self._client.joined_members(room_id)
-        if not isinstance(resp, JoinedMembersResponse):
-            return False
-        return len(resp.members) <= 2
+        members = await self._matrix.members(room_id)
+        return members is not None and len(members) <= 2
 
     async def _react(self, room_id: str, event_id: str, key: str) -> None:
         if event_id in self._acked:
@@ -134,17 +130,8 @@ class Participants:
         self._acked[event_id] = None
         if len(self._acked) > _ACKED_KEPT:
             del self._acked[next(iter(self._acked))]
-        content = {"m.relates_to": {"rel_type": "m.annotation", "event_id": event_id, "key": key}}
-        try:
-            await self._client.room_send(
-                room_id,
-                "m.reaction",
-                content,
-                tx_id=f"blossom-ack-{uuid.uuid4().hex}",
-                ignore_unverified_devices=True,
-            )
-        except Exception as err:  # an acknowledgement is a courtesy, never fatal
-            log.info("could not acknowledge in %s: %s", room_id, err.__class__.__name__)
+        # A courtesy: MatrixActions.react never raises and is never retried.
+        await self._matrix.react(room_id, event_id, key)
 
     async def _say(self, room_id: str, event_id: str | None, said: Said) -> None:
         await self._notifier.send(room_id, said.content(reply_to=event_id))
@@ -269,7 +256,7 @@ class Participants:
         floods the room), so the bot adds its own ✅ (or ⏳) to the message that was
         reacted to, once: Element shows it in that message's reaction row, with the
         bot among those who reacted. A reaction to an older message gets nothing."""
-        if sender == self._client.user_id:
+        if sender == self._matrix.user_id:
             return
         delivery = await self._store.delivery_by_event(reacts_to)
         if delivery is None:
@@ -354,7 +341,7 @@ class Participants:
     async def on_member_left(self, room_id: str, user_id: str) -> None:
         """Someone left a room: if it was a private participant's chat, forget it
         and leave it too."""
-        if user_id == self._client.user_id:
+        if user_id == self._matrix.user_id:
             return
         if any(user == user_id for _, _, user in await self._store.direct_of_room(room_id)):
             await self.forget_room(room_id)
@@ -362,4 +349,4 @@ class Participants:
             await self._store.set_room(
                 room_id, "left", now=self._clock.now(), note="private participant left"
             )
-            await self._client.room_leave(room_id)
+            await self._matrix.leave(room_id)
