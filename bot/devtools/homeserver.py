@@ -29,7 +29,13 @@ import yaml
 
 from bot.devtools.loopback import free_loopback_port
 from bot.devtools.process import ChildProcess
-from bot.devtools.synapse_config import RateLimits, log_config, merge, rate_limit_config
+from bot.devtools.synapse_config import (
+    RateLimits,
+    delayed_events_config,
+    log_config,
+    merge,
+    rate_limit_config,
+)
 
 __all__ = [
     "EmbeddedHomeserver",
@@ -76,6 +82,10 @@ class EmbeddedHomeserver:
     ``extra_config`` is merged over the generated config (a ``None`` value deletes
     a key's effect, as Synapse reads ``null`` as unset) and ``extra_listeners``
     follow the client listener (federation uses both).
+
+    ``enable_delayed_events`` turns on MSC4140 with ``max_event_delay`` (a Synapse
+    duration) as the longest delay and, if given, ``max_delayed_events_per_user`` as
+    the per-user cap (Synapse's default: 100).
     """
 
     def __init__(
@@ -86,6 +96,8 @@ class EmbeddedHomeserver:
         port: int | None = None,
         rate_limits: RateLimits = "relaxed",
         enable_delayed_events: bool = False,
+        max_event_delay: str = "24h",
+        max_delayed_events_per_user: int | None = None,
         log_level: str = "WARNING",
         extra_config: Mapping[str, Any] | None = None,
         extra_listeners: Sequence[Mapping[str, Any]] = (),
@@ -94,6 +106,8 @@ class EmbeddedHomeserver:
         self.server_name = server_name
         self.rate_limits: RateLimits = rate_limits
         self.enable_delayed_events = enable_delayed_events
+        self.max_event_delay = max_event_delay
+        self.max_delayed_events_per_user = max_delayed_events_per_user
         self.log_level = log_level
         self.extra_config = dict(extra_config or {})
         self.extra_listeners = [dict(listener) for listener in extra_listeners]
@@ -186,7 +200,10 @@ class EmbeddedHomeserver:
             **rate_limit_config(self.rate_limits),
         }
         if self.enable_delayed_events:
-            config["max_event_delay_duration"] = "24h"
+            merge(
+                config,
+                delayed_events_config(self.max_event_delay, self.max_delayed_events_per_user),
+            )
         merge(config, self.extra_config)
         return config
 

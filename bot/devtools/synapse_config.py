@@ -45,6 +45,7 @@ _RATE_LIMIT_KEYS: tuple[str, ...] = (
 # Synapse counts room creation and profile changes against rc_message too.
 _STRICT_MESSAGES = {"per_second": 0.5, "burst_count": 5}
 
+
 def _nested(path: str, value: Mapping[str, float]) -> dict[str, Any]:
     """``"rc_login.address"`` -> ``{"rc_login": {"address": value}}``."""
     head, _, rest = path.partition(".")
@@ -68,6 +69,16 @@ def rate_limit_config(rate_limits: RateLimits) -> dict[str, Any]:
         merge(config, _nested(key, _UNLIMITED))
     if rate_limits == "strict":
         config["rc_message"] = dict(_STRICT_MESSAGES)
+    return config
+
+
+def delayed_events_config(max_delay: str, per_user: int | None = None) -> dict[str, Any]:
+    """The MSC4140 (delayed events) part of the config: ``max_delay`` is the longest
+    delay allowed (a Synapse duration such as ``"24h"``); ``per_user`` caps how many
+    one user may have scheduled at once (Synapse's default: 100; 0 disables them)."""
+    config: dict[str, Any] = {"max_event_delay_duration": max_delay}
+    if per_user is not None:
+        config["experimental_features"] = {"msc4140_max_delayed_events_per_user": per_user}
     return config
 
 

@@ -2,7 +2,7 @@
 
 from bot.scenario.diagnostics import Diagnostic, ScenarioError
 from bot.scenario.load import load_scenario_file, load_scenario_text
-from bot.scenario.model import City, Failover, Gate, LatePolicy, Place, Scenario, Stage
+from bot.scenario.model import City, Failover, Failsafe, Gate, LatePolicy, Place, Scenario, Stage
 from bot.scenario.render import (
     Location,
     RenderedStage,
@@ -17,6 +17,7 @@ __all__ = [
     "Diagnostic",
     "Dispatch",
     "Failover",
+    "Failsafe",
     "Gate",
     "LatePolicy",
     "Location",

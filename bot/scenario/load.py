@@ -20,6 +20,7 @@ from bot.scenario.fields import ERROR_TYPE
 from bot.scenario.model import (
     City,
     Failover,
+    Failsafe,
     Gate,
     LatePolicy,
     Place,
@@ -195,6 +196,8 @@ def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
             model = Stage
         elif model is Scenario and segment == "failover":
             model = Failover
+        elif model is Scenario and segment == "failsafe":
+            model = Failsafe
         elif model is Scenario and segment == "roles":
             model = Role
         elif model is City and segment == "pods":

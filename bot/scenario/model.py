@@ -377,6 +377,33 @@ class Failover(BaseModel):
         return value
 
 
+MIN_FAILSAFE_AFTER = timedelta(seconds=10)
+MAX_FAILSAFE_AFTER = timedelta(hours=1)
+DEFAULT_FAILSAFE_AFTER = timedelta(minutes=2)
+
+
+class Failsafe(BaseModel):
+    """The dead-man's switch (docs/crew.md, "The switch"): with ``server: true``
+    the homeserver itself sends each stage at instant + ``after`` unless a bot
+    has sent it. Off by default: the content waits on the homeserver until then."""
+
+    model_config = _CONFIG
+
+    server: StrictBool = False
+    after: Duration = Field(default=DEFAULT_FAILSAFE_AFTER, json_schema_extra={"default": "2m"})
+
+    @field_validator("after")
+    @classmethod
+    def _after_in_range(cls, value: timedelta) -> timedelta:
+        # Under 10 s the server races the bot's own send and its cancel; over an
+        # hour a stage released by the server is too late to be of use. Whether it
+        # outlasts the crew's graces is checked at !arm, where the crew is known.
+        if not MIN_FAILSAFE_AFTER <= value <= MAX_FAILSAFE_AFTER:
+            given = format_offset(value).removeprefix("+")
+            raise fail(f"must be between 10s and 1h (not {given})")
+        return value
+
+
 def _check_version(value: Any) -> int:
     if isinstance(value, bool) or value != FORMAT_VERSION:
         raise fail(f"unsupported version; this Blossom reads version {FORMAT_VERSION}")
@@ -411,6 +438,10 @@ class Scenario(BaseModel):
     roles: Annotated[tuple[Role, ...], Field(min_length=1)] | None = None
     failover: Failover = Field(
         default_factory=Failover, json_schema_extra={"default": {"grace": "20s"}}
+    )
+    failsafe: Failsafe = Field(
+        default_factory=Failsafe,
+        json_schema_extra={"default": {"server": False, "after": "2m"}},
     )
 
     def city(self, city_id: str) -> City:

@@ -150,4 +150,31 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX room_successors_by_successor ON room_successors (successor);
     """,
+    # 4: the dead-man's switch (issue 13). One row per delivery the homeserver is
+    # asked to send itself at instant + after unless cancelled. delay_id is a
+    # secret (Synapse lets anyone holding it cancel or send the event without
+    # logging in): kept only while the event may still fire, cleared after.
+    # Deleted with its run (so by !purge). Expect renumbering at merge.
+    """
+    CREATE TABLE delayed_events (
+        run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        city_id TEXT NOT NULL,
+        stage_id TEXT NOT NULL,
+        room_id TEXT NOT NULL,
+        part TEXT NOT NULL CHECK (part IN ('text', 'location')),
+        generation INTEGER NOT NULL DEFAULT 1,
+        txn_id TEXT NOT NULL UNIQUE,
+        delay_id TEXT,
+        instant TEXT NOT NULL,
+        due_at TEXT NOT NULL,
+        schedule_at TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN
+            ('pending', 'scheduling', 'scheduled', 'cancelled', 'sent', 'failed')),
+        note TEXT,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (run_id, city_id, stage_id, room_id, part)
+    );
+    CREATE INDEX delayed_events_live ON delayed_events (state, schedule_at)
+        WHERE state IN ('pending', 'scheduling', 'scheduled');
+    """,
 )

@@ -27,6 +27,7 @@ from bot.ledger import (
     Part,
     check_transition,
 )
+from bot.store.delayed import DelayedStore
 from bot.store.migrations import MIGRATIONS
 
 # One dispatch's state (note and released_at kept unless given): set_dispatch_state
@@ -189,6 +190,10 @@ class Store:
 
     async def close(self) -> None:
         await self._db.close()
+
+    def delayed(self) -> DelayedStore:
+        """The dead-man's switch's table, on this database (bot.store.delayed)."""
+        return DelayedStore(self._db)
 
     async def __aenter__(self) -> Self:
         return self
