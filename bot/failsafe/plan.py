@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import Enum, StrEnum
+from operator import attrgetter
 from typing import Any
 
 from bot import DISPATCH_KEY
@@ -27,6 +28,11 @@ SCHEDULE_SLACK = timedelta(minutes=1)
 # Every delayed event must be on the server at least this long before its stage's
 # instant (the bot may die at any moment before it).
 MIN_LEAD = timedelta(minutes=1)
+# The server fires what is due in order of due time only (ties in any order), and
+# each due time is the server's clock at the request plus the delay asked for, so
+# network jitter can swap two equal ones. Each later part in a room at one instant
+# (the pin after the text) is due this much later, which keeps them in order.
+PART_STAGGER = timedelta(seconds=1)
 
 
 class DelayedState(StrEnum):
@@ -170,19 +176,23 @@ def plan_failsafe(
     min_lead: timedelta = MIN_LEAD,
     slack: timedelta = SCHEDULE_SLACK,
 ) -> FailsafePlan:
-    """The delayed events a run needs, at arming (``now``)."""
+    """The delayed events a run needs, at arming (``now``). ``targets`` come in the
+    order the bot sends them (text before pin): that order is kept in each room."""
     now_items: list[DelayedItem] = []
     later: list[DelayedItem] = []
     uncovered: list[Target] = []
     problems: list[str] = []
+    rank: dict[tuple[str, datetime], int] = {}
     max_delay = limits.max_delay
     if max_delay is not None and after + min_lead + slack > max_delay:
         problems.append(
             f"failsafe.after ({_short(after)}) leaves no time to schedule before the "
             f"instant within the homeserver's maximum delay ({_short(max_delay)})"
         )
-    for target in sorted(targets, key=lambda t: (t.instant, t.key)):
-        due = target.instant + after
+    for target in targets:
+        slot = (target.key.room_id, target.instant)
+        rank[slot] = rank.get(slot, -1) + 1
+        due = target.instant + after + rank[slot] * PART_STAGGER
         if due - now < min_lead:
             uncovered.append(target)
             continue
@@ -192,7 +202,14 @@ def plan_failsafe(
         item = DelayedItem(target.key, target.instant, due, schedule_at)
         (now_items if schedule_at == now else later).append(item)
     peak = peak_scheduled([*now_items, *later])
-    return FailsafePlan(tuple(now_items), tuple(later), tuple(uncovered), peak, tuple(problems))
+    # sorted() is stable: equal dues keep the given order.
+    return FailsafePlan(
+        tuple(sorted(now_items, key=attrgetter("due"))),
+        tuple(sorted(later, key=attrgetter("due"))),
+        tuple(uncovered),
+        peak,
+        tuple(problems),
+    )
 
 
 def peak_scheduled(items: Sequence[DelayedItem]) -> int:
