@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
+import yaml
 
 from bot import DISPATCH_KEY
+from bot.devtools.synapse_config import delayed_events_config
 from bot.failsafe import (
     DelayedRow,
     DelayedState,
@@ -517,3 +520,30 @@ async def test_a_delay_over_the_advertised_maximum_is_refused_without_asking() -
     with pytest.raises(DelayTooLong):
         await schedule(DelayedEvents(server), delay_ms=60_001)  # type: ignore[arg-type]
     assert server.puts() == 0
+
+
+# -- docs/crew.md, "The switch" -------------------------------------------------------
+
+DOC = Path(__file__).parent.parent / "docs" / "crew.md"
+
+
+def _yaml_blocks() -> list[str]:
+    return re.findall(r"^```yaml\n(.*?)^```", DOC.read_text(), flags=re.S | re.M)
+
+
+def test_the_docs_examples_are_what_the_code_reads_and_says() -> None:
+    (scenario_block,) = [b for b in _yaml_blocks() if b.startswith("failsafe:")]
+    loaded = load_scenario_text(SCENARIO.format(failsafe=scenario_block))
+    assert loaded.failsafe.server is True and loaded.failsafe.after == 2 * MIN
+    (synapse_block,) = [b for b in _yaml_blocks() if "max_event_delay_duration" in b]
+    # The same keys the embedded homeserver's delayed-events tests run with.
+    assert yaml.safe_load(synapse_block) == delayed_events_config("24h", 200)
+    limits = Limits(timedelta(hours=24), 100)
+    plan = plan_failsafe(
+        [Target(k(room=f"!r{n}:x"), T0 + 10 * MIN) for n in range(24)],
+        after=2 * MIN,
+        now=T0,
+        limits=limits,
+    )
+    quoted = arm_lines(plan, limits, existing=0)[1][0].removeprefix("failsafe: ")
+    assert f'"{quoted}"' in " ".join(DOC.read_text().split())
