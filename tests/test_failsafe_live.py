@@ -17,7 +17,9 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -35,7 +37,15 @@ from nio import AsyncClient, RoomSendResponse
 
 from bot import DISPATCH_KEY
 from bot.devtools.homeserver import EmbeddedHomeserver, free_loopback_port
-from bot.failsafe import delayed_content, delayed_txn_id
+from bot.failsafe import (
+    Limits,
+    Target,
+    after_release,
+    delayed_content,
+    delayed_txn_id,
+    plan_failsafe,
+)
+from bot.failsafe.switch import cancel, cancel_orphans, schedule_due
 from bot.ledger import DeliveryKey, Part
 from bot.matrix.delayed import (
     DelayedEvents,
@@ -45,6 +55,7 @@ from bot.matrix.delayed import (
     TooManyDelayedEvents,
     encrypt_for_room,
 )
+from bot.store import PlannedDispatch, Store
 
 pytestmark = pytest.mark.homeserver
 
@@ -325,3 +336,90 @@ async def test_the_delay_id_never_reaches_a_log_or_an_exception(
     assert secret not in caplog.text
     assert all(secret not in m for m in messages)
     assert "DelayId(<secret>)" in caplog.text
+
+
+async def test_the_switch_schedules_from_the_table_and_cancels_what_was_released(
+    delayed_hs: EmbeddedHomeserver, pool: ClientPool, tmp_path: Path
+) -> None:
+    """The sequence arming and releasing will call: plan, record, schedule_due;
+    after_release + cancel for a room the bot served; the other room is served by
+    the server alone, once, and cancelling it afterwards finds it gone."""
+    bot, alice, served = await bot_and_participant(delayed_hs, pool)
+    unserved = await create_room(bot, name="other", invite=[alice.user_id])
+    await join(alice, unserved)
+    delayed = DelayedEvents(bot)
+    store = await Store.open(tmp_path / "blossom.db")
+    try:
+        now = datetime.now(UTC)
+        run_id = await store.create_run(
+            scenario_id="fs",
+            source_path="/s/fs.yaml",
+            source_sha256="0" * 64,
+            armed_by="@org:x",
+            control_room="!c:x",
+            now=now,
+            dispatches=[PlannedDispatch("north", "go", 0, now + timedelta(seconds=1))],
+        )
+        keys = {
+            room: DeliveryKey(run_id, "fs", "north", "go", room, Part.TEXT)
+            for room in (served, unserved)
+        }
+        plan = plan_failsafe(
+            [Target(k, now + timedelta(seconds=1)) for k in keys.values()],
+            after=timedelta(seconds=2),
+            now=now,
+            limits=Limits(timedelta(hours=1), CAP),
+            min_lead=timedelta(seconds=1),
+        )
+        table = store.delayed()
+        await table.add(plan.now, now)
+
+        async def content_for(key: DeliveryKey) -> tuple[str, dict[str, Any]]:
+            return await encrypt_for_room(bot, key.room_id, "m.room.message", stage_content(key))
+
+        outcome = await schedule_due(table, delayed, content_for, lambda: datetime.now(UTC))
+        assert sorted(outcome.done) == sorted(keys.values()) and outcome.refused is None
+        assert sorted(e.room_id for e in await delayed.scheduled()) == sorted(keys)
+
+        # The bot sends to `served` itself (not shown), then cancels its switch there.
+        rows = [s.row for s in await table.rows(run_id)]
+        cancelled = await cancel(
+            table, delayed, after_release(rows, keys[served]), lambda: datetime.now(UTC)
+        )
+        assert cancelled.done == [keys[served]]
+        assert [e.room_id for e in await delayed.scheduled()] == [unserved]
+        assert await table.live_counts(run_id) == {("north", "go"): 1}
+
+        got = await collect_messages(alice, unserved, until=lambda ms: len(ms) >= 1, timeout=15)
+        assert [content_of(e) for e in got] == [stage_content(keys[unserved])]
+        await asyncio.sleep(0.5)
+        assert await tagged(alice, served) == []
+        assert await tagged(alice, unserved) == [stage_content(keys[unserved])]
+        late = await cancel(
+            table, delayed, [s.row for s in await table.rows(run_id)], lambda: datetime.now(UTC)
+        )
+        assert late.gone == [keys[unserved]]  # the server had sent it: look in the room
+        assert await table.known_ids() == set()
+    finally:
+        await store.close()
+
+
+async def test_orphans_unknown_to_the_table_are_cancelled_at_start(
+    delayed_hs: EmbeddedHomeserver, pool: ClientPool, tmp_path: Path
+) -> None:
+    bot, alice, room_id = await bot_and_participant(delayed_hs, pool)
+    delayed = DelayedEvents(bot)
+    key = key_for(room_id)
+    # Scheduled by a request whose answer never reached the table (a crash).
+    await delayed.schedule(
+        room_id, "m.room.message", stage_content(key), txn_id=delayed_txn_id(key, 1), delay_ms=2000
+    )
+    store = await Store.open(tmp_path / "blossom.db")
+    try:
+        assert await cancel_orphans(store.delayed(), delayed) == 1
+    finally:
+        await store.close()
+    assert await delayed.scheduled() == []
+    await asyncio.sleep(2.5)
+    await sync_until(alice, lambda: True)
+    assert await tagged(alice, room_id) == []
