@@ -38,7 +38,7 @@ from nio import AsyncClient, LocalProtocolError
 
 from bot import DISPATCH_KEY
 from bot.failsafe.secret import DelayId
-from bot.retry import SendFailure
+from bot.retry import RequestFailed, SendFailure
 
 FEATURE = "org.matrix.msc4140"
 CAPABILITY = "org.matrix.msc4140.delayed_events"
@@ -104,12 +104,13 @@ class DelayedEventsError(Exception):
     """Anything that went wrong here; the message names no delay id and no content."""
 
 
-class DelayedRequestFailed(DelayedEventsError):
-    """A request failed in a way the retry policy judges (``failure``)."""
+class DelayedRequestFailed(DelayedEventsError, RequestFailed):
+    """A request failed in a way the retry policy judges (``failure``); a
+    :class:`~bot.retry.RequestFailed`, so :func:`bot.retry.retry_call` retries it."""
 
     def __init__(self, what: str, failure: SendFailure) -> None:
-        super().__init__(f"{what}: {failure.describe()}")
-        self.failure = failure
+        RequestFailed.__init__(self, failure)
+        self.args = (f"{what}: {failure.describe()}",)
 
 
 class DelayedEventsRefused(DelayedEventsError):
