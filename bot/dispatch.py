@@ -22,7 +22,7 @@ from bot import DISPATCH_KEY
 from bot.clock import Clock
 from bot.ledger import TERMINAL, DeliveryKey, DeliveryState, Part
 from bot.matrix.sender import Sender, SendFailed
-from bot.retry import GiveUp, RetryPolicy
+from bot.retry import GiveUp, RetryPolicy, SendFailure
 from bot.store import DeliveryRow, Store
 
 log = logging.getLogger(__name__)
@@ -62,13 +62,17 @@ class Release:
     deadline: datetime | None = None
     # An abort: not stopped by cancel() (which it follows), never skipped.
     final: bool = False
+    # The run's identity across bots (bot.ids), in every event's tag and txn id.
+    run_key: str = ""
+    stage_index: int = 0
+
+    def key(self, room: str, part: Part) -> DeliveryKey:
+        return DeliveryKey(
+            self.run_id, self.scenario_id, self.city_id, self.stage_id, room, part, self.run_key
+        )
 
     def keys(self) -> list[DeliveryKey]:
-        return [
-            DeliveryKey(self.run_id, self.scenario_id, self.city_id, self.stage_id, room, m.part)
-            for room in self.rooms
-            for m in self.messages
-        ]
+        return [self.key(room, m.part) for room in self.rooms for m in self.messages]
 
 
 @dataclass
@@ -165,10 +169,6 @@ class Dispatcher:
         for city in city_ids:
             self._cancel_event(run_id, city).set()
 
-    def uncancel(self, run_id: int, city_ids: Iterable[str]) -> None:
-        for city in city_ids:
-            self._cancel.pop((run_id, city), None)
-
     def forget_room(self, room_id: str) -> None:
         """Send nothing more to this room: pending deliveries there are skipped,
         even those already prepared (a participant sent !stop or left)."""
@@ -248,11 +248,19 @@ class Dispatcher:
     # -- release -------------------------------------------------------------------
 
     async def release(
-        self, releases: Sequence[Release], *, priority: bool = False
+        self,
+        releases: Sequence[Release],
+        *,
+        priority: bool = False,
+        started: asyncio.Event | None = None,
     ) -> list[Outcome]:
         """Deliver every release; returns when each delivery is terminal (or the
         bot is stopping). Safe to call again for the same releases: rows already
-        SENT are not sent again."""
+        SENT are not sent again.
+
+        Within a room, releases given earlier in ``releases`` go first; across
+        calls, the call whose ``started`` is set first goes first: it is set once
+        every room of this call has taken its place in its room's queue."""
         now = self._clock.now()
         for r in releases:
             if not self._known.keys() >= set(r.keys()):
@@ -271,6 +279,9 @@ class Dispatcher:
                 )
                 if i % _START_BATCH == _START_BATCH - 1:
                     await asyncio.sleep(0)
+            await asyncio.sleep(0)  # every room task has run to its room's lock
+            if started is not None:
+                started.set()
             await lane.opened.wait()  # by then every room's task has counted itself
             self._push(-1)
             pushed = True
@@ -290,31 +301,14 @@ class Dispatcher:
     ) -> None:
         async with self._room_locks[room]:
             for message in release.messages:
-                key = DeliveryKey(
-                    release.run_id,
-                    release.scenario_id,
-                    release.city_id,
-                    release.stage_id,
-                    room,
-                    message.part,
-                )
+                key = release.key(room, message.part)
                 try:
                     state, detail = await self._deliver(release, key, message, lane)
                 except Cancelled as why:
                     reason = str(why) or "cancelled"
                     # This part and the ones after it: none is left PENDING.
                     for rest in release.messages[release.messages.index(message) :]:
-                        await self._skip(
-                            DeliveryKey(
-                                key.run_id,
-                                key.scenario_id,
-                                key.city_id,
-                                key.stage_id,
-                                room,
-                                rest.part,
-                            ),
-                            reason,
-                        )
+                        await self._skip(release.key(room, rest.part), reason)
                     outcome.skipped[room] = reason
                     return
                 if state is DeliveryState.SENT:
@@ -328,10 +322,7 @@ class Dispatcher:
                 # A later part is pointless (and out of order) without the first.
                 for rest in release.messages[release.messages.index(message) + 1 :]:
                     await self._skip(
-                        DeliveryKey(
-                            key.run_id, key.scenario_id, key.city_id, key.stage_id, room, rest.part
-                        ),
-                        f"{message.part} part not delivered",
+                        release.key(room, rest.part), f"{message.part} part not delivered"
                     )
                 return
             if not self._stopping.is_set():
@@ -382,65 +373,22 @@ class Dispatcher:
         assert row is not None, "prepare/release creates the rows first"
         if row.state in TERMINAL:
             return row.state, row.last_error or ""
+        if row.state is DeliveryState.SENDING and await self._recover(key):
+            return DeliveryState.SENT, ""
         content = {**message.content, DISPATCH_KEY: key.content_tag()}
-        if row.state is DeliveryState.SENDING:
-            # Left SENDING by a crash: the request may have landed. Look before
-            # resending (the txn id would dedup within the homeserver's window
-            # anyway; this covers a resend after that window, or another device).
-            try:
-                found = await self._sender.find_dispatch(key.room_id, key.content_tag())
-            except SendFailed:
-                found = None
-            if found is not None:
-                await self._store.transition(
-                    key, DeliveryState.SENT, now=self._clock.now(), event_id=found
-                )
-                return DeliveryState.SENT, ""
-            await self._store.transition(
-                key, DeliveryState.PENDING, now=self._clock.now(), error="unconfirmed after restart"
-            )
         attempts = row.attempts
         while True:
             self._check_cancelled(release, key)
             if self._stopping.is_set():
                 return DeliveryState.PENDING, "bot stopping"
-            event_id: str | None = None
-            pilot = not lane.pilot_taken
-            lane.pilot_taken = True
-            self._push(1)
-            try:
-                if not pilot:
-                    await lane.opened.wait()
-                async with lane.slots:
-                    self._check_cancelled(release, key)
-                    if self._stopping.is_set():
-                        return DeliveryState.PENDING, "bot stopping"
-                    # SENDING is committed before the request leaves (exactly once).
-                    moved = await self._store.advance(
-                        key,
-                        DeliveryState.PENDING,
-                        DeliveryState.SENDING,
-                        now=self._clock.now(),
-                        count_attempt=True,
-                    )
-                    if moved:
-                        attempts += 1
-                        try:
-                            event_id = await self._sender.send(
-                                key.room_id, message.event_type, content, key.txn_id()
-                            )
-                        except SendFailed as err:
-                            failure = err.failure
-            finally:
-                self._push(-1)
-                if pilot:
-                    lane.open()
-            # The slot is free again: the request is over; recording it is not a request.
-            if not moved:
+            sent = await self._attempt(release, key, message.event_type, content, lane)
+            if sent is None:
                 # Someone else moved the row since it was read: decide again from the row.
                 return await self._deliver(release, key, message, lane)
-            if event_id is not None:
-                await self._move(key, DeliveryState.SENT, event_id=event_id)
+            if isinstance(sent, DeliveryState):  # a StrEnum: before the str check
+                return sent, "bot stopping"
+            if isinstance(sent, str):
+                await self._move(key, DeliveryState.SENT, event_id=sent)
                 log.info(
                     "sent %s/%s/%s part=%s to %s as %s",
                     key.scenario_id,
@@ -448,39 +396,108 @@ class Dispatcher:
                     key.stage_id,
                     key.part,
                     key.room_id,
-                    event_id,
+                    sent,
                 )
                 return DeliveryState.SENT, ""
-            decision = self._policy.decide(
-                failure,
-                attempt=attempts,
-                now=self._clock.now(),
-                deadline=release.deadline,
-                rng=self._rng,
-            )
-            if isinstance(decision, GiveUp):
-                await self._move(key, DeliveryState.FAILED, error=decision.reason)
-                log.warning(
-                    "gave up %s/%s/%s part=%s to %s: %s",
-                    key.scenario_id,
-                    key.city_id,
-                    key.stage_id,
-                    key.part,
-                    key.room_id,
-                    decision.reason,
+            attempts += 1
+            outcome = await self._after_failure(release, key, sent, attempts)
+            if outcome is not None:
+                return outcome
+
+    async def _recover(self, key: DeliveryKey) -> bool:
+        """A row left SENDING by a crash: the request may have landed. Look in the
+        room for an event with this delivery's tag — the same run, not merely the
+        same scenario and stage — before resending (the txn id would dedup within
+        the homeserver's window anyway; this covers a resend after that window,
+        or another device). True if found (the row is SENT now)."""
+        try:
+            found = await self._sender.find_dispatch(key.room_id, key.content_tag())
+        except SendFailed:
+            found = None
+        now = self._clock.now()
+        if found is not None:
+            await self._store.transition(key, DeliveryState.SENT, now=now, event_id=found)
+            return True
+        await self._store.transition(
+            key, DeliveryState.PENDING, now=now, error="unconfirmed after restart"
+        )
+        return False
+
+    async def _attempt(
+        self,
+        release: Release,
+        key: DeliveryKey,
+        event_type: str,
+        content: Mapping[str, Any],
+        lane: _Lane,
+    ) -> str | SendFailure | DeliveryState | None:
+        """One request in a slot: the event id, the failure, PENDING if the bot is
+        stopping, or None if the row was no longer PENDING (nothing was sent)."""
+        pilot = not lane.pilot_taken
+        lane.pilot_taken = True
+        self._push(1)
+        try:
+            if not pilot:
+                await lane.opened.wait()
+            async with lane.slots:
+                self._check_cancelled(release, key)
+                if self._stopping.is_set():
+                    return DeliveryState.PENDING
+                # SENDING is committed before the request leaves (exactly once).
+                moved = await self._store.advance(
+                    key,
+                    DeliveryState.PENDING,
+                    DeliveryState.SENDING,
+                    now=self._clock.now(),
+                    count_attempt=True,
                 )
-                return DeliveryState.FAILED, decision.reason
-            await self._move(key, DeliveryState.PENDING, error=decision.reason)
-            log.info(
-                "retrying %s/%s/%s to %s in %.1fs: %s",
+                if not moved:
+                    return None
+                try:
+                    return await self._sender.send(key.room_id, event_type, content, key.txn_id())
+                except SendFailed as err:
+                    return err.failure
+        finally:
+            # The slot is free again: the request is over; recording it is not a request.
+            self._push(-1)
+            if pilot:
+                lane.open()
+
+    async def _after_failure(
+        self, release: Release, key: DeliveryKey, failure: SendFailure, attempts: int
+    ) -> tuple[DeliveryState, str] | None:
+        """Give up (FAILED) or wait for the retry (None: try again)."""
+        decision = self._policy.decide(
+            failure,
+            attempt=attempts,
+            now=self._clock.now(),
+            deadline=release.deadline,
+            rng=self._rng,
+        )
+        if isinstance(decision, GiveUp):
+            await self._move(key, DeliveryState.FAILED, error=decision.reason)
+            log.warning(
+                "gave up %s/%s/%s part=%s to %s: %s",
                 key.scenario_id,
                 key.city_id,
                 key.stage_id,
+                key.part,
                 key.room_id,
-                decision.delay.total_seconds(),
                 decision.reason,
             )
-            await self._wait(decision.delay, key, release.final)
+            return DeliveryState.FAILED, decision.reason
+        await self._move(key, DeliveryState.PENDING, error=decision.reason)
+        log.info(
+            "retrying %s/%s/%s to %s in %.1fs: %s",
+            key.scenario_id,
+            key.city_id,
+            key.stage_id,
+            key.room_id,
+            decision.delay.total_seconds(),
+            decision.reason,
+        )
+        await self._wait(decision.delay, key, release.final)
+        return None
 
     async def _move(
         self,

@@ -23,7 +23,7 @@ from nio import (
 )
 from nio.exceptions import OlmUnverifiedDeviceError, SendRetryError
 
-from bot import DISPATCH_KEY
+from bot.ledger import is_dispatch_of
 from bot.matrix.power import OPT_IN_POWER
 from bot.retry import RequestFailed, SendFailure
 
@@ -144,7 +144,9 @@ class MatrixSender:
 
     async def find_dispatch(self, room_id: str, tag: Mapping[str, str]) -> str | None:
         """Look through the room's recent timeline for an event of ours with this
-        dispatch tag; its event id, or None. Used for SENDING rows after a crash."""
+        dispatch tag; its event id, or None. Used for SENDING rows after a crash.
+        The tag carries the run key: an earlier run's event for the same stage is
+        not this delivery's (matched by bot.ledger.is_dispatch_of)."""
         start: str | None = None
         for _ in range(5):  # up to 5 pages of 100 recent events
             try:
@@ -157,8 +159,7 @@ class MatrixSender:
                 if getattr(event, "sender", None) != self._client.user_id:
                     continue
                 source = getattr(event, "source", {}) or {}
-                content = source.get("content", {})
-                if isinstance(content, dict) and content.get(DISPATCH_KEY) == dict(tag):
+                if is_dispatch_of(source.get("content"), dict(tag)):
                     return str(event.event_id)
             if not resp.chunk or not resp.end or resp.end == start:
                 return None

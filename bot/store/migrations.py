@@ -177,4 +177,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX delayed_events_live ON delayed_events (state, schedule_at)
         WHERE state IN ('pending', 'scheduling', 'scheduled');
     """,
+    # 5: run identity. A run's key is the event id of the !arm / !drill command
+    # that started it (the same for every bot reading that control room); it is
+    # in every sent event's dispatch tag and txn id. Runs from before keep "".
+    """
+    ALTER TABLE runs ADD COLUMN run_key TEXT NOT NULL DEFAULT '';
+    CREATE UNIQUE INDEX runs_by_key ON runs (run_key) WHERE run_key != '';
+    ALTER TABLE deliveries ADD COLUMN run_key TEXT NOT NULL DEFAULT '';
+    """,
 )

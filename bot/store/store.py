@@ -19,6 +19,7 @@ from typing import Any, Self
 
 import aiosqlite
 
+from bot.ids import SYNTHETIC_LIKE
 from bot.ledger import (
     DeliveryKey,
     DeliveryState,
@@ -26,17 +27,22 @@ from bot.ledger import (
     IllegalTransition,
     Part,
     check_transition,
+    dispatch_sources,
 )
 from bot.store.delayed import DelayedStore
 from bot.store.migrations import MIGRATIONS
 
-# One dispatch's state (note and released_at kept unless given): set_dispatch_state
-# and, for many at once, set_dispatches_releasing.
-_SET_DISPATCH_STATE = (
-    "UPDATE dispatches SET state = ?, note = COALESCE(?, note),"
-    " released_at = COALESCE(?, released_at)"
-    " WHERE run_id = ? AND city_id = ? AND stage_id = ?"
-)
+
+def _set_dispatch_state(new: DispatchState) -> str:
+    """One dispatch's state (note and released_at kept unless given), only from a
+    state the ledger's dispatch table allows (bot.ledger): set_dispatch_state and,
+    for many at once, set_dispatches_releasing."""
+    sources = ", ".join(f"'{s}'" for s in sorted(dispatch_sources(new)))
+    return (
+        "UPDATE dispatches SET state = ?, note = COALESCE(?, note),"
+        " released_at = COALESCE(?, released_at)"
+        f" WHERE run_id = ? AND city_id = ? AND stage_id = ? AND state IN ({sources})"
+    )
 
 
 class StoreError(Exception):
@@ -63,6 +69,8 @@ class RunRow:
     control_room: str
     drill_room: str | None = None
     drill_speed: float | None = None
+    # The event id of the command that armed it ("" before run keys): bot.ids.
+    run_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -92,7 +100,7 @@ class DeliveryRow:
 
 _DELIVERY_COLUMNS = (
     "run_id, scenario_id, city_id, stage_id, room_id, part, state, txn_id, event_id,"
-    " attempts, last_error, due_at, sent_at"
+    " attempts, last_error, due_at, sent_at, run_key"
 )
 
 
@@ -105,6 +113,7 @@ def _delivery(row: sqlite3.Row) -> DeliveryRow:
             row["stage_id"],
             row["room_id"],
             Part(row["part"]),
+            row["run_key"],
         ),
         state=DeliveryState(row["state"]),
         txn_id=row["txn_id"],
@@ -142,6 +151,7 @@ def _run(row: sqlite3.Row) -> RunRow:
         control_room=row["control_room"],
         drill_room=row["drill_room"],
         drill_speed=row["drill_speed"],
+        run_key=row["run_key"],
     )
 
 
@@ -151,6 +161,9 @@ class PlannedDispatch:
     stage_id: str
     stage_index: int
     due_at: datetime
+    # SKIPPED for a past stage an earlier run already sent (not sent again).
+    state: DispatchState = DispatchState.SCHEDULED
+    note: str | None = None
 
 
 class Store:
@@ -269,16 +282,17 @@ class Store:
         dispatches: Iterable[PlannedDispatch],
         drill_room: str | None = None,
         drill_speed: float | None = None,
+        run_key: str = "",
     ) -> int:
         """Create an armed run and its dispatches atomically. Raises StoreError
-        if the scenario already has an armed run."""
+        if the scenario already has an armed run, or a run has this key."""
         try:
             await self._db.execute("BEGIN IMMEDIATE")
             try:
                 cur = await self._db.execute(
                     "INSERT INTO runs (scenario_id, source_path, source_sha256, state,"
-                    " armed_by, armed_at, control_room, drill_room, drill_speed)"
-                    " VALUES (?, ?, ?, 'armed', ?, ?, ?, ?, ?)",
+                    " armed_by, armed_at, control_room, drill_room, drill_speed, run_key)"
+                    " VALUES (?, ?, ?, 'armed', ?, ?, ?, ?, ?, ?)",
                     (
                         scenario_id,
                         source_path,
@@ -288,15 +302,24 @@ class Store:
                         control_room,
                         drill_room,
                         drill_speed,
+                        run_key,
                     ),
                 )
                 run_id = cur.lastrowid
                 assert run_id is not None
                 await self._db.executemany(
                     "INSERT INTO dispatches (run_id, city_id, stage_id, stage_index, due_at,"
-                    " state) VALUES (?, ?, ?, ?, ?, 'scheduled')",
+                    " state, note) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [
-                        (run_id, d.city_id, d.stage_id, d.stage_index, iso(d.due_at))
+                        (
+                            run_id,
+                            d.city_id,
+                            d.stage_id,
+                            d.stage_index,
+                            iso(d.due_at),
+                            d.state,
+                            d.note,
+                        )
                         for d in dispatches
                     ],
                 )
@@ -305,7 +328,9 @@ class Store:
                 await self._db.execute("ROLLBACK")
                 raise
         except sqlite3.IntegrityError:
-            raise StoreError(f"scenario {scenario_id} is already armed") from None
+            raise StoreError(
+                f"scenario {scenario_id} is already armed, or this command armed a run already"
+            ) from None
         except sqlite3.Error as err:
             raise StoreError(f"database write failed: {err}") from None
         return run_id
@@ -325,6 +350,20 @@ class Store:
             "SELECT * FROM runs WHERE scenario_id = ? ORDER BY id", (scenario_id,)
         )
         return [_run(r) for r in rows]
+
+    async def sent_stages(self, scenario_id: str) -> set[tuple[str, str]]:
+        """(city, stage) that any earlier run of the scenario released, wholly or
+        in part (synthetic stages excluded): what re-arming must not send again."""
+        rows = await self._fetchall(
+            "SELECT DISTINCT d.city_id, d.stage_id FROM dispatches d"
+            " JOIN runs r ON r.id = d.run_id WHERE r.scenario_id = ?"
+            " AND d.stage_id NOT LIKE ? AND (d.state IN ('released', 'releasing')"
+            " OR EXISTS (SELECT 1 FROM deliveries v WHERE v.run_id = d.run_id"
+            " AND v.city_id = d.city_id AND v.stage_id = d.stage_id"
+            " AND v.state IN ('sent', 'sending')))",
+            (scenario_id, SYNTHETIC_LIKE),
+        )
+        return {(str(r["city_id"]), str(r["stage_id"])) for r in rows}
 
     async def end_run(self, run_id: int, state: str, now: datetime) -> None:
         await self._write(
@@ -365,9 +404,31 @@ class Store:
         released_at: datetime | None = None,
     ) -> None:
         await self._write(
-            _SET_DISPATCH_STATE,
+            _set_dispatch_state(state),
             (state, note, iso(released_at) if released_at else None, run_id, city_id, stage_id),
         )
+
+    async def set_dispatch_states(
+        self,
+        run_id: int,
+        changes: Sequence[tuple[str, str, DispatchState, str | None]],
+    ) -> None:
+        """(city, stage, state, note) for many dispatches in one round trip, each
+        only from a state the ledger allows (a done dispatch stays done)."""
+        if not changes:
+            return
+        try:
+            for state in {c[2] for c in changes}:
+                await self._db.executemany(
+                    _set_dispatch_state(state),
+                    [
+                        (s, note, None, run_id, city, stage)
+                        for city, stage, s, note in changes
+                        if s is state
+                    ],
+                )
+        except sqlite3.Error as err:
+            raise StoreError(f"database write failed: {err}") from None
 
     async def set_dispatches_releasing(
         self, run_id: int, keys: Sequence[tuple[str, str]], *, released_at: datetime
@@ -378,7 +439,7 @@ class Store:
             return
         try:
             await self._db.executemany(
-                _SET_DISPATCH_STATE,
+                _set_dispatch_state(DispatchState.RELEASING),
                 [
                     (DispatchState.RELEASING, None, iso(released_at), run_id, city, stage)
                     for city, stage in keys
@@ -387,13 +448,36 @@ class Store:
         except sqlite3.Error as err:
             raise StoreError(f"database write failed: {err}") from None
 
-    async def set_dispatch_due(
-        self, run_id: int, city_id: str, stage_id: str, due_at: datetime
+    async def delay_dispatches(
+        self,
+        run_id: int,
+        moves: Sequence[tuple[str, str, datetime]],
+        cities: Sequence[str],
+        seconds: float,
     ) -> None:
-        await self._write(
-            "UPDATE dispatches SET due_at = ? WHERE run_id = ? AND city_id = ? AND stage_id = ?",
-            (iso(due_at), run_id, city_id, stage_id),
-        )
+        """!delay in one transaction: each (city, stage)'s new due time and the
+        recorded delay of each city ({time} renders from it). A crash between the
+        two used to leave texts out of step with the instants."""
+        try:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                await self._db.executemany(
+                    "UPDATE dispatches SET due_at = ? WHERE run_id = ? AND city_id = ?"
+                    " AND stage_id = ? AND state IN ('scheduled', 'held')",
+                    [(iso(at), run_id, city, stage) for city, stage, at in moves],
+                )
+                await self._db.executemany(
+                    "INSERT INTO delays (run_id, city_id, seconds) VALUES (?, ?, ?)"
+                    " ON CONFLICT (run_id, city_id)"
+                    " DO UPDATE SET seconds = seconds + excluded.seconds",
+                    [(run_id, city, seconds) for city in cities],
+                )
+                await self._db.execute("COMMIT")
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as err:
+            raise StoreError(f"database write failed: {err}") from None
 
     async def mark_reported(self, run_id: int, city_id: str, stage_id: str) -> None:
         await self._write(
@@ -410,8 +494,8 @@ class Store:
         try:
             await self._db.executemany(
                 "INSERT OR IGNORE INTO deliveries (run_id, scenario_id, city_id, stage_id,"
-                " room_id, part, state, txn_id, due_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                " room_id, part, state, txn_id, due_at, updated_at, run_key)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
                 [
                     (
                         k.run_id,
@@ -423,6 +507,7 @@ class Store:
                         k.txn_id(),
                         iso(due_at),
                         iso(now),
+                        k.run_key,
                     )
                     for k in keys
                 ],
@@ -617,13 +702,6 @@ class Store:
         rows = await self._fetchall("SELECT city_id FROM holds WHERE run_id = ?", (run_id,))
         return {str(r["city_id"]) for r in rows}
 
-    async def add_delay(self, run_id: int, city_id: str, seconds: float) -> None:
-        await self._write(
-            "INSERT INTO delays (run_id, city_id, seconds) VALUES (?, ?, ?)"
-            " ON CONFLICT (run_id, city_id) DO UPDATE SET seconds = seconds + excluded.seconds",
-            (run_id, city_id, seconds),
-        )
-
     async def delays(self, run_id: int) -> dict[str, float]:
         rows = await self._fetchall(
             "SELECT city_id, seconds FROM delays WHERE run_id = ?", (run_id,)
@@ -724,9 +802,9 @@ class Store:
         """The run's latest stage message sent to a room (synthetic stages excluded)."""
         rows = await self._fetchall(
             f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE run_id = ? AND room_id = ?"
-            " AND part = 'text' AND state = 'sent' AND stage_id NOT LIKE '!%'"
+            " AND part = 'text' AND state = 'sent' AND stage_id NOT LIKE ?"
             " ORDER BY sent_at DESC LIMIT 1",
-            (run_id, room_id),
+            (run_id, room_id, SYNTHETIC_LIKE),
         )
         return _delivery(rows[0]) if rows else None
 
