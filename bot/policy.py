@@ -21,6 +21,15 @@ class Action(StrEnum):
     ABORT = "abort"
 
 
+class LateReason(StrEnum):
+    """Why a stage reached its rooms after its instant (the report says it)."""
+
+    UNAVAILABLE = "unavailable"  # the bot or the homeserver was down or busy
+    RELEASED_BY_HAND = "released"  # !release of a held or gated stage
+    RESUMED = "resumed"  # held until !resume
+    PAST_AT_ARMING = "armed-late"  # its instant had passed when it was armed (resend)
+
+
 @dataclass(frozen=True)
 class Decision:
     action: Action

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from bot.dispatch import Outcome
-from bot.policy import LATE_REPORT_THRESHOLD, format_duration
+from bot.policy import LATE_REPORT_THRESHOLD, LateReason, format_duration
 
 # What can put a release after its instant. Downtime is one cause; a stage held
 # (by !hold or a gate) until !resume or !release, or armed after its instant,
@@ -17,6 +17,13 @@ LATE_CAUSES = (
     "its instant had passed: it was held until resumed or released, armed after its "
     "instant, or the bot or the homeserver was unavailable"
 )
+# The reason the run layer knows (bot.policy.LateReason), as late_why says it.
+LATE_WHY = {
+    LateReason.UNAVAILABLE: "its instant passed while the bot or the homeserver was unavailable",
+    LateReason.RELEASED_BY_HAND: "held by a hold or a gate until !release",
+    LateReason.RESUMED: "held until !resume",
+    LateReason.PAST_AT_ARMING: "its instant had passed when the run was armed",
+}
 
 
 @dataclass(frozen=True)
@@ -26,7 +33,6 @@ class PlanLine:
     timezone: str
     stage_id: str
     rooms: int
-    state: str = "scheduled"
 
 
 def plan_table(lines: Sequence[PlanLine], now: datetime) -> str:
@@ -42,9 +48,7 @@ def plan_table(lines: Sequence[PlanLine], now: datetime) -> str:
                 line.city_id,
                 line.stage_id,
                 str(line.rooms),
-                line.state
-                if line.state != "scheduled"
-                else (format_duration(until) if until > timedelta(0) else "past"),
+                format_duration(until) if until > timedelta(0) else "past",
             )
         )
     return text_table(rows)

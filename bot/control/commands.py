@@ -22,7 +22,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from bot.clock import Clock
-from bot.control.args import RUN, SCENARIO
+from bot.control.args import RUN, SCENARIO, TEXT_ARG, Arg
 from bot.control.confirm import Confirmations, command_key
 from bot.control.parse import Command, UsageError, parse
 from bot.control.registry import Args, CommandDef, Context, Reply, Table, command
@@ -178,9 +178,10 @@ class CoreCommands:
 
     @command(
         "arm",
-        "Load, check and schedule a scenario from the scenarios directory.",
+        "Load, check and schedule a scenario (at <instant>: a new start; resend: past "
+        "stages sent before go again); problems are shown first and wait for confirm.",
         example="!arm dc-london-berlin",
-        args=(SCENARIO,),
+        args=(SCENARIO, Arg("options", TEXT_ARG, optional=True, shown="at <instant>|resend")),
         releases=True,
     )
     async def arm(self, ctx: Context, args: Args) -> Reply:
@@ -188,8 +189,27 @@ class CoreCommands:
         if self._runs.by_scenario(scenario_id) is not None:
             drill_too = self._runs.by_scenario(scenario_id, drill=True) is not None
             raise ArmError(text.already_armed(scenario_id, drill_too))
-        body, table = await self._runs.arm(scenario_id, sender=ctx.sender, control_room=ctx.room_id)
-        return Reply(body, table)
+        typed = args.opt_text("options") or ""
+        options = self._runs.arm_options(scenario_id, typed)
+        out = await self._runs.arm(
+            scenario_id,
+            sender=ctx.sender,
+            control_room=ctx.room_id,
+            run_key=ctx.event_id,
+            start_at=options.start_at,
+            resend_past=options.resend,
+            confirmed=ctx.confirmed,
+        )
+        if out.needs_confirm:
+            again = f"!arm {scenario_id} {typed}".strip().lower()
+            window = self._controller.confirmations.window_s
+            return Reply(
+                f"{out.text}\n{text.arm_confirm(again, window)}",
+                out.table,
+                result=out.result,
+                ask=True,
+            )
+        return Reply(out.text, out.table, result=out.result)
 
     @command(
         "disarm",
@@ -203,18 +223,5 @@ class CoreCommands:
 
 
 async def disarm(runs: RunManager, store: Store, clock: Clock, armed: ArmedRun) -> str:
-    """Disarm exactly this run (a drill can always be ended on its own).
-
-    ``RunManager.disarm`` takes a scenario id today and picks the live run first;
-    it is changing to take the ``ArmedRun``: then this whole function is
-    ``return await runs.disarm(armed)``."""
-    if runs.get(armed.scenario_id) is armed:
-        return await runs.disarm(armed.scenario_id)
-    # The drill while the live run is armed too. Its pending rows are cancelled
-    # and it leaves the armed set, so a timer that still fires finds no run and
-    # sends nothing (RunManager.fire returns when its run is no longer armed).
-    for city in armed.scenario.cities:
-        await runs.cancel_city(armed, city.id, "disarmed")
-    await store.end_run(armed.run.id, "disarmed", clock.now())
-    runs.armed.pop(armed.run.id, None)
-    return text.disarmed(armed.label(), armed.run.id)
+    """Disarm exactly this run (a drill can always be ended on its own)."""
+    return await runs.disarm(armed)

@@ -171,14 +171,15 @@ class Steering:
             raise ArmError(text.drill_room_failed(resp.status_code))
         drill_room = str(resp.room_id)
         await self._runs.adopt_room(drill_room, ctx.sender)
-        body, table = await self._runs.arm(
+        out = await self._runs.arm(
             scenario_id,
             sender=ctx.sender,
             control_room=ctx.room_id,
+            run_key=ctx.event_id,
             drill_room=drill_room,
             drill_speed=speed,
         )
-        return Reply(text.drill_started(body, drill_room, speed), table)
+        return Reply(text.drill_started(out.text, drill_room, speed), out.table)
 
     @command(
         "purge",

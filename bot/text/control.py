@@ -94,6 +94,10 @@ def read_late(
     )
 
 
+def arm_confirm(command: str, window_s: float) -> str:
+    return f"To arm it as it is, send {command} confirm within {window_s:.0f} seconds."
+
+
 def nothing_to_confirm(command: str, window_s: float) -> str:
     return (
         f"nothing to confirm: send {command} first, then {command} confirm "

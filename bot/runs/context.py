@@ -1,0 +1,102 @@
+"""What every part of the run manager shares: its dependencies, the armed runs,
+and the lookups they all make (served rooms, rendered messages, releases)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from bot.clock import Clock
+from bot.content import stage_messages
+from bot.dispatch import Dispatcher, Message, Release
+from bot.library import ScenarioLibrary
+from bot.matrix.rooms import RoomRegistry
+from bot.matrix.sender import Sender
+from bot.notify import Notifier
+from bot.policy import retry_deadline
+from bot.runs.model import ArmedRun
+from bot.runs.supervisor import Supervisor
+from bot.scenario import render_stage
+from bot.schedule import Timers
+from bot.store import DispatchRow, Store
+
+
+@dataclass
+class RunContext:
+    store: Store
+    library: ScenarioLibrary
+    rooms: RoomRegistry
+    dispatcher: Dispatcher
+    sender: Sender
+    timers: Timers
+    notifier: Notifier
+    clock: Clock
+    ready: asyncio.Event
+    lead: timedelta
+    rate: float
+    burst: int
+    armed: dict[int, ArmedRun] = field(default_factory=dict)
+    supervisor: Supervisor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.supervisor = Supervisor(self.notifier, self.ready, self.control_room_of)
+
+    def control_room_of(self, run_id: int) -> str | None:
+        armed = self.armed.get(run_id)
+        return armed.run.control_room if armed else None
+
+    async def served_rooms(
+        self, armed: ArmedRun, city_id: str, *, refresh: bool = True
+    ) -> list[str]:
+        """Rooms that get this city's stages now: the drill room in a drill;
+        otherwise the opted-in listed rooms plus private (direct) participants.
+        ``refresh=False`` takes aliases as last resolved (no request for those
+        already known): for check-ins, and for an abort, which must not wait on
+        the homeserver before its stop message leaves."""
+        if armed.drill_room is not None:
+            return [armed.drill_room]
+        city = armed.scenario.city(city_id)
+        rooms = await self.rooms.served_rooms(city.rooms, refresh=refresh)
+        if city.direct:
+            direct = await self.store.direct_rooms(armed.scenario_id, city_id)
+            rooms += [r for r in await self.rooms.served_rooms(direct) if r not in rooms]
+        return rooms
+
+    def messages(self, armed: ArmedRun, city_id: str, stage_id: str) -> tuple[Message, ...]:
+        rendered = render_stage(
+            armed.scenario,
+            city_id,
+            stage_id,
+            place_overrides=armed.place_overrides.get(city_id),
+            delay=armed.delays.get(city_id),
+        )
+        label = None
+        if armed.drill_room is not None:
+            label = f"{armed.scenario_id} · {armed.scenario.city(city_id).name} · {stage_id}"
+        return stage_messages(rendered, drill_label=label)
+
+    async def build_release(self, armed: ArmedRun, row: DispatchRow) -> Release:
+        stage = armed.scenario.stage(row.stage_id)
+        rooms = await self.served_rooms(armed, row.city_id)
+        # Rooms already in the ledger for this dispatch (a resumed release) keep
+        # their rows; ones no longer served are skipped by the dispatcher, and a
+        # SENT row is never sent again.
+        for d in await self.store.deliveries(row.run_id, row.city_id, row.stage_id):
+            if d.key.room_id not in rooms:
+                rooms.append(d.key.room_id)
+                self.dispatcher.forget_room(d.key.room_id)
+        return Release(
+            run_id=row.run_id,
+            scenario_id=armed.scenario_id,
+            city_id=row.city_id,
+            stage_id=row.stage_id,
+            due_at=row.due_at,
+            rooms=tuple(rooms),
+            messages=self.messages(armed, row.city_id, row.stage_id),
+            deadline=retry_deadline(row.due_at, stage.late.skip_after)
+            if armed.drill_room is None
+            else None,
+            run_key=armed.run_key,
+            stage_index=row.stage_index,
+        )

@@ -1,0 +1,357 @@
+"""The instant's shell: timers, firing, and the release path every send takes.
+
+At a timer: read the run's rows once, prepare (render, ledger rows, keys),
+sleep to the instant, then under the run's instant lock read once, plan
+(bot/runs/instant.py), write once, and start the fan-out; reports follow.
+An abort or a correction goes through the same dispatcher, in the ledger.
+
+Order per room: a timer takes every earlier dispatch of its run that is still
+waiting (a restart after downtime finds them all due at once), and the
+instant lock is held until the fan-out's rooms have queued in the
+dispatcher's per-room locks, so a room never gets a later stage first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+
+from bot.dispatch import Message, Outcome, Release
+from bot.ids import ABORT_STAGE, SYNTHETIC_INDEX, job_id, report_txn_id
+from bot.ledger import DISPATCH_DONE, DISPATCH_PENDING, DispatchState, Part, RunState
+from bot.policy import LateReason
+from bot.report import LATE_WHY, stage_summary
+from bot.runs.context import RunContext
+from bot.runs.instant import Cause, InstantPlan, plan_instant, stage_order
+from bot.runs.model import DEFAULT_ABORT_TEXT, ArmedRun
+from bot.scenario import render_template
+from bot.scenario.render import to_html
+from bot.store import DispatchRow, StoreError
+
+log = logging.getLogger(__name__)
+
+# A timer that fires this much before its time on the run's clock saw a jump back.
+_EARLY = timedelta(seconds=1)
+_WAITING = (DispatchState.SCHEDULED, DispatchState.RELEASING)
+
+
+def run_report_txn(armed: ArmedRun, *parts: str) -> str:
+    run = armed.run
+    return report_txn_id(run.id, run.scenario_id, run.armed_at, *parts)
+
+
+class ReleaseShell:
+    def __init__(self, ctx: RunContext) -> None:
+        self._ctx = ctx
+        self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # (city, stage) per run whose fan-out this process has started.
+        self._claimed: defaultdict[int, set[tuple[str, str]]] = defaultdict(set)
+
+    # -- timers ------------------------------------------------------------------------
+
+    def schedule(self, armed: ArmedRun, rows: Sequence[DispatchRow]) -> None:
+        for at in sorted({d.due_at for d in rows if d.state in _WAITING}):
+            self._ctx.timers.set_on(
+                job_id(armed.run.id, at),
+                armed.clock,
+                at - self._ctx.lead,
+                self._job(armed.run.id, at),
+            )
+
+    def _job(
+        self, run_id: int, due_at: datetime, attempt: int = 0
+    ) -> Callable[[], Awaitable[None]]:
+        async def fire() -> None:
+            try:
+                await self._ctx.supervisor.guarded(
+                    self.fire(run_id, due_at),
+                    run_id,
+                    f"the release due {due_at:%H:%M:%SZ}",
+                    reraise=(StoreError,),
+                )
+            except asyncio.CancelledError:
+                # Shutdown cut the release short (e.g. mid-report): not an error.
+                # Its dispatch is not RELEASED yet, so the restart resumes it.
+                # Ending the job here keeps a traceback out of the scheduler's log.
+                log.info("run %d: release due %s interrupted by shutdown", run_id, due_at)
+                return
+            except StoreError as err:
+                await self._database_down(run_id, due_at, attempt, err)
+
+        return fire
+
+    async def _database_down(
+        self, run_id: int, due_at: datetime, attempt: int, err: StoreError
+    ) -> None:
+        # The database is locked or full. Nothing was marked sent that was not
+        # sent (SENDING is written before each request), so firing again later is
+        # safe; the late policy applies as usual.
+        retry_in = min(30, 2 + 2 * attempt)
+        log.error("run %d: database unavailable (%s); retrying in %ds", run_id, err, retry_in)
+        armed = self._ctx.armed.get(run_id)
+        if attempt == 0 and armed is not None:
+            await self._ctx.notifier.report(
+                armed.run.control_room,
+                f"⚠️ {armed.label()}: the bot's database is unavailable ({err}). "
+                "Undelivered rooms stay pending; retrying until it is back.",
+            )
+        if armed is not None:
+            clock = self._ctx.clock
+            self._ctx.timers.set(
+                job_id(run_id, due_at),
+                clock.to_wall(clock.now() + timedelta(seconds=retry_in)),
+                self._job(run_id, due_at, attempt + 1),
+            )
+
+    # -- the instant -------------------------------------------------------------------
+
+    async def fire(self, run_id: int, due_at: datetime) -> None:
+        ctx = self._ctx
+        await ctx.ready.wait()  # no send before the first sync knows the rooms
+        armed = ctx.armed.get(run_id)
+        if armed is None:
+            return
+        if armed.clock.now() < due_at - ctx.lead - _EARLY:
+            # Woken early: the clock jumped back after the timer was last set
+            # (Timers.retime moves timers within a second; this closes the gap).
+            # Set the timer again rather than prepare early and sleep on it.
+            log.info("run %d: timer for %s woke early by its clock; set again", run_id, due_at)
+            ctx.timers.set_on(
+                job_id(run_id, due_at), armed.clock, due_at - ctx.lead, self._job(run_id, due_at)
+            )
+            return
+        claimed = self._claimed[run_id]
+        rows = [
+            d
+            for d in await ctx.store.dispatches(run_id)
+            if d.due_at <= due_at and d.state in _WAITING and (d.city_id, d.stage_id) not in claimed
+        ]
+        if not any(d.due_at == due_at for d in rows):
+            return
+        # Earlier dispatches still waiting go with this one, in stage order.
+        prepared = sorted([await ctx.build_release(armed, r) for r in rows], key=stage_order)
+        await ctx.dispatcher.prepare(prepared)
+        await armed.clock.sleep_until(due_at)
+        if ctx.armed.get(run_id) is not armed:
+            return  # disarmed while we prepared
+        await self.release_at_instant(armed, prepared)
+
+    async def release_at_instant(
+        self, armed: ArmedRun, prepared: Sequence[Release], cause: Cause = Cause.TIMER
+    ) -> None:
+        """Decide, commit the decisions, start the fan-out, and only then tell the
+        control room about skips and holds. One read and one write for all
+        cities before the first request leaves: every database round trip here
+        is lateness for the first room."""
+        run_id = armed.run.id
+        async with self._locks[run_id]:
+            plan, fanout = await self._decide_and_start(armed, prepared, cause)
+        keys = [(r.city_id, r.stage_id) for r in plan.release]
+        outcomes: list[Outcome] = []
+        try:
+            for text in plan.reports:
+                await self._ctx.notifier.report(armed.run.control_room, text)
+            if plan.abort_cities:
+                await self.abort(armed, plan.abort_cities, None)
+        finally:
+            if fanout is not None:
+                try:
+                    outcomes = await fanout
+                finally:
+                    self._claimed[run_id].difference_update(keys)
+        if outcomes:
+            await self.finish_releases(armed, outcomes, plan.late_by, plan.late_reason)
+        await self.maybe_finish(armed)
+
+    async def _decide_and_start(
+        self, armed: ArmedRun, prepared: Sequence[Release], cause: Cause
+    ) -> tuple[InstantPlan, asyncio.Future[list[Outcome]] | None]:
+        ctx, run_id = self._ctx, armed.run.id
+        claimed = self._claimed[run_id]
+        todo = [r for r in prepared if (r.city_id, r.stage_id) not in claimed]
+        if not todo:
+            return InstantPlan(), None
+        rows = {(d.city_id, d.stage_id): d for d in await ctx.store.dispatches(run_id)}
+        gated = armed.drill_room is None and any(
+            armed.scenario.stage(r.stage_id).require for r in todo
+        )
+        now = armed.clock.now()
+        plan = plan_instant(
+            scenario=armed.scenario,
+            label=armed.label(),
+            rows=rows,
+            prepared=todo,
+            held_cities=armed.held_cities,
+            checkins=await ctx.store.checkin_counts(run_id) if gated else {},
+            now=now,
+            armed_at=armed.run.armed_at,
+            drill=armed.drill_room is not None,
+            cause=cause,
+        )
+        # RELEASING is committed before any request leaves (a restart resumes it).
+        await ctx.store.set_dispatches_releasing(run_id, plan.releasing, released_at=now)
+        await ctx.store.set_dispatch_states(
+            run_id, [(v.city_id, v.stage_id, v.state, v.note) for v in plan.verdicts]
+        )
+        if not plan.release:
+            return plan, None
+        claimed.update((r.city_id, r.stage_id) for r in plan.release)
+        started = asyncio.Event()
+        fanout = asyncio.ensure_future(ctx.dispatcher.release(plan.release, started=started))
+        waiter = asyncio.ensure_future(started.wait())
+        try:
+            # Hold the lock until every room has its place in the queue (or the
+            # fan-out ended early): a later stage then queues behind this one.
+            await asyncio.wait({fanout, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        return plan, fanout
+
+    # -- after the fan-out -------------------------------------------------------------
+
+    async def finish_releases(
+        self,
+        armed: ArmedRun,
+        outcomes: Sequence[Outcome],
+        late_by: Mapping[str, Mapping[str, timedelta]] | None = None,
+        late_reason: Mapping[str, LateReason] | None = None,
+    ) -> None:
+        ctx = self._ctx
+        if ctx.dispatcher.stopping:
+            return  # pending rows resume on restart; no half-true report
+        by_stage: dict[str, list[Outcome]] = defaultdict(list)
+        for o in outcomes:
+            by_stage[o.release.stage_id].append(o)
+        for stage_id, group in by_stage.items():
+            # Report first, then RELEASED: a crash in between re-fires the
+            # dispatch on restart (every delivery already terminal, nothing is
+            # sent) and reports again under the same txn id, which the homeserver
+            # deduplicates. The other order lost the report for good.
+            cities = sorted(o.release.city_id for o in group)
+            await ctx.notifier.report(
+                armed.run.control_room,
+                stage_summary(
+                    armed.scenario_id,
+                    stage_id,
+                    group,
+                    late_by=(late_by or {}).get(stage_id),
+                    drill=armed.drill_room is not None,
+                    late_why=LATE_WHY[(late_reason or {}).get(stage_id, LateReason.UNAVAILABLE)],
+                ),
+                txn_id=run_report_txn(armed, "stage", stage_id, *cities),
+            )
+            for o in group:
+                await ctx.store.set_dispatch_state(
+                    o.release.run_id, o.release.city_id, stage_id, DispatchState.RELEASED
+                )
+                await ctx.store.mark_reported(o.release.run_id, o.release.city_id, stage_id)
+
+    async def maybe_finish(self, armed: ArmedRun) -> None:
+        rows = await self._ctx.store.dispatches(armed.run.id)
+        if rows and all(d.state in DISPATCH_DONE for d in rows):
+            await self.finish(armed)
+
+    async def finish(self, armed: ArmedRun) -> None:
+        ctx = self._ctx
+        if ctx.armed.pop(armed.run.id, None) is None:
+            return
+        self._forget(armed.run.id)
+        aborted = any(d.stage_id == ABORT_STAGE for d in await ctx.store.dispatches(armed.run.id))
+        # The notice before the run's end, idempotent (as a stage report): a
+        # crash in between finishes the run again on restart, not silently.
+        await ctx.notifier.report(
+            armed.run.control_room,
+            f"🏁 {armed.label()} (run {armed.run.id}) is complete"
+            + (" (aborted)." if aborted else ": every stage was released or skipped."),
+            txn_id=run_report_txn(armed, "complete"),
+        )
+        state = RunState.ABORTED if aborted else RunState.FINISHED
+        await ctx.store.end_run(armed.run.id, state, ctx.clock.now())
+        log.info("run %d of %s finished", armed.run.id, armed.scenario_id)
+
+    def _forget(self, run_id: int) -> None:
+        self._locks.pop(run_id, None)
+        self._claimed.pop(run_id, None)
+
+    # -- stopping ------------------------------------------------------------------------
+
+    async def cancel_city(self, armed: ArmedRun, city_id: str, reason: str) -> int:
+        """Cancel every not-yet-released dispatch of one city; returns how many."""
+        ctx = self._ctx
+        ctx.dispatcher.cancel(armed.run.id, [city_id])
+        pending = [
+            (d.city_id, d.stage_id, DispatchState.CANCELLED, reason)
+            for d in await ctx.store.dispatches(armed.run.id)
+            if d.city_id == city_id and d.state in DISPATCH_PENDING
+        ]
+        await ctx.store.set_dispatch_states(armed.run.id, pending)
+        return len(pending)
+
+    async def abort(self, armed: ArmedRun, cities: Sequence[str], message: str | None) -> int:
+        """Cancel every pending stage of these cities and send the stop message to
+        every room they serve, ahead of any other traffic of this run. Returns
+        how many pending stages were cancelled; the sending goes on in the
+        background."""
+        ctx, run_id = self._ctx, armed.run.id
+        now = armed.clock.now()
+        cancelled = 0
+        releases: list[Release] = []
+        for city_id in cities:
+            cancelled += await self.cancel_city(armed, city_id, "aborted")
+            await ctx.store.add_dispatch(
+                run_id, city_id, ABORT_STAGE, SYNTHETIC_INDEX, now, DispatchState.RELEASING
+            )
+            row = await ctx.store.dispatch(run_id, city_id, ABORT_STAGE)
+            if row is not None and row.state in DISPATCH_DONE:
+                continue  # already aborted
+            releases.append(
+                Release(
+                    run_id=run_id,
+                    scenario_id=armed.scenario_id,
+                    city_id=city_id,
+                    stage_id=ABORT_STAGE,
+                    due_at=now,
+                    rooms=tuple(await ctx.served_rooms(armed, city_id, refresh=False)),
+                    messages=(_stop_message(armed, city_id, message),),
+                    final=True,
+                    run_key=armed.run_key,
+                    stage_index=SYNTHETIC_INDEX,
+                )
+            )
+        ctx.supervisor.spawn(self.release_and_report(armed, releases), run_id, "abort")
+        return cancelled
+
+    async def release_and_report(
+        self, armed: ArmedRun, releases: Sequence[Release], *, priority: bool = True
+    ) -> None:
+        if releases:
+            outcomes = await self._ctx.dispatcher.release(releases, priority=priority)
+            await self.finish_releases(armed, outcomes)
+        await self.maybe_finish(armed)
+
+
+def _stop_message(armed: ArmedRun, city_id: str, message: str | None) -> Message:
+    city = armed.scenario.city(city_id)
+    template = message or armed.scenario.abort_text or DEFAULT_ABORT_TEXT
+    try:
+        body = render_template(
+            template,
+            armed.scenario,
+            city,
+            place_overrides=armed.place_overrides.get(city_id),
+            delay=armed.delays.get(city_id),
+        )
+    except ValueError:
+        body = template  # a typed message with braces: send it as written
+    if armed.drill_room is not None:
+        body = f"[DRILL] {armed.scenario_id} · {city.name}\n{body}"
+    content = {
+        "msgtype": "m.text",
+        "body": body,
+        "format": "org.matrix.custom.html",
+        "formatted_body": f"<b>{to_html(body)}</b>",
+    }
+    return Message(Part.TEXT, "m.room.message", content)
