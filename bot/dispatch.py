@@ -89,14 +89,26 @@ class Outcome:
 
 def interleave(releases: Sequence[Release]) -> list[tuple[Release, str]]:
     """(release, room) pairs, round-robin across releases, so cities due at the
-    same instant share the fan-out instead of one always going last."""
+    same instant share the fan-out instead of one always going last. A room in
+    several releases gets them in the order given (room tasks queue on the
+    room's lock in this order), wherever it stands in each release's list."""
     pairs: list[tuple[Release, str]] = []
     longest = max((len(r.rooms) for r in releases), default=0)
     for i in range(longest):
         for r in releases:
             if i < len(r.rooms):
                 pairs.append((r, r.rooms[i]))
-    return pairs
+    # Keep each room's slots, but fill them with its releases in the given order.
+    queue: defaultdict[str, list[Release]] = defaultdict(list)
+    for r in releases:
+        for room in r.rooms:
+            queue[room].append(r)
+    taken: defaultdict[str, int] = defaultdict(int)
+    ordered: list[tuple[Release, str]] = []
+    for _, room in pairs:
+        ordered.append((queue[room][taken[room]], room))
+        taken[room] += 1
+    return ordered
 
 
 class _Lane:

@@ -187,6 +187,18 @@ async def test_cities_due_together_are_interleaved(store: Store) -> None:
     assert cities == ["!r0", "!r1", "!r2"] * 4
 
 
+def test_interleave_keeps_each_rooms_releases_in_the_given_order() -> None:
+    """A room listed at different positions in two releases (a resumed release
+    keeps its old rooms at the end) still gets the earlier release first."""
+    now = datetime.now(UTC)
+    first = Release(1, "s", "c", "one", now, ("!x", "!y", "!z"), TEXT)
+    second = Release(1, "s", "c", "two", now, ("!z", "!y", "!x"), TEXT)
+    pairs = interleave([first, second])
+    for room in ("!x", "!y", "!z"):
+        assert [r.stage_id for r, rm in pairs if rm == room] == ["one", "two"]
+    assert sorted(rm for _, rm in pairs) == sorted(first.rooms + second.rooms)
+
+
 async def test_advance_is_conditional_and_checked(store: Store) -> None:
     rels = await releases(store, 1, 1)
     (key,) = rels[0].keys()

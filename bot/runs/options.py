@@ -1,6 +1,7 @@
 """``!arm``'s options, parsed: pure.
 
-``!arm <id> [at <instant>] [resend] [confirm]``, in any order:
+``!arm <id> [at <instant>] [resend]``, in either order (a trailing ``confirm``
+is the control layer's confirmation flow, bot/control/confirm.py):
 
 - ``at <instant>``: run the scenario with a new T0 (the file is not edited).
   An ISO 8601 instant with its offset (``2026-12-08T19:00+01:00``, ``…Z``), or
@@ -8,7 +9,6 @@
   city's time zone (``at 2026-12-08 19:00 lisbon``).
 - ``resend``: past stages an earlier run of the scenario already sent are sent
   again (under their late policy). Without it they are not.
-- ``confirm``: arm even though the preview had problems or warnings.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 from bot.runs.model import ArmError
 
-FLAGS = ("resend", "confirm")
+FLAGS = ("resend",)
 _EXAMPLE = "e.g. at 2026-12-08T19:00+01:00, or at 2026-12-08 19:00 <city>"
 
 
@@ -28,7 +28,6 @@ _EXAMPLE = "e.g. at 2026-12-08T19:00+01:00, or at 2026-12-08 19:00 <city>"
 class ArmOptions:
     start_at: datetime | None = None
     resend: bool = False
-    confirm: bool = False
 
 
 def parse_instant(words: list[str], zones: Mapping[str, str], now: datetime) -> datetime:
@@ -69,7 +68,7 @@ def parse_arm_options(text: str, zones: Mapping[str, str], now: datetime) -> Arm
     if rest:
         if rest[0] != "at" or len(rest) == 1 or len(rest) > 4:
             raise ArmError(
-                f"!arm takes: at <instant>, resend, confirm ({_EXAMPLE}); nothing was armed"
+                f"!arm takes: at <instant>, resend ({_EXAMPLE}); nothing was armed"
             )
         start_at = parse_instant(rest[1:], zones, now)
-    return ArmOptions(start_at, "resend" in flags, "confirm" in flags)
+    return ArmOptions(start_at, "resend" in flags)
