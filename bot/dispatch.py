@@ -14,16 +14,18 @@ import logging
 import random
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from bot import DISPATCH_KEY
 from bot.clock import Clock
-from bot.ledger import TERMINAL, DeliveryKey, DeliveryState, Part
+from bot.delivery import Message, Outcome, Release, interleave
+from bot.ledger import TERMINAL, DeliveryKey, DeliveryState
 from bot.matrix.sender import Sender, SendFailed
 from bot.retry import GiveUp, RetryPolicy, SendFailure
 from bot.store import DeliveryRow, Store
+
+__all__ = ["Cancelled", "Dispatcher", "Message", "Outcome", "Release", "interleave"]
 
 log = logging.getLogger(__name__)
 
@@ -36,79 +38,6 @@ _PILOT_WAIT = 0.05
 # Rooms whose encryption keys are shared at once during prepare: enough to keep
 # the homeserver busy, few enough that the first rooms in release order finish first.
 _SHARE_AT_ONCE = 8
-
-
-@dataclass(frozen=True)
-class Message:
-    """One part of a stage, rendered, without the dispatch tag (added per room)."""
-
-    part: Part
-    event_type: str
-    content: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class Release:
-    """Everything needed to deliver one (run, city, stage), prepared before its instant."""
-
-    run_id: int
-    scenario_id: str
-    city_id: str
-    stage_id: str
-    due_at: datetime
-    rooms: tuple[str, ...]
-    messages: tuple[Message, ...]
-    # Retries stop here (the late policy's skip_after); None: keep trying.
-    deadline: datetime | None = None
-    # An abort: not stopped by cancel() (which it follows), never skipped.
-    final: bool = False
-    # The run's identity across bots (bot.ids), in every event's tag and txn id.
-    run_key: str = ""
-    stage_index: int = 0
-
-    def key(self, room: str, part: Part) -> DeliveryKey:
-        return DeliveryKey(
-            self.run_id, self.scenario_id, self.city_id, self.stage_id, room, part, self.run_key
-        )
-
-    def keys(self) -> list[DeliveryKey]:
-        return [self.key(room, m.part) for room in self.rooms for m in self.messages]
-
-
-@dataclass
-class Outcome:
-    """What happened to one release, room by room (for the control-room report)."""
-
-    release: Release
-    delivered: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)
-    first_sent: datetime | None = None
-    last_sent: datetime | None = None
-
-
-def interleave(releases: Sequence[Release]) -> list[tuple[Release, str]]:
-    """(release, room) pairs, round-robin across releases, so cities due at the
-    same instant share the fan-out instead of one always going last. A room in
-    several releases gets them in the order given (room tasks queue on the
-    room's lock in this order), wherever it stands in each release's list."""
-    pairs: list[tuple[Release, str]] = []
-    longest = max((len(r.rooms) for r in releases), default=0)
-    for i in range(longest):
-        for r in releases:
-            if i < len(r.rooms):
-                pairs.append((r, r.rooms[i]))
-    # Keep each room's slots, but fill them with its releases in the given order.
-    queue: defaultdict[str, list[Release]] = defaultdict(list)
-    for r in releases:
-        for room in r.rooms:
-            queue[room].append(r)
-    taken: defaultdict[str, int] = defaultdict(int)
-    ordered: list[tuple[Release, str]] = []
-    for _, room in pairs:
-        ordered.append((queue[room][taken[room]], room))
-        taken[room] += 1
-    return ordered
 
 
 class _Lane:
