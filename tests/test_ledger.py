@@ -169,3 +169,33 @@ def test_content_tag() -> None:
 def test_keys_order_and_hash() -> None:
     assert len({_key(), _key()}) == 1
     assert sorted([_key(part=Part.TEXT), _key(part=Part.LOCATION)])[0].part is Part.LOCATION
+
+
+def test_dispatch_and_run_transition_tables() -> None:
+    from bot.ledger import DISPATCH_PENDING, RunState, dispatch_may, dispatch_sources, run_may
+
+    for done in DISPATCH_DONE:
+        assert not any(dispatch_may(done, new) for new in DispatchState)
+    # A release once started is finished, never undone or held.
+    assert not dispatch_may(DispatchState.RELEASING, DispatchState.SCHEDULED)
+    assert not dispatch_may(DispatchState.RELEASING, DispatchState.HELD)
+    assert dispatch_may(DispatchState.HELD, DispatchState.SCHEDULED)  # !resume
+    assert dispatch_sources(DispatchState.RELEASED) == {DispatchState.RELEASING}
+    assert {DispatchState.SCHEDULED, DispatchState.HELD} == DISPATCH_PENDING
+    assert run_may(RunState.ARMED, RunState.FINISHED)
+    assert not run_may(RunState.DISARMED, RunState.ARMED)
+
+
+def test_run_key_changes_txn_id_and_tag_but_not_legacy_ones() -> None:
+    legacy = _key()
+    keyed = _key(run_key="$arm:example.org")
+    assert keyed.txn_id() != legacy.txn_id()
+    assert _key(run_key="$other:example.org").txn_id() != keyed.txn_id()
+    assert keyed.content_tag() == {**legacy.content_tag(), "run": "$arm:example.org"}
+    from bot import DISPATCH_KEY
+    from bot.ledger import is_dispatch_of
+
+    assert is_dispatch_of({DISPATCH_KEY: keyed.content_tag()}, keyed.content_tag())
+    assert not is_dispatch_of({DISPATCH_KEY: legacy.content_tag()}, keyed.content_tag())
+    assert not is_dispatch_of({DISPATCH_KEY: "x"}, keyed.content_tag())
+    assert not is_dispatch_of(None, keyed.content_tag())

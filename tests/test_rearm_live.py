@@ -176,3 +176,31 @@ async def test_late_stages_after_downtime_arrive_in_order(
         for room, _ in listed:
             assert await dispatch_tags(env.org, room) == [(f"s{i}", "text") for i in range(6)]
         assert env.terminate() == 0
+
+
+async def test_release_of_a_held_stage_reports_the_real_reason(
+    homeserver: EmbeddedHomeserver, tmp_path: Path, clients: ClientPool
+) -> None:
+    """A stage held past its instant and then released by hand is late because
+    of the hold, not because the bot or the homeserver was unavailable."""
+    async with bot_env(homeserver, tmp_path, clients, "why") as env:
+        room = await create_room(env.org, name="why city")
+        stages = [
+            {"id": "go", "at": "0s", "text": "go"},
+            {"id": "end", "at": "+10m", "text": "end"},
+        ]
+        env.write_scenario(scenario("why", [room], seconds_ahead(600), stages))
+        await env.start()
+        await env.opt_in(env.org, room)
+        start = seconds_ahead(3)
+        env.write_scenario(scenario("why", [room], start, stages))
+        assert "Armed why" in await env.command("!arm why")
+        assert "Holding why" in await env.command("!hold why town")
+        await env.control_notices("stage go held in town", timeout=20)
+        await sleep_until(start + timedelta(seconds=6))
+        assert "Releasing why stage go" in await env.command("!release why go town")
+        notices = await env.control_notices("stage go delivered", timeout=20)
+        report = next(n for n in notices if "stage go delivered" in n)
+        assert "Released late" in report and "until !release" in report, report
+        assert "unavailable" not in report, report
+        assert await dispatch_tags(env.org, room) == [("go", "text")]

@@ -179,6 +179,30 @@ async def test_dispatch_state_and_note(store: Store) -> None:
     assert await store.dispatch(run_id, "a", "nope") is None
 
 
+async def test_dispatch_state_follows_the_transition_table(store: Store) -> None:
+    run_id = await make_run(store)
+    await store.set_dispatch_state(run_id, "a", "call", DispatchState.RELEASING, released_at=T0)
+    await store.set_dispatch_state(run_id, "a", "call", DispatchState.RELEASED)
+    # Nothing leaves a done state: a late hold or cancel changes nothing.
+    await store.set_dispatch_states(
+        run_id,
+        [("a", "call", DispatchState.HELD, "late"), ("a", "call", DispatchState.CANCELLED, "x")],
+    )
+    row = await store.dispatch(run_id, "a", "call")
+    assert row is not None and row.state is DispatchState.RELEASED
+
+
+async def test_delay_moves_due_times_and_records_the_delay_in_one_go(store: Store) -> None:
+    run_id = await make_run(store)
+    (row,) = [d for d in await store.dispatches(run_id) if d.stage_id == "call"]
+    later = row.due_at + timedelta(minutes=5)
+    await store.delay_dispatches(run_id, [("a", "call", later)], ["a"], 300.0)
+    await store.delay_dispatches(run_id, [], ["a"], 60.0)
+    moved = await store.dispatch(run_id, "a", "call")
+    assert moved is not None and moved.due_at == later
+    assert await store.delays(run_id) == {"a": 360.0}
+
+
 async def test_delete_runs_cascades_but_keeps_armed(store: Store) -> None:
     old = await make_run(store)
     await store.ensure_deliveries([key(old)], T0, T0)

@@ -150,20 +150,21 @@ class ReleaseShell:
         async with self._locks[run_id]:
             plan, fanout = await self._decide_and_start(armed, prepared, cause)
         keys = [(r.city_id, r.stage_id) for r in plan.release]
-        outcomes: list[Outcome] = []
         try:
-            for text in plan.reports:
-                await self._ctx.notifier.report(armed.run.control_room, text)
-            if plan.abort_cities:
-                await self.abort(armed, plan.abort_cities, None)
+            outcomes: list[Outcome] = []
+            try:
+                for text in plan.reports:
+                    await self._ctx.notifier.report(armed.run.control_room, text)
+                if plan.abort_cities:
+                    await self.abort(armed, plan.abort_cities, None)
+            finally:
+                outcomes = await fanout if fanout is not None else []
+            if outcomes:
+                await self.finish_releases(armed, outcomes, plan.late_by, plan.late_reason)
         finally:
-            if fanout is not None:
-                try:
-                    outcomes = await fanout
-                finally:
-                    self._claimed[run_id].difference_update(keys)
-        if outcomes:
-            await self.finish_releases(armed, outcomes, plan.late_by, plan.late_reason)
+            # Claimed until RELEASED is written: a timer meanwhile must not take
+            # these again (it would only report them twice, but still).
+            self._claimed[run_id].difference_update(keys)
         await self.maybe_finish(armed)
 
     async def _decide_and_start(
