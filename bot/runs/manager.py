@@ -14,7 +14,6 @@ from bot.matrix.sender import Sender
 from bot.notify import Notifier
 from bot.runs.arming import Arming, ArmOutcome
 from bot.runs.context import RunContext
-from bot.runs.instant import gate_count
 from bot.runs.model import ArmedRun, ArmError, ArmPreview
 from bot.runs.options import ArmOptions, parse_arm_options
 from bot.runs.release import ReleaseShell
@@ -66,7 +65,6 @@ class RunManager:
         self.abort = self._steering.abort
         self.restore = self._arming.restore
         self.disarm = self._arming.disarm
-        self.fire = self._shell.fire
         self.wait_idle = self._ctx.supervisor.wait_idle
 
     @property
@@ -113,11 +111,6 @@ class RunManager:
                 if room_id in await self._ctx.served_rooms(armed, city.id, refresh=False):
                     found.append((armed, city.id))
         return found
-
-    async def gate_checkins(self, armed: ArmedRun, city_id: str, stage_id: str) -> int:
-        """Check-ins in a city since the previous stage (the gate's count)."""
-        counts = await self._ctx.store.checkin_counts(armed.run.id)
-        return gate_count(armed.scenario, counts, city_id, stage_id)
 
     async def build_release(self, armed: ArmedRun, row: DispatchRow) -> Release:
         return await self._ctx.build_release(armed, row)
