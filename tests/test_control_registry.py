@@ -243,10 +243,17 @@ class ArmingRuns(FakeRuns):
         self.armed_ids: list[str] = []
         self.held: list[list[str]] = []
 
-    async def arm(self, sid: str, *, sender: str, control_room: str) -> tuple[str, str]:
+    def arm_options(self, sid: str, typed: str) -> Any:
+        from bot.runs import ArmOptions
+
+        return ArmOptions()
+
+    async def arm(self, sid: str, *, sender: str, control_room: str, **kw: Any) -> Any:
+        from bot.runs import ArmOutcome
+
         self.armed_ids.append(sid)
         self.list.append(fake_run(sid, ["alpha"]))
-        return f"Armed {sid}", "table"
+        return ArmOutcome(f"Armed {sid}", "table", run_id=len(self.armed_ids))
 
     async def hold(self, armed: Any, cities: list[str]) -> str:
         self.held.append(cities)

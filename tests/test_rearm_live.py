@@ -105,7 +105,7 @@ async def test_arm_at_a_new_instant_and_confirm_before_anything_is_scheduled(
         reply = await env.command(f"!arm at at {iso_z(new)}")
         # The pre-flight warning comes first; nothing is scheduled until confirm.
         assert "Not armed yet" in reply and "Pre-flight" in reply, reply
-        assert f"!arm at at {new:%Y-%m-%dT%H:%M:%S}Z confirm" in reply, reply
+        assert f"!arm at at {iso_z(new)} confirm" in reply, reply
         assert query(env, "SELECT COUNT(*) FROM runs") == [(0,)]
         assert "Nothing is armed" in await env.command("!status")
         reply = await env.command(f"!arm at at {iso_z(new)} confirm")
@@ -139,8 +139,10 @@ async def test_room_listed_by_id_and_by_alias_in_two_cities_is_refused(
         assert room in reply and "town" in reply and "other" in reply and alias in reply, reply
         assert "twice" in reply and "Nothing was armed" in reply, reply
         assert query(env, "SELECT COUNT(*) FROM runs") == [(0,)]
+        # A refusal is no question: there is nothing to confirm.
         reply = await env.command("!arm dup confirm")
-        assert "Nothing was armed" in reply, reply
+        assert "nothing to confirm" in reply, reply
+        assert query(env, "SELECT COUNT(*) FROM runs") == [(0,)]
 
 
 async def aliased_room(env, name: str) -> tuple[str, str]:  # type: ignore[no-untyped-def]

@@ -88,7 +88,7 @@ async def test_first_arming_with_a_past_stage_asks_to_confirm(tmp_path: Path) ->
     async with kit(tmp_path, opted_in=[A], now=T0 + timedelta(seconds=2)) as k:
         k.write(three_stages())
         out = await k.arm("re")
-        assert out.run_id is None and "!arm re confirm" in out.text, out.text
+        assert out.needs_confirm and "Nothing is scheduled" in out.text, out.text
         assert await k.store.runs_of("re") == []
         out = await k.arm("re", confirmed=True)
         assert out.run_id is not None
@@ -117,9 +117,9 @@ def test_arm_options_local_time_in_a_city_and_refusals(tmp_path: Path) -> None:
 
     zones = {"lisbon": "Europe/Lisbon"}
     now = T0
-    opts = parse_arm_options("at 2030-12-08 19:00 lisbon resend confirm", zones, now)
+    opts = parse_arm_options("resend at 2030-12-08 19:00 lisbon", zones, now)
     assert opts.start_at is not None and opts.start_at.isoformat() == "2030-12-08T19:00:00+00:00"
-    assert opts.resend and opts.confirm
+    assert opts.resend
     summer = parse_arm_options("at 2030-07-08T19:00 lisbon", zones, now)
     assert summer.start_at is not None and summer.start_at.hour == 18
     for bad, why in [
@@ -127,6 +127,7 @@ def test_arm_options_local_time_in_a_city_and_refusals(tmp_path: Path) -> None:
         ("at 2030-12-08T19:00", "offset or a city"),
         ("at tomorrow", "cannot read"),
         ("soon", "!arm takes"),
+        ("confirm resend", "!arm takes"),  # confirm is the control layer's, and last
         ("at 2031-03-30T01:30 lisbon", "does not exist"),
     ]:
         with pytest.raises(ArmError, match=why):
@@ -143,7 +144,7 @@ async def test_preflight_warning_asks_to_confirm_and_schedules_nothing(tmp_path:
         preview = await k.runs.preview("tight")
         assert preview.warnings and preview.needs_confirm
         out = await k.arm("tight")
-        assert "Pre-flight" in out.text and "!arm tight confirm" in out.text, out.text
+        assert "Pre-flight" in out.text and out.needs_confirm, out.text
         assert out.run_id is None and k.timers.job_ids() == []
         assert await k.store.runs_of("tight") == []
         out = await k.arm("tight", confirmed=True)

@@ -2,7 +2,7 @@
 
 A check-in is recorded against the city's latest released stage. A gate on a
 stage counts the check-ins recorded against the stage just before it
-(``RunManager.gate_checkins``). So a check-in made now counts for the next gate
+(``bot.runs.instant.gate_count``). So a check-in made now counts for the next gate
 only if that gate is on the very next stage; if a gate lies further ahead, it
 will not count this check-in (the participant must check in again after a later
 stage). The acknowledgement and ``!status`` follow exactly this rule.

@@ -201,7 +201,7 @@ class CoreCommands:
             confirmed=ctx.confirmed,
         )
         if out.needs_confirm:
-            again = f"!arm {scenario_id} {typed}".strip().lower()
+            again = f"!arm {scenario_id} {typed}".strip()
             window = self._controller.confirmations.window_s
             return Reply(
                 f"{out.text}\n{text.arm_confirm(again, window)}",
