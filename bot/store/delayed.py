@@ -47,7 +47,7 @@ def _parse(text: str) -> datetime:
 
 _COLUMNS = (
     "d.run_id, r.scenario_id, d.city_id, d.stage_id, d.room_id, d.part, d.generation,"
-    " d.state, d.instant, d.due_at, d.schedule_at, d.txn_id"
+    " d.state, d.instant, d.due_at, d.schedule_at, d.txn_id, r.run_key"
 )
 _FROM = " FROM delayed_events d JOIN runs r ON r.id = d.run_id"
 _WHERE_KEY = " WHERE run_id = ? AND city_id = ? AND stage_id = ? AND room_id = ? AND part = ?"
@@ -69,7 +69,13 @@ def _key_params(key: DeliveryKey) -> tuple[Any, ...]:
 
 def _stored(r: sqlite3.Row) -> StoredDelayed:
     key = DeliveryKey(
-        r["run_id"], r["scenario_id"], r["city_id"], r["stage_id"], r["room_id"], Part(r["part"])
+        r["run_id"],
+        r["scenario_id"],
+        r["city_id"],
+        r["stage_id"],
+        r["room_id"],
+        Part(r["part"]),
+        r["run_key"],  # the run's identity (bot.ids): in the tag the switch sends
     )
     row = DelayedRow(
         key=key,
