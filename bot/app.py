@@ -97,6 +97,7 @@ class Bot:
             while_held=self.watch.watch,
         )
         self.timers = Timers()
+        self.catalogs = Catalogs()  # participants' languages, read once (bot/i18n)
         self.runs = RunManager(
             store=store,
             library=self.library,
@@ -110,12 +111,12 @@ class Bot:
             prepare_seconds=config.dispatch.prepare_seconds,
             expected_msgs_per_second=config.dispatch.expected_msgs_per_second,
             rate_burst=config.dispatch.rate_burst,
+            catalogs=self.catalogs,
         )
         self.controller = Controller(
             store=store, runs=self.runs, rooms=self.rooms, notifier=self.notifier, clock=clock
         )
         Steering(runs=self.runs, store=store, client=client, clock=clock).register(self.controller)
-        self.catalogs = Catalogs()  # participants' languages, read once (bot/i18n)
         self.participants = Participants(
             matrix=self.matrix,
             store=store,

@@ -10,6 +10,7 @@ from datetime import timedelta
 from bot.clock import Clock
 from bot.content import stage_messages
 from bot.dispatch import Dispatcher, Message, Release
+from bot.i18n import Catalogs, Translator, english
 from bot.library import ScenarioLibrary
 from bot.matrix.rooms import RoomRegistry
 from bot.matrix.sender import Sender
@@ -36,11 +37,20 @@ class RunContext:
     lead: timedelta
     rate: float
     burst: int
+    # Participants' languages (the default stop message); None: English only.
+    catalogs: Catalogs | None = None
     armed: dict[int, ArmedRun] = field(default_factory=dict)
     supervisor: Supervisor = field(init=False)
 
     def __post_init__(self) -> None:
         self.supervisor = Supervisor(self.notifier, self.ready, self.control_room_of)
+
+    def translator(self, armed: ArmedRun, city_id: str) -> Translator:
+        """How the bot's own words reach this city's participants."""
+        language = armed.scenario.city(city_id).language
+        if self.catalogs is None:
+            return english()
+        return self.catalogs.translator(language)
 
     def control_room_of(self, run_id: int) -> str | None:
         armed = self.armed.get(run_id)

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 from bot.clock import Clock
 from bot.dispatch import Dispatcher, Release
+from bot.i18n import Catalogs
 from bot.library import LibraryError, ScenarioLibrary
 from bot.matrix.rooms import RoomRegistry
 from bot.matrix.sender import Sender
@@ -38,6 +39,7 @@ class RunManager:
         prepare_seconds: float = 3.0,
         expected_msgs_per_second: float = 30.0,
         rate_burst: int = 0,
+        catalogs: Catalogs | None = None,
     ) -> None:
         self._ctx = RunContext(
             store=store,
@@ -52,6 +54,7 @@ class RunManager:
             lead=timedelta(seconds=prepare_seconds),
             rate=expected_msgs_per_second,
             burst=rate_burst,
+            catalogs=catalogs,
         )
         self._shell = ReleaseShell(self._ctx)
         self._arming = Arming(self._ctx, self._shell)

@@ -20,13 +20,15 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 
 from bot.dispatch import Message, Outcome, Release
+from bot.i18n import Translator
+from bot.i18n import messages as say
 from bot.ids import ABORT_STAGE, SYNTHETIC_INDEX, job_id, report_txn_id
 from bot.ledger import DISPATCH_DONE, DISPATCH_PENDING, DispatchState, Part, RunState
 from bot.policy import LateReason
 from bot.report import LATE_WHY, stage_summary
 from bot.runs.context import RunContext
 from bot.runs.instant import Cause, InstantPlan, plan_instant, stage_order
-from bot.runs.model import DEFAULT_ABORT_TEXT, ArmedRun
+from bot.runs.model import ArmedRun
 from bot.scenario import render_template
 from bot.scenario.render import to_html
 from bot.store import DispatchRow, StoreError
@@ -316,7 +318,9 @@ class ReleaseShell:
                     stage_id=ABORT_STAGE,
                     due_at=now,
                     rooms=tuple(await ctx.served_rooms(armed, city_id, refresh=False)),
-                    messages=(_stop_message(armed, city_id, message),),
+                    messages=(
+                        _stop_message(armed, city_id, message, ctx.translator(armed, city_id)),
+                    ),
                     final=True,
                     run_key=armed.run_key,
                     stage_index=SYNTHETIC_INDEX,
@@ -334,25 +338,36 @@ class ReleaseShell:
         await self.maybe_finish(armed)
 
 
-def _stop_message(armed: ArmedRun, city_id: str, message: str | None) -> Message:
+def _stop_message(
+    armed: ArmedRun, city_id: str, message: str | None, t: Translator
+) -> Message:
     city = armed.scenario.city(city_id)
-    template = message or armed.scenario.abort_text or DEFAULT_ABORT_TEXT
-    try:
-        body = render_template(
-            template,
-            armed.scenario,
-            city,
-            place_overrides=armed.place_overrides.get(city_id),
-            delay=armed.delays.get(city_id),
-        )
-    except ValueError:
-        body = template  # a typed message with braces: send it as written
-    if armed.drill_room is not None:
-        body = f"[DRILL] {armed.scenario_id} · {city.name}\n{body}"
+    label = f"[DRILL] {armed.scenario_id} · {city.name}" if armed.drill_room is not None else None
+    template = message or armed.scenario.abort_text
+    if template is None:
+        # The bot's own words, in the city's language (English exactly as before).
+        said = say.abort_text(t, city_name=city.name).bold()
+        body, html = said.body, said.html
+        if label is not None:
+            body, html = f"{label}\n{body}", f"<b>{to_html(label)}</b><br/>{html}"
+    else:
+        try:
+            body = render_template(
+                template,
+                armed.scenario,
+                city,
+                place_overrides=armed.place_overrides.get(city_id),
+                delay=armed.delays.get(city_id),
+            )
+        except ValueError:
+            body = template  # a typed message with braces: send it as written
+        if label is not None:
+            body = f"{label}\n{body}"
+        html = f"<b>{to_html(body)}</b>"
     content = {
         "msgtype": "m.text",
         "body": body,
         "format": "org.matrix.custom.html",
-        "formatted_body": f"<b>{to_html(body)}</b>",
+        "formatted_body": html,
     }
     return Message(Part.TEXT, "m.room.message", content)
