@@ -25,7 +25,7 @@ from bot.control.args import (
 from bot.control.catalog import CONTROL_COMMANDS, PARTICIPANT_COMMANDS
 from bot.control.checkins import counted_by_next_gate
 from bot.control.commands import Controller
-from bot.control.confirm import Confirmations, command_key
+from bot.control.confirm import Asked, Confirmations, command_key
 from bot.control.parse import Command, UsageError, parse
 from bot.control.registry import Args, Context, Reply, Table, command, commands_of
 from bot.control.targets import abort_cities, pick_run, resolve_cities
@@ -205,14 +205,16 @@ def test_confirmations_window() -> None:
     clock = ManualClock(T0)
     c = Confirmations(clock, window_s=120)
     assert command_key("!Arm  walk   CONFIRM") == "!arm walk"
-    assert not c.take("!r", "!arm walk")
+    assert c.take("!r", "!arm walk") is None
     c.ask("!r", "!arm walk")
-    assert not c.take("!other", "!arm walk")
-    assert c.take("!r", "!arm walk")
-    assert not c.take("!r", "!arm walk")  # used up
+    assert c.take("!other", "!arm walk") is None
+    assert c.take("!r", "!arm walk") is Asked.HANDLER
+    assert c.take("!r", "!arm walk") is None  # used up
+    c.ask("!r", "!arm walk", Asked.READ_LATE)
+    assert c.take("!r", "!arm walk") is Asked.READ_LATE
     c.ask("!r", "!purge x")
     clock.advance(timedelta(seconds=121))
-    assert not c.take("!r", "!purge x")
+    assert c.take("!r", "!purge x") is None
 
 
 class FakeStore:
@@ -261,6 +263,44 @@ class ArmingRuns(FakeRuns):
 
     async def redirect(self, armed: Any, city: str, place: str, name: str, geo: Any) -> str:
         return f"Redirected {place} in {city}"
+
+
+class WarningRuns(ArmingRuns):
+    """An !arm whose pre-flight has a warning: it asks unless confirmed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.confirmed_seen: list[bool] = []
+
+    async def arm(self, sid: str, *, sender: str, control_room: str, **kw: Any) -> Any:
+        from bot.runs import ArmOutcome
+
+        self.confirmed_seen.append(kw["confirmed"])
+        if not kw["confirmed"]:
+            return ArmOutcome("Pre-flight: too slow", "table", run_id=None)
+        return await super().arm(sid, sender=sender, control_room=control_room, **kw)
+
+
+def test_confirming_a_late_read_still_shows_the_preflight_warning() -> None:
+    """A `confirm` for a command read late is not also a `confirm` of warnings the
+    organiser has not seen yet: !arm asks again with its pre-flight."""
+    clock = ManualClock(T0)
+    runs, store, notifier = WarningRuns(), FakeStore(), FakeNotifier()
+    c = Controller(store=store, runs=runs, rooms=FakeRooms(), notifier=notifier,  # type: ignore[arg-type]
+                   clock=clock)
+    typed = int((T0 - timedelta(seconds=commands_module.LATE_READ_S + 95)).timestamp() * 1000)
+    now_ms = int(T0.timestamp() * 1000)
+
+    async def go() -> None:
+        await c.handle("!c", "$1", "@org", "!arm walk", sent_ms=typed)
+        assert "read" in notifier.replies[-1] and runs.armed_ids == []
+        await c.handle("!c", "$2", "@org", "!arm walk confirm", sent_ms=now_ms)
+        assert "Pre-flight: too slow" in notifier.replies[-1] and runs.armed_ids == []
+        await c.handle("!c", "$3", "@org", "!arm walk confirm", sent_ms=now_ms)
+        assert runs.armed_ids == ["walk"]
+
+    asyncio.run(go())
+    assert runs.confirmed_seen == [False, True]
 
 
 def controller(clock: ManualClock) -> tuple[Controller, ArmingRuns, FakeStore, FakeNotifier]:

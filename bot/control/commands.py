@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from bot.clock import Clock
 from bot.control.args import RUN, SCENARIO, TEXT_ARG, Arg
-from bot.control.confirm import Confirmations, command_key
+from bot.control.confirm import Asked, Confirmations, command_key
 from bot.control.parse import Command, UsageError, parse
 from bot.control.registry import Args, CommandDef, Context, Reply, Table, command
 from bot.control.targets import DRILL, LIVE, pick_run
@@ -108,13 +109,18 @@ class Controller:
         spec = self.specs[command.name]
         key = command_key(command.raw)
         window = self.confirmations.window_s
-        if command.confirmed and not self.confirmations.take(ctx.room_id, key):
-            why = text.nothing_to_confirm(key, window)
-            return Reply(why, result=f"refused: {why}")
-        if not command.confirmed and spec.releases and ctx.sent_at is not None:
+        if command.confirmed:
+            answered = self.confirmations.take(ctx.room_id, key)
+            if answered is None:
+                why = text.nothing_to_confirm(key, window)
+                return Reply(why, result=f"refused: {why}")
+            # Only a confirmation of the handler's own question counts as one for
+            # it: confirming a late read must still show !arm's warnings.
+            ctx = replace(ctx, confirmed=answered is Asked.HANDLER)
+        elif spec.releases and ctx.sent_at is not None:
             read = self._clock.to_wall(self._clock.now())
             if (read - ctx.sent_at).total_seconds() > LATE_READ_S:
-                self.confirmations.ask(ctx.room_id, key)
+                self.confirmations.ask(ctx.room_id, key, Asked.READ_LATE)
                 return Reply(
                     text.read_late(key, ctx.sent_at, read, LATE_READ_S, window),
                     result="asked to confirm: read late",

@@ -10,6 +10,7 @@ wants a second look (``Reply.ask``).
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from enum import Enum
 
 from bot.clock import Clock
 
@@ -26,24 +27,35 @@ def command_key(raw: str) -> str:
     return " ".join(words).lower()
 
 
+class Asked(Enum):
+    """What a question was about. A ``confirm`` answers only that question: one
+    given for a command read late does not also wave through the warnings the
+    handler would show (``!arm``'s pre-flight), which the organiser has not seen."""
+
+    READ_LATE = "read late"
+    HANDLER = "handler"  # the handler asked (Reply.ask): purge, pre-flight warnings
+
+
 class Confirmations:
     def __init__(self, clock: Clock, window_s: float = CONFIRM_WINDOW_S) -> None:
         self._clock = clock
         self.window_s = window_s
-        self._asked: dict[tuple[str, str], datetime] = {}
+        self._asked: dict[tuple[str, str], tuple[datetime, Asked]] = {}
 
-    def ask(self, room_id: str, key: str) -> None:
+    def ask(self, room_id: str, key: str, why: Asked = Asked.HANDLER) -> None:
         self._asked.pop((room_id, key), None)
-        self._asked[(room_id, key)] = self._wall()
+        self._asked[(room_id, key)] = (self._wall(), why)
         while len(self._asked) > _KEPT:
             del self._asked[next(iter(self._asked))]
 
-    def take(self, room_id: str, key: str) -> bool:
-        """Whether ``key`` was asked in this room within the window (used up)."""
-        asked = self._asked.pop((room_id, key), None)
-        if asked is None:
-            return False
-        return self._wall() - asked <= timedelta(seconds=self.window_s)
+    def take(self, room_id: str, key: str) -> Asked | None:
+        """What ``key`` was asked about in this room within the window (used up),
+        or None if nothing was."""
+        found = self._asked.pop((room_id, key), None)
+        if found is None:
+            return None
+        asked, why = found
+        return why if self._wall() - asked <= timedelta(seconds=self.window_s) else None
 
     def _wall(self) -> datetime:
         # Real time: a person's two minutes, also when the bot runs on a scaled clock.
