@@ -116,7 +116,8 @@ class Bot:
         self.controller = Controller(
             store=store, runs=self.runs, rooms=self.rooms, notifier=self.notifier, clock=clock
         )
-        Steering(runs=self.runs, store=store, client=client, clock=clock).register(self.controller)
+        steering = Steering(runs=self.runs, store=store, matrix=self.matrix, clock=clock)
+        steering.register(self.controller)
         self.participants = Participants(
             matrix=self.matrix,
             store=store,

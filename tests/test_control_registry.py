@@ -309,7 +309,7 @@ def controller(clock: ManualClock) -> tuple[Controller, ArmingRuns, FakeStore, F
     runs, store, notifier = ArmingRuns(), FakeStore(), FakeNotifier()
     c = Controller(store=store, runs=runs, rooms=FakeRooms(), notifier=notifier,  # type: ignore[arg-type]
                    clock=clock)
-    Steering(runs=runs, store=store, client=None, clock=clock).register(c)  # type: ignore[arg-type]
+    Steering(runs=runs, store=store, matrix=None, clock=clock).register(c)  # type: ignore[arg-type]
     return c, runs, store, notifier
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from nio import AsyncClient, RoomCreateError
-
 from bot.clock import Clock
 from bot.control.args import (
     CITY,
@@ -30,6 +28,7 @@ from bot.control.commands import Controller
 from bot.control.registry import Args, Context, Reply, command
 from bot.control.status import StatusCommands
 from bot.control.targets import abort_cities, resolve_cities
+from bot.matrix.actions import ActionFailed, MatrixActions
 from bot.runs import ArmError, RunManager
 from bot.store import Store
 from bot.text import control as text
@@ -46,12 +45,12 @@ class Steering:
         *,
         runs: RunManager,
         store: Store,
-        client: AsyncClient,
+        matrix: MatrixActions,
         clock: Clock,
     ) -> None:
         self._runs = runs
         self._store = store
-        self._client = client
+        self._matrix = matrix
         self._clock = clock
         self._controller: Controller | None = None
 
@@ -164,12 +163,12 @@ class Steering:
         if self._runs.by_scenario(scenario_id, drill=True) is not None:
             raise ArmError(text.drill_running(scenario_id))
         self._runs.check_armable(scenario_id)
-        resp = await self._client.room_create(
-            name=f"Drill: {scenario_id}", topic=text.DRILL_ROOM_TOPIC, invite=[ctx.sender]
-        )
-        if isinstance(resp, RoomCreateError):
-            raise ArmError(text.drill_room_failed(resp.status_code))
-        drill_room = str(resp.room_id)
+        try:
+            drill_room = await self._matrix.create_room(
+                name=f"Drill: {scenario_id}", topic=text.DRILL_ROOM_TOPIC, invite=[ctx.sender]
+            )
+        except ActionFailed as err:
+            raise ArmError(text.drill_room_failed(err)) from None
         await self._runs.adopt_room(drill_room, ctx.sender)
         out = await self._runs.arm(
             scenario_id,
