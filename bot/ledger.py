@@ -146,6 +146,11 @@ def run_may(old: RunState, new: RunState) -> bool:
     return new in _RUN_ALLOWED[old]
 
 
+def run_sources(new: RunState) -> frozenset[RunState]:
+    """The states a run may be in to move to ``new`` (for a guarded UPDATE)."""
+    return frozenset(old for old, allowed in _RUN_ALLOWED.items() if new in allowed)
+
+
 @dataclass(frozen=True, order=True)
 class DeliveryKey:
     run_id: int

@@ -321,7 +321,7 @@ async def test_the_table_walks_a_delayed_event_through_its_life(store: Store) ->
     plan = plan_failsafe(
         [Target(key, T0 + 10 * MIN)], after=2 * MIN, now=T0, limits=Limits(None, None)
     )
-    table = store.delayed()
+    table = store.delayed
     assert await table.add(plan.now, T0) == 1
     (due,) = await table.due_to_schedule(T0)
     assert due.row.state is DelayedState.PENDING and due.txn_id == delayed_txn_id(key, 1)
@@ -352,7 +352,7 @@ async def test_purge_removes_the_rows_with_their_run(store: Store, tmp_path: Pat
     plan = plan_failsafe(
         [Target(key, T0 + 10 * MIN)], after=2 * MIN, now=T0, limits=Limits(None, None)
     )
-    table = store.delayed()
+    table = store.delayed
     await table.add(plan.now, T0)
     await table.begin_scheduling(key, T0)
     await table.scheduled(key, DelayId(SECRET), T0)

@@ -371,7 +371,7 @@ async def test_the_switch_schedules_from_the_table_and_cancels_what_was_released
             limits=Limits(timedelta(hours=1), CAP),
             min_lead=timedelta(seconds=1),
         )
-        table = store.delayed()
+        table = store.delayed
         await table.add(plan.now, now)
 
         async def content_for(key: DeliveryKey) -> tuple[str, dict[str, Any]]:
@@ -416,7 +416,7 @@ async def test_orphans_unknown_to_the_table_are_cancelled_at_start(
     )
     store = await Store.open(tmp_path / "blossom.db")
     try:
-        assert await cancel_orphans(store.delayed(), delayed) == 1
+        assert await cancel_orphans(store.delayed, delayed) == 1
     finally:
         await store.close()
     assert await delayed.scheduled() == []

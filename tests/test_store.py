@@ -13,9 +13,17 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from bot.ledger import DeliveryKey, DeliveryState, DispatchState, IllegalTransition, Part
+from bot.ledger import (
+    DeliveryKey,
+    DeliveryState,
+    DispatchState,
+    IllegalTransition,
+    Part,
+    RunState,
+)
 from bot.store import PlannedDispatch, Store, StoreError
 from bot.store.migrations import MIGRATIONS
+from tests.store_helpers import audit_log, count, failing_write
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -85,9 +93,11 @@ async def test_each_migration_step_upgrades_existing_data(tmp_path: Path) -> Non
     s = await Store.open(path)
     try:
         assert await s.schema_version() == len(MIGRATIONS)
-        assert await s.get_meta("sync") == "kept"
     finally:
         await s.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM meta WHERE key = 'sync'").fetchone() == ("kept",)
+    db.close()
 
 
 async def test_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -125,6 +135,71 @@ async def test_failed_migration_leaves_the_old_version(tmp_path: Path) -> None:
     assert "drill_room" not in columns
 
 
+# -- transactions -----------------------------------------------------------------------
+
+
+async def test_transaction_commits_at_its_end_and_rolls_back_on_error(store: Store) -> None:
+    async with store.transaction():
+        await store.rooms.set("!a:x", "joined", now=T0)
+        await store.rooms.set("!b:x", "joined", now=T0)
+    assert await store.rooms.opted_in() == {"!a:x", "!b:x"}
+    with pytest.raises(RuntimeError, match="boom"):
+        async with store.transaction():
+            await store.rooms.set("!c:x", "joined", now=T0)
+            await store.rooms.set("!a:x", "left", now=T0)
+            raise RuntimeError("boom")
+    assert await store.rooms.opted_in() == {"!a:x", "!b:x"}
+
+
+async def test_nested_transaction_is_a_savepoint(store: Store) -> None:
+    """An inner block that fails undoes only itself; the outer block decides for
+    the rest, and nothing is committed before the outer block ends."""
+    path = await store.db.fetch("PRAGMA database_list")
+    async with store.transaction():
+        await store.rooms.set("!outer:x", "joined", now=T0)
+        with pytest.raises(RuntimeError):
+            async with store.transaction():
+                await store.rooms.set("!inner:x", "joined", now=T0)
+                raise RuntimeError("inner")
+        async with store.transaction():
+            await store.rooms.set("!kept:x", "joined", now=T0)
+        # Not visible to another connection yet: the outer block has not ended.
+        other = sqlite3.connect(path[0]["file"])
+        assert other.execute("SELECT COUNT(*) FROM rooms").fetchone() == (0,)
+        other.close()
+    assert await store.rooms.opted_in() == {"!outer:x", "!kept:x"}
+    with pytest.raises(RuntimeError):
+        async with store.transaction():
+            async with store.transaction():
+                await store.rooms.set("!gone:x", "joined", now=T0)
+            raise RuntimeError("outer")
+    assert await store.rooms.opted_in() == {"!outer:x", "!kept:x"}
+
+
+async def test_another_tasks_writes_wait_for_a_transaction(store: Store) -> None:
+    """One connection serves every task: a write from another task must neither
+    join an open transaction nor be undone by its rollback."""
+    inside, go_on = asyncio.Event(), asyncio.Event()
+
+    async def failing() -> None:
+        async with store.transaction():
+            await store.rooms.set("!doomed:x", "joined", now=T0)
+            inside.set()
+            await go_on.wait()
+            raise RuntimeError("rolled back")
+
+    task = asyncio.ensure_future(failing())
+    await inside.wait()
+    other = asyncio.ensure_future(store.rooms.set("!other:x", "joined", now=T0))
+    await asyncio.sleep(0.05)
+    assert not other.done()  # waits for the transaction
+    go_on.set()
+    with pytest.raises(RuntimeError):
+        await task
+    await other
+    assert await store.rooms.opted_in() == {"!other:x"}
+
+
 # -- runs and dispatches ---------------------------------------------------------------
 
 
@@ -132,7 +207,7 @@ async def test_create_run_with_dispatches(store: Store) -> None:
     run_id = await make_run(store, cities=("a", "b"))
     (run,) = await store.armed_runs()
     assert run.id == run_id and run.state == "armed" and run.armed_at == T0
-    assert (await store.armed_run("demo")) == run
+    assert [r for r in await store.runs_of("demo")] == [run]
     rows = await store.dispatches(run_id)
     # Ordered by instant, then stage index, then city.
     assert [(d.city_id, d.stage_id) for d in rows] == [
@@ -143,6 +218,17 @@ async def test_create_run_with_dispatches(store: Store) -> None:
     ]
     assert all(d.state is DispatchState.SCHEDULED and not d.reported for d in rows)
     assert rows[2].due_at == T0 + timedelta(minutes=1)
+
+
+async def test_arming_is_all_or_nothing(store: Store) -> None:
+    """A failure after the run's row is written leaves no run and no dispatch."""
+    with failing_write(store.db, at=2) as seen, pytest.raises(StoreError, match="injected"):
+        await make_run(store)
+    assert "INSERT INTO runs" in seen[0]
+    assert await store.runs_of("demo") == []
+    assert await count(store, "dispatches") == 0
+    run_id = await make_run(store)  # and the scenario can still be armed
+    assert [r.id for r in await store.armed_runs()] == [run_id]
 
 
 async def test_one_armed_run_per_scenario(store: Store) -> None:
@@ -203,12 +289,65 @@ async def test_delay_moves_due_times_and_records_the_delay_in_one_go(store: Stor
     assert await store.delays(run_id) == {"a": 360.0}
 
 
-async def test_delete_runs_cascades_but_keeps_armed(store: Store) -> None:
+async def test_delay_is_all_or_nothing(store: Store) -> None:
+    """A failure after the due times moved leaves them (and the delay) as they were:
+    {time} never renders out of step with the instants."""
+    run_id = await make_run(store)
+    (row,) = [d for d in await store.dispatches(run_id) if d.stage_id == "call"]
+    later = row.due_at + timedelta(minutes=5)
+    with failing_write(store.db, at=2) as seen, pytest.raises(StoreError, match="injected"):
+        await store.delay_dispatches(run_id, [("a", "call", later)], ["a"], 300.0)
+    assert "UPDATE dispatches SET due_at" in seen[0]
+    unmoved = await store.dispatch(run_id, "a", "call")
+    assert unmoved is not None and unmoved.due_at == row.due_at
+    assert await store.delays(run_id) == {}
+
+
+async def test_dispatch_states_are_written_all_or_nothing(store: Store) -> None:
+    run_id = await make_run(store, cities=("a", "b"))
+    changes = [
+        ("a", "call", DispatchState.HELD, "gate"),
+        ("b", "call", DispatchState.SKIPPED, "late"),
+    ]
+    with failing_write(store.db, at=2), pytest.raises(StoreError, match="injected"):
+        await store.set_dispatch_states(run_id, changes)
+    assert {d.state for d in await store.dispatches(run_id)} == {DispatchState.SCHEDULED}
+
+
+async def test_end_run_follows_the_run_transition_table(store: Store) -> None:
+    run_id = await make_run(store)
+    await store.end_run(run_id, RunState.ABORTED, T0)
+    for state in RunState:
+        await store.end_run(run_id, state, T0)  # nothing leaves an ended state
+    (run,) = await store.runs_of("demo")
+    assert run.state is RunState.ABORTED
+
+
+async def test_purge_is_all_or_nothing(store: Store) -> None:
+    """A failure in the middle of !purge deletes nothing: no runs gone with their
+    audit trail kept, no participants gone with the runs kept."""
+    old = await make_run(store)
+    await store.end_run(old, "finished", T0)
+    await store.add_direct("demo", "a", "@p:x", "!dm:x", now=T0)
+    await store.audit(now=T0, room_id="!c:x", sender="@u:x", command="!arm demo", result="ok")
+    with failing_write(store.db, at=3) as seen, pytest.raises(StoreError, match="injected"):
+        await store.purge("demo")
+    assert "DELETE FROM audit" in seen[2]
+    assert [r.id for r in await store.runs_of("demo")] == [old]
+    assert await store.direct_rooms("demo", "a") == ["!dm:x"]
+    assert len(await audit_log(store)) == 1
+    assert await store.purge("demo") == 1
+    assert await store.runs_of("demo") == []
+    assert await store.direct_rooms("demo", "a") == []
+    assert await audit_log(store) == []
+
+
+async def test_purge_cascades_but_keeps_armed(store: Store) -> None:
     old = await make_run(store)
     await store.ensure_deliveries([key(old)], T0, T0)
     await store.end_run(old, "finished", T0)
     armed = await make_run(store)
-    assert await store.delete_runs("demo") == 1
+    assert await store.purge("demo") == 1
     assert await store.deliveries(old) == []
     assert await store.dispatches(old) == []
     assert [r.id for r in await store.runs_of("demo")] == [armed]
@@ -353,15 +492,8 @@ async def test_audit_newest_first(store: Store) -> None:
             command=f"!arm s{i}",
             result="ok",
         )
-    log = await store.audit_log(limit=2)
+    log = await audit_log(store, limit=2)
     assert [entry[3] for entry in log] == ["!arm s2", "!arm s1"]
-
-
-async def test_meta(store: Store) -> None:
-    assert await store.get_meta("k") is None
-    await store.set_meta("k", "1")
-    await store.set_meta("k", "2")
-    assert await store.get_meta("k") == "2"
 
 
 def test_cli_exits_when_the_database_cannot_be_used(tmp_path: Path) -> None:

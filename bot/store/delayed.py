@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import aiosqlite
-
 from bot.failsafe.plan import (
     LIVE,
     DelayedItem,
@@ -31,9 +29,10 @@ from bot.failsafe.plan import (
 )
 from bot.failsafe.secret import DelayId
 from bot.ledger import DeliveryKey, Part
+from bot.store.db import Database, StoreError
 
 
-class DelayedStoreError(Exception):
+class DelayedStoreError(StoreError):
     """A database error or a refused transition (the message holds no delay id)."""
 
 
@@ -92,26 +91,22 @@ def _sources(new: DelayedState) -> str:
 
 
 class DelayedStore:
-    """The ``delayed_events`` table over the bot's database connection (``Store.delayed``)."""
+    """The ``delayed_events`` table over the bot's database (``Store.delayed``)."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
 
     async def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
         try:
-            cur = await self._db.execute(sql, params)
-            count = cur.rowcount
-            await cur.close()
-            return count
-        except sqlite3.Error as err:
-            raise DelayedStoreError(f"database write failed: {err}") from None
+            return await self._db.write(sql, params)
+        except StoreError as err:
+            raise DelayedStoreError(str(err)) from None
 
     async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         try:
-            async with self._db.execute(sql, params) as cur:
-                return list(await cur.fetchall())
-        except sqlite3.Error as err:
-            raise DelayedStoreError(f"database read failed: {err}") from None
+            return await self._db.fetch(sql, params)
+        except StoreError as err:
+            raise DelayedStoreError(str(err)) from None
 
     # -- writing -------------------------------------------------------------------------
 
@@ -129,20 +124,14 @@ class DelayedStore:
             for i in items
         ]
         try:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                await self._db.executemany(
-                    "INSERT INTO delayed_events (run_id, city_id, stage_id, room_id, part,"
-                    " generation, txn_id, instant, due_at, schedule_at, state, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?, 'pending', ?)",
-                    rows,
-                )
-                await self._db.execute("COMMIT")
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as err:
-            raise DelayedStoreError(f"database write failed: {err}") from None
+            await self._db.write_many(
+                "INSERT INTO delayed_events (run_id, city_id, stage_id, room_id, part,"
+                " generation, txn_id, instant, due_at, schedule_at, state, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?, 'pending', ?)",
+                rows,
+            )
+        except StoreError as err:
+            raise DelayedStoreError(str(err)) from None
         return len(rows)
 
     async def begin_scheduling(self, key: DeliveryKey, now: datetime) -> str:
@@ -164,9 +153,7 @@ class DelayedStore:
         clear = state not in LIVE
         await self._move(key, state, now, note=note, clear_id=clear)
 
-    async def replace(
-        self, row: DelayedRow, schedule_at: datetime, now: datetime
-    ) -> StoredDelayed:
+    async def replace(self, row: DelayedRow, schedule_at: datetime, now: datetime) -> StoredDelayed:
         """A cancelled or failed row becomes PENDING again as ``row`` says (its
         next generation, new due and instant): a new txn id, no delay id."""
         stored = await self.get(row.key)
