@@ -219,7 +219,7 @@ class Bot:
 
     async def _removed(self, ev: BotRemoved) -> None:
         ours = ev.by == self.matrix.user_id
-        if ours and await self.store.room_membership(ev.room_id) != "joined":
+        if ours and await self.store.rooms.membership(ev.room_id) != "joined":
             # Our own leave: a declined invite, a failed power check, a private
             # chat closed (each recorded before leaving). A leave "by us" of a
             # room still joined is the server's doing: the room was deleted or

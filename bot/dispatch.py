@@ -182,8 +182,10 @@ class Dispatcher:
 
     async def _ensure(self, release: Release, now: datetime) -> None:
         """Create the release's missing ledger rows and remember its rows' states."""
-        await self._store.ensure_deliveries(release.keys(), release.due_at, now)
-        for row in await self._store.deliveries(release.run_id, release.city_id, release.stage_id):
+        await self._store.ledger.ensure_deliveries(release.keys(), release.due_at, now)
+        for row in await self._store.ledger.deliveries(
+            release.run_id, release.city_id, release.stage_id
+        ):
             self._known[row.key] = row
 
     # -- release -------------------------------------------------------------------
@@ -273,9 +275,9 @@ class Dispatcher:
                 outcome.last_sent = sent
 
     async def _skip(self, key: DeliveryKey, reason: str) -> None:
-        row = await self._store.delivery(key)
+        row = await self._store.ledger.delivery(key)
         if row is not None and row.state is DeliveryState.PENDING:
-            await self._store.transition(
+            await self._store.ledger.transition(
                 key, DeliveryState.SKIPPED, now=self._clock.now(), error=reason
             )
 
@@ -310,7 +312,7 @@ class Dispatcher:
     ) -> tuple[DeliveryState, str]:
         row = self._known.pop(key, None)
         if row is None or row.state is not DeliveryState.PENDING:
-            row = await self._store.delivery(key)  # only a PENDING snapshot is trusted
+            row = await self._store.ledger.delivery(key)  # only a PENDING snapshot is trusted
         assert row is not None, "prepare/release creates the rows first"
         if row.state in TERMINAL:
             return row.state, row.last_error or ""
@@ -357,9 +359,9 @@ class Dispatcher:
             found = None
         now = self._clock.now()
         if found is not None:
-            await self._store.transition(key, DeliveryState.SENT, now=now, event_id=found)
+            await self._store.ledger.transition(key, DeliveryState.SENT, now=now, event_id=found)
             return True
-        await self._store.transition(
+        await self._store.ledger.transition(
             key, DeliveryState.PENDING, now=now, error="unconfirmed after restart"
         )
         return False
@@ -385,7 +387,7 @@ class Dispatcher:
                 if self._stopping.is_set():
                     return DeliveryState.PENDING
                 # SENDING is committed before the request leaves (exactly once).
-                moved = await self._store.advance(
+                moved = await self._store.ledger.advance(
                     key,
                     DeliveryState.PENDING,
                     DeliveryState.SENDING,
@@ -451,7 +453,7 @@ class Dispatcher:
         """SENDING -> ``new`` for a row this task put in SENDING: one statement; the
         checked read-then-write path only if the row is somehow not SENDING."""
         now = self._clock.now()
-        if not await self._store.advance(
+        if not await self._store.ledger.advance(
             key, DeliveryState.SENDING, new, now=now, event_id=event_id, error=error
         ):
-            await self._store.transition(key, new, now=now, event_id=event_id, error=error)
+            await self._store.ledger.transition(key, new, now=now, event_id=event_id, error=error)

@@ -217,13 +217,18 @@ def test_confirmations_window() -> None:
     assert c.take("!r", "!purge x") is None
 
 
-class FakeStore:
+class FakeAudit:
     def __init__(self) -> None:
         self.audits: list[tuple[str, str]] = []
 
-    async def audit(self, *, now: datetime, room_id: str, sender: str, command: str,
-                    result: str) -> None:
+    async def record(self, *, now: datetime, room_id: str, sender: str, command: str,
+                     result: str) -> None:
         self.audits.append((command, result))
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.audit = FakeAudit()
 
 
 class FakeRooms:
@@ -333,7 +338,7 @@ def test_release_read_late_asks_stop_read_late_runs() -> None:
         assert notifier.replies[-1] == text.NOT_CORE
 
     asyncio.run(go())
-    assert store.audits == [
+    assert store.audit.audits == [
         ("!arm walk", "asked to confirm: read late"),
         ("!arm walk confirm", "ok"),
         ("!hold walk alpha", "ok"),
@@ -350,4 +355,4 @@ def test_audit_keeps_no_free_text_or_refused_city_words() -> None:
     asyncio.run(c.handle("!c", "$1", "@org", "!abort rd go home now"))
     asyncio.run(c.handle("!c", "$2", "@org", "!redirect rd north spot Secret Place 1,2"))
     # The refused abort keeps no "go"; the redirect keeps its ids, not the new name.
-    assert [a for a, _ in store.audits] == ["!abort rd", "!redirect rd north spot"]
+    assert [a for a, _ in store.audit.audits] == ["!abort rd", "!redirect rd north spot"]

@@ -42,7 +42,7 @@ class FakeSender:
     async def send(
         self, room_id: str, event_type: str, content: Mapping[str, Any], txn_id: str
     ) -> str:
-        row = await self.store.delivery(self.keys[txn_id])
+        row = await self.store.ledger.delivery(self.keys[txn_id])
         assert row is not None
         self.states_at_send.append(row.state)
         self.in_flight += 1
@@ -75,7 +75,7 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 async def releases(store: Store, cities: int, rooms_per_city: int) -> list[Release]:
     now = datetime.now(UTC)
-    run = await store.create_run(
+    run = await store.runs.create(
         scenario_id="bench",
         source_path="/x.yaml",
         source_sha256="0" * 64,
@@ -104,7 +104,7 @@ def dispatcher(store: Store, sender: FakeSender, rels: list[Release], **kw: Any)
 
 
 async def states(store: Store, rels: list[Release]) -> list[DeliveryState]:
-    return [row.state for r in rels for row in await store.deliveries(r.run_id, r.city_id)]
+    return [row.state for r in rels for row in await store.ledger.deliveries(r.run_id, r.city_id)]
 
 
 async def test_prepared_release_sends_each_room_once_and_sending_first(store: Store) -> None:
@@ -141,11 +141,13 @@ async def test_rows_changed_after_prepare_are_read_again(store: Store) -> None:
     await d.prepare(rels)
     sent_key, skipped_key = rels[0].keys()[:2]
     now = datetime.now(UTC)
-    assert await store.advance(sent_key, DeliveryState.PENDING, DeliveryState.SENDING, now=now)
-    assert await store.advance(
+    assert await store.ledger.advance(
+        sent_key, DeliveryState.PENDING, DeliveryState.SENDING, now=now
+    )
+    assert await store.ledger.advance(
         sent_key, DeliveryState.SENDING, DeliveryState.SENT, now=now, event_id="$x"
     )
-    await store.transition(skipped_key, DeliveryState.SKIPPED, now=now, error="left")
+    await store.ledger.transition(skipped_key, DeliveryState.SKIPPED, now=now, error="left")
     (outcome,) = await d.release(rels)
     assert sorted(room for room, _ in sender.sent) == sorted(rels[0].rooms[2:])
     assert sent_key.room_id in outcome.delivered
@@ -160,7 +162,7 @@ async def test_retry_after_a_rate_limit(store: Store) -> None:
     await d.prepare(rels)
     (outcome,) = await d.release(rels)
     assert sorted(outcome.delivered) == sorted(rels[0].rooms)
-    row = await store.delivery(rels[0].keys()[1])
+    row = await store.ledger.delivery(rels[0].keys()[1])
     assert row is not None and row.state is DeliveryState.SENT and row.attempts == 2
     assert set(sender.states_at_send) == {DeliveryState.SENDING}
 
@@ -203,16 +205,18 @@ async def test_advance_is_conditional_and_checked(store: Store) -> None:
     rels = await releases(store, 1, 1)
     (key,) = rels[0].keys()
     now = datetime.now(UTC)
-    await store.ensure_deliveries([key], now, now)
-    assert not await store.advance(key, DeliveryState.SENDING, DeliveryState.SENT, now=now)
-    assert await store.advance(key, DeliveryState.PENDING, DeliveryState.SENDING, now=now)
-    assert not await store.advance(key, DeliveryState.PENDING, DeliveryState.SENDING, now=now)
-    assert await store.advance(
+    await store.ledger.ensure_deliveries([key], now, now)
+    assert not await store.ledger.advance(key, DeliveryState.SENDING, DeliveryState.SENT, now=now)
+    assert await store.ledger.advance(key, DeliveryState.PENDING, DeliveryState.SENDING, now=now)
+    assert not await store.ledger.advance(
+        key, DeliveryState.PENDING, DeliveryState.SENDING, now=now
+    )
+    assert await store.ledger.advance(
         key, DeliveryState.SENDING, DeliveryState.SENT, now=now, event_id="$e"
     )
     with pytest.raises(IllegalTransition):
-        await store.advance(key, DeliveryState.SENT, DeliveryState.SENDING, now=now)
-    row = await store.delivery(key)
+        await store.ledger.advance(key, DeliveryState.SENT, DeliveryState.SENDING, now=now)
+    row = await store.ledger.delivery(key)
     assert row is not None and row.state is DeliveryState.SENT and row.event_id == "$e"
 
 
@@ -299,7 +303,7 @@ async def make_run(
     store: Store, stages: tuple[str, ...] = ("go",), cities: tuple[str, ...] = ("c",)
 ) -> int:
     now = datetime.now(UTC)
-    return await store.create_run(
+    return await store.runs.create(
         scenario_id="s",
         source_path="/s.yaml",
         source_sha256="0" * 64,
@@ -338,7 +342,7 @@ def release(
 
 
 async def row_of(store: Store, rel: Release, room: str, part: Part = Part.TEXT) -> DeliveryRow:
-    row = await store.delivery(
+    row = await store.ledger.delivery(
         DeliveryKey(rel.run_id, rel.scenario_id, rel.city_id, rel.stage_id, room, part)
     )
     assert row is not None
@@ -536,9 +540,9 @@ async def test_sending_row_after_a_crash_is_looked_up_not_resent(tmp_path: Path)
     rooms = ["!found:x", "!lost:x", "!unknown:x", "!fresh:x"]
     rel = release(run, rooms, messages=TEXT)
     now = datetime.now(UTC)
-    await s.ensure_deliveries(rel.keys(), now, now)
+    await s.ledger.ensure_deliveries(rel.keys(), now, now)
     for key in rel.keys()[:3]:
-        await s.transition(key, DeliveryState.SENDING, now=now, count_attempt=True)
+        await s.ledger.transition(key, DeliveryState.SENDING, now=now, count_attempt=True)
     await s.close()  # the crash
 
     s = await Store.open(path)
@@ -572,8 +576,8 @@ async def test_sending_row_lookup_failure_resends_with_the_same_txn(tmp_path: Pa
         run = await make_run(s)
         rel = release(run, ["!r:x"], messages=TEXT)
         now = datetime.now(UTC)
-        await s.ensure_deliveries(rel.keys(), now, now)
-        await s.transition(rel.keys()[0], DeliveryState.SENDING, now=now, count_attempt=True)
+        await s.ledger.ensure_deliveries(rel.keys(), now, now)
+        await s.ledger.transition(rel.keys()[0], DeliveryState.SENDING, now=now, count_attempt=True)
         sender = ScriptedSender()
         sender.find_fails = True
         d = Dispatcher(s, sender, SystemClock(), policy=FAST)

@@ -304,7 +304,7 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 
 async def make_run(store: Store) -> int:
-    return await store.create_run(
+    return await store.runs.create(
         scenario_id="fs",
         source_path="/scenarios/fs.yaml",
         source_sha256="0" * 64,
@@ -357,7 +357,7 @@ async def test_purge_removes_the_rows_with_their_run(store: Store, tmp_path: Pat
     await table.begin_scheduling(key, T0)
     await table.scheduled(key, DelayId(SECRET), T0)
     assert await table.live_of_scenario("fs") == []  # armed: not purgeable anyway
-    await store.end_run(run_id, "disarmed", T0)
+    await store.runs.end(run_id, "disarmed", T0)
     (left,) = await table.live_of_scenario("fs")  # a cancel that failed: cancel first
     assert left.row.key == key
     await table.mark(key, DelayedState.CANCELLED, T0)

@@ -351,7 +351,7 @@ async def test_the_switch_schedules_from_the_table_and_cancels_what_was_released
     store = await Store.open(tmp_path / "blossom.db")
     try:
         now = datetime.now(UTC)
-        run_id = await store.create_run(
+        run_id = await store.runs.create(
             scenario_id="fs",
             source_path="/s/fs.yaml",
             source_sha256="0" * 64,

@@ -39,7 +39,7 @@ stages:
 DM, OTHER_DM, GROUP = "!dm:x", "!other:x", "!group:x"
 
 
-class FakeStore:
+class FakeParticipants:
     def __init__(self) -> None:
         self.direct: list[tuple[str, str, str, str]] = []  # scenario, city, user, room
 
@@ -52,13 +52,23 @@ class FakeStore:
     async def add_direct(self, s: str, c: str, u: str, r: str, *, now: datetime) -> None:
         self.direct.append((s, c, u, r))
 
-    async def dispatches(self, run_id: int) -> list[Any]:
-        return []  # nothing released yet
-
     async def remove_direct_room(self, room_id: str) -> int:
         before = len(self.direct)
         self.direct = [row for row in self.direct if row[3] != room_id]
         return before - len(self.direct)
+
+
+class FakeLedger:
+    async def dispatches(self, run_id: int) -> list[Any]:
+        return []  # nothing released yet
+
+
+class FakeStore:
+    """The store's aggregates this test reaches (store.participants, store.ledger)."""
+
+    def __init__(self) -> None:
+        self.participants = FakeParticipants()
+        self.ledger = FakeLedger()
 
 
 class FakeMatrix:

@@ -89,7 +89,7 @@ async def test_first_arming_with_a_past_stage_asks_to_confirm(tmp_path: Path) ->
         k.write(three_stages())
         out = await k.arm("re")
         assert out.needs_confirm and "Nothing is scheduled" in out.text, out.text
-        assert await k.store.runs_of("re") == []
+        assert await k.store.runs.of_scenario("re") == []
         out = await k.arm("re", confirmed=True)
         assert out.run_id is not None
         await k.at(T0 + timedelta(seconds=2))
@@ -146,7 +146,7 @@ async def test_preflight_warning_asks_to_confirm_and_schedules_nothing(tmp_path:
         out = await k.arm("tight")
         assert "Pre-flight" in out.text and out.needs_confirm, out.text
         assert out.run_id is None and k.timers.job_ids() == []
-        assert await k.store.runs_of("tight") == []
+        assert await k.store.runs.of_scenario("tight") == []
         out = await k.arm("tight", confirmed=True)
         assert out.run_id is not None and k.timers.job_ids()
 
@@ -174,7 +174,7 @@ async def test_room_listed_by_id_and_alias_in_two_cities_is_refused(tmp_path: Pa
             await k.arm("dup", confirmed=True)
         assert A in str(err.value) and "north" in str(err.value) and "south" in str(err.value)
         assert "#a:fake" in str(err.value)
-        assert await k.store.runs_of("dup") == []
+        assert await k.store.runs.of_scenario("dup") == []
 
 
 # -- issue 11 defect 1: run identity ---------------------------------------------------------
@@ -192,7 +192,7 @@ async def test_every_event_carries_the_run_key_and_txn_ids_differ(tmp_path: Path
         assert first.tag == {**(first.tag or {}), "run": k.keys[0]}
         assert again.tag is not None and again.tag["run"] == k.keys[1]
         assert first.txn_id != again.txn_id
-        runs = await k.store.runs_of("re")
+        runs = await k.store.runs.of_scenario("re")
         assert [r.run_key for r in runs] == k.keys
 
 
@@ -207,16 +207,18 @@ async def test_recovery_never_takes_an_earlier_runs_event(tmp_path: Path) -> Non
         await k.arm("re", resend_past=True)
         run2 = k.runs.get("re").run.id
         # The crash: run 2's delivery was SENDING, its request never left.
-        row = (await k.store.dispatches(run2))[0]
+        row = (await k.store.ledger.dispatches(run2))[0]
         release = await k.runs.build_release(k.runs.get("re"), row)
         await k.dispatcher.prepare([release])
         (key,) = release.keys()
-        await k.store.advance(key, DeliveryState.PENDING, DeliveryState.SENDING, now=k.clock.now())
+        await k.store.ledger.advance(
+            key, DeliveryState.PENDING, DeliveryState.SENDING, now=k.clock.now()
+        )
         k.hs.forget_txn_ids()
         await k.at(T0 + timedelta(seconds=1))
         assert k.hs.searched, "recovery looked in the room"
         assert k.hs.stages(A) == [("one", "text"), ("one", "text")]
-        delivered = await k.store.delivery(key)
+        delivered = await k.store.ledger.delivery(key)
         assert delivered is not None and delivered.event_id == k.hs.in_room(A)[-1].event_id
 
 
@@ -255,7 +257,9 @@ async def test_hold_then_release_reports_the_real_reason(tmp_path: Path) -> None
         await k.runs.hold(armed, ["town"])
         await k.at(T0)
         assert k.hs.stages(A) == []
-        assert (await k.store.dispatch(armed.run.id, "town", "one")).state is DispatchState.HELD
+        assert (
+            await k.store.ledger.dispatch(armed.run.id, "town", "one")
+        ).state is DispatchState.HELD
         k.clock.set(T0 + timedelta(seconds=30))
         await k.runs.release_now(armed, "one", ["town"])
         await k.idle()
@@ -272,13 +276,13 @@ async def test_gate_holds_until_checkins_then_resume(tmp_path: Path) -> None:
         await k.arm("gate")
         armed = k.runs.get("gate")
         await k.at(T0)
-        await k.store.add_checkin(
+        await k.store.participants.add_checkin(
             armed.run.id, "town", "one", "@p1:fake", now=k.clock.now(), via="here"
         )
         await k.at(T0 + timedelta(seconds=5))
         assert [s for s, _ in k.hs.stages(A)] == ["one"]
         assert any("held in town: gate not met (1/2" in n for n in k.hs.notices())
-        await k.store.add_checkin(
+        await k.store.participants.add_checkin(
             armed.run.id, "town", "one", "@p2:fake", now=k.clock.now(), via="here"
         )
         await k.runs.hold(armed, ["town"])
@@ -307,11 +311,11 @@ async def test_delay_moves_due_times_and_the_recorded_delay_together(tmp_path: P
         await k.arm("re")
         armed = k.runs.get("re")
         await k.runs.delay(armed, ["town"], timedelta(minutes=10))
-        rows = await k.store.dispatches(armed.run.id)
+        rows = await k.store.ledger.dispatches(armed.run.id)
         assert [r.due_at - T0 for r in rows] == [
             timedelta(minutes=10, seconds=s) for s in (0, 5, 10)
         ]
-        assert await k.store.delays(armed.run.id) == {"town": 600.0}
+        assert await k.store.steering.delays(armed.run.id) == {"town": 600.0}
         await k.at(T0 + timedelta(seconds=30))
         assert k.hs.stages(A) == []
         await k.at(T0 + timedelta(minutes=10))

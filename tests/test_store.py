@@ -40,7 +40,7 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 async def make_run(
     store: Store, scenario_id: str = "demo", cities: tuple[str, ...] = ("a",)
 ) -> int:
-    return await store.create_run(
+    return await store.runs.create(
         scenario_id=scenario_id,
         source_path=f"/scenarios/{scenario_id}.yaml",
         source_sha256="0" * 64,
@@ -76,7 +76,7 @@ async def test_reopen_does_not_migrate_again(tmp_path: Path) -> None:
     s = await Store.open(path)
     try:
         assert await s.schema_version() == len(MIGRATIONS)
-        assert [r.id for r in await s.armed_runs()] == [run_id]
+        assert [r.id for r in await s.runs.armed()] == [run_id]
     finally:
         await s.close()
 
@@ -205,10 +205,10 @@ async def test_another_tasks_writes_wait_for_a_transaction(store: Store) -> None
 
 async def test_create_run_with_dispatches(store: Store) -> None:
     run_id = await make_run(store, cities=("a", "b"))
-    (run,) = await store.armed_runs()
+    (run,) = await store.runs.armed()
     assert run.id == run_id and run.state == "armed" and run.armed_at == T0
-    assert [r for r in await store.runs_of("demo")] == [run]
-    rows = await store.dispatches(run_id)
+    assert [r for r in await store.runs.of_scenario("demo")] == [run]
+    rows = await store.ledger.dispatches(run_id)
     # Ordered by instant, then stage index, then city.
     assert [(d.city_id, d.stage_id) for d in rows] == [
         ("a", "call"),
@@ -225,10 +225,10 @@ async def test_arming_is_all_or_nothing(store: Store) -> None:
     with failing_write(store.db, at=2) as seen, pytest.raises(StoreError, match="injected"):
         await make_run(store)
     assert "INSERT INTO runs" in seen[0]
-    assert await store.runs_of("demo") == []
+    assert await store.runs.of_scenario("demo") == []
     assert await count(store, "dispatches") == 0
     run_id = await make_run(store)  # and the scenario can still be armed
-    assert [r.id for r in await store.armed_runs()] == [run_id]
+    assert [r.id for r in await store.runs.armed()] == [run_id]
 
 
 async def test_one_armed_run_per_scenario(store: Store) -> None:
@@ -236,71 +236,75 @@ async def test_one_armed_run_per_scenario(store: Store) -> None:
     with pytest.raises(StoreError, match="already armed"):
         await make_run(store)
     # The failed arming left nothing behind.
-    assert [r.id for r in await store.runs_of("demo")] == [run_id]
-    await store.end_run(run_id, "disarmed", T0)
+    assert [r.id for r in await store.runs.of_scenario("demo")] == [run_id]
+    await store.runs.end(run_id, "disarmed", T0)
     second = await make_run(store)
-    assert [r.id for r in await store.runs_of("demo")] == [run_id, second]
-    assert [r.id for r in await store.armed_runs()] == [second]
+    assert [r.id for r in await store.runs.of_scenario("demo")] == [run_id, second]
+    assert [r.id for r in await store.runs.armed()] == [second]
 
 
 async def test_end_run_only_once(store: Store) -> None:
     run_id = await make_run(store)
-    await store.end_run(run_id, "finished", T0)
-    await store.end_run(run_id, "disarmed", T0)  # no effect: not armed any more
-    assert [r.state for r in await store.runs_of("demo")] == ["finished"]
+    await store.runs.end(run_id, "finished", T0)
+    await store.runs.end(run_id, "disarmed", T0)  # no effect: not armed any more
+    assert [r.state for r in await store.runs.of_scenario("demo")] == ["finished"]
 
 
 async def test_dispatch_state_and_note(store: Store) -> None:
     run_id = await make_run(store)
-    await store.set_dispatch_state(run_id, "a", "call", DispatchState.HELD, note="gate")
-    await store.set_dispatch_state(run_id, "a", "call", DispatchState.RELEASING, released_at=T0)
-    row = await store.dispatch(run_id, "a", "call")
+    await store.ledger.set_dispatch_state(run_id, "a", "call", DispatchState.HELD, note="gate")
+    await store.ledger.set_dispatch_state(
+        run_id, "a", "call", DispatchState.RELEASING, released_at=T0
+    )
+    row = await store.ledger.dispatch(run_id, "a", "call")
     assert row is not None
     assert row.state is DispatchState.RELEASING
     assert row.note == "gate"  # kept when no new note is given
     assert row.released_at == T0
-    await store.mark_reported(run_id, "a", "call")
-    row = await store.dispatch(run_id, "a", "call")
+    await store.ledger.mark_reported(run_id, "a", "call")
+    row = await store.ledger.dispatch(run_id, "a", "call")
     assert row is not None and row.reported
-    assert await store.dispatch(run_id, "a", "nope") is None
+    assert await store.ledger.dispatch(run_id, "a", "nope") is None
 
 
 async def test_dispatch_state_follows_the_transition_table(store: Store) -> None:
     run_id = await make_run(store)
-    await store.set_dispatch_state(run_id, "a", "call", DispatchState.RELEASING, released_at=T0)
-    await store.set_dispatch_state(run_id, "a", "call", DispatchState.RELEASED)
+    await store.ledger.set_dispatch_state(
+        run_id, "a", "call", DispatchState.RELEASING, released_at=T0
+    )
+    await store.ledger.set_dispatch_state(run_id, "a", "call", DispatchState.RELEASED)
     # Nothing leaves a done state: a late hold or cancel changes nothing.
-    await store.set_dispatch_states(
+    await store.ledger.set_dispatch_states(
         run_id,
         [("a", "call", DispatchState.HELD, "late"), ("a", "call", DispatchState.CANCELLED, "x")],
     )
-    row = await store.dispatch(run_id, "a", "call")
+    row = await store.ledger.dispatch(run_id, "a", "call")
     assert row is not None and row.state is DispatchState.RELEASED
 
 
 async def test_delay_moves_due_times_and_records_the_delay_in_one_go(store: Store) -> None:
     run_id = await make_run(store)
-    (row,) = [d for d in await store.dispatches(run_id) if d.stage_id == "call"]
+    (row,) = [d for d in await store.ledger.dispatches(run_id) if d.stage_id == "call"]
     later = row.due_at + timedelta(minutes=5)
-    await store.delay_dispatches(run_id, [("a", "call", later)], ["a"], 300.0)
-    await store.delay_dispatches(run_id, [], ["a"], 60.0)
-    moved = await store.dispatch(run_id, "a", "call")
+    await store.steering.delay(run_id, [("a", "call", later)], ["a"], 300.0)
+    await store.steering.delay(run_id, [], ["a"], 60.0)
+    moved = await store.ledger.dispatch(run_id, "a", "call")
     assert moved is not None and moved.due_at == later
-    assert await store.delays(run_id) == {"a": 360.0}
+    assert await store.steering.delays(run_id) == {"a": 360.0}
 
 
 async def test_delay_is_all_or_nothing(store: Store) -> None:
     """A failure after the due times moved leaves them (and the delay) as they were:
     {time} never renders out of step with the instants."""
     run_id = await make_run(store)
-    (row,) = [d for d in await store.dispatches(run_id) if d.stage_id == "call"]
+    (row,) = [d for d in await store.ledger.dispatches(run_id) if d.stage_id == "call"]
     later = row.due_at + timedelta(minutes=5)
     with failing_write(store.db, at=2) as seen, pytest.raises(StoreError, match="injected"):
-        await store.delay_dispatches(run_id, [("a", "call", later)], ["a"], 300.0)
+        await store.steering.delay(run_id, [("a", "call", later)], ["a"], 300.0)
     assert "UPDATE dispatches SET due_at" in seen[0]
-    unmoved = await store.dispatch(run_id, "a", "call")
+    unmoved = await store.ledger.dispatch(run_id, "a", "call")
     assert unmoved is not None and unmoved.due_at == row.due_at
-    assert await store.delays(run_id) == {}
+    assert await store.steering.delays(run_id) == {}
 
 
 async def test_dispatch_states_are_written_all_or_nothing(store: Store) -> None:
@@ -310,16 +314,16 @@ async def test_dispatch_states_are_written_all_or_nothing(store: Store) -> None:
         ("b", "call", DispatchState.SKIPPED, "late"),
     ]
     with failing_write(store.db, at=2), pytest.raises(StoreError, match="injected"):
-        await store.set_dispatch_states(run_id, changes)
-    assert {d.state for d in await store.dispatches(run_id)} == {DispatchState.SCHEDULED}
+        await store.ledger.set_dispatch_states(run_id, changes)
+    assert {d.state for d in await store.ledger.dispatches(run_id)} == {DispatchState.SCHEDULED}
 
 
 async def test_end_run_follows_the_run_transition_table(store: Store) -> None:
     run_id = await make_run(store)
-    await store.end_run(run_id, RunState.ABORTED, T0)
+    await store.runs.end(run_id, RunState.ABORTED, T0)
     for state in RunState:
-        await store.end_run(run_id, state, T0)  # nothing leaves an ended state
-    (run,) = await store.runs_of("demo")
+        await store.runs.end(run_id, state, T0)  # nothing leaves an ended state
+    (run,) = await store.runs.of_scenario("demo")
     assert run.state is RunState.ABORTED
 
 
@@ -327,30 +331,32 @@ async def test_purge_is_all_or_nothing(store: Store) -> None:
     """A failure in the middle of !purge deletes nothing: no runs gone with their
     audit trail kept, no participants gone with the runs kept."""
     old = await make_run(store)
-    await store.end_run(old, "finished", T0)
-    await store.add_direct("demo", "a", "@p:x", "!dm:x", now=T0)
-    await store.audit(now=T0, room_id="!c:x", sender="@u:x", command="!arm demo", result="ok")
+    await store.runs.end(old, "finished", T0)
+    await store.participants.add_direct("demo", "a", "@p:x", "!dm:x", now=T0)
+    await store.audit.record(
+        now=T0, room_id="!c:x", sender="@u:x", command="!arm demo", result="ok"
+    )
     with failing_write(store.db, at=3) as seen, pytest.raises(StoreError, match="injected"):
         await store.purge("demo")
     assert "DELETE FROM audit" in seen[2]
-    assert [r.id for r in await store.runs_of("demo")] == [old]
-    assert await store.direct_rooms("demo", "a") == ["!dm:x"]
+    assert [r.id for r in await store.runs.of_scenario("demo")] == [old]
+    assert await store.participants.direct_rooms("demo", "a") == ["!dm:x"]
     assert len(await audit_log(store)) == 1
     assert await store.purge("demo") == 1
-    assert await store.runs_of("demo") == []
-    assert await store.direct_rooms("demo", "a") == []
+    assert await store.runs.of_scenario("demo") == []
+    assert await store.participants.direct_rooms("demo", "a") == []
     assert await audit_log(store) == []
 
 
 async def test_purge_cascades_but_keeps_armed(store: Store) -> None:
     old = await make_run(store)
-    await store.ensure_deliveries([key(old)], T0, T0)
-    await store.end_run(old, "finished", T0)
+    await store.ledger.ensure_deliveries([key(old)], T0, T0)
+    await store.runs.end(old, "finished", T0)
     armed = await make_run(store)
     assert await store.purge("demo") == 1
-    assert await store.deliveries(old) == []
-    assert await store.dispatches(old) == []
-    assert [r.id for r in await store.runs_of("demo")] == [armed]
+    assert await store.ledger.deliveries(old) == []
+    assert await store.ledger.dispatches(old) == []
+    assert [r.id for r in await store.runs.of_scenario("demo")] == [armed]
 
 
 # -- deliveries ------------------------------------------------------------------------
@@ -359,12 +365,12 @@ async def test_purge_cascades_but_keeps_armed(store: Store) -> None:
 async def test_ensure_deliveries_is_idempotent(store: Store) -> None:
     run_id = await make_run(store)
     keys = [key(run_id, "!r1:x"), key(run_id, "!r1:x", Part.LOCATION), key(run_id, "!r2:x")]
-    await store.ensure_deliveries(keys, T0, T0)
-    await store.transition(keys[0], DeliveryState.SENDING, now=T0, count_attempt=True)
-    await store.ensure_deliveries(keys, T0 + timedelta(hours=1), T0)
-    rows = await store.deliveries(run_id)
+    await store.ledger.ensure_deliveries(keys, T0, T0)
+    await store.ledger.transition(keys[0], DeliveryState.SENDING, now=T0, count_attempt=True)
+    await store.ledger.ensure_deliveries(keys, T0 + timedelta(hours=1), T0)
+    rows = await store.ledger.deliveries(run_id)
     assert len(rows) == 3
-    row = await store.delivery(keys[0])
+    row = await store.ledger.delivery(keys[0])
     assert row is not None
     assert row.state is DeliveryState.SENDING  # untouched by the second ensure
     assert row.due_at == T0
@@ -381,68 +387,73 @@ async def test_ensure_deliveries_is_idempotent(store: Store) -> None:
 async def test_deliveries_need_their_dispatch(store: Store) -> None:
     run_id = await make_run(store)
     with pytest.raises(StoreError):
-        await store.ensure_deliveries([key(run_id, stage="no-such-stage")], T0, T0)
+        await store.ledger.ensure_deliveries([key(run_id, stage="no-such-stage")], T0, T0)
 
 
 async def test_transition_records_sent(store: Store) -> None:
     run_id = await make_run(store)
     k = key(run_id)
-    await store.ensure_deliveries([k], T0, T0)
-    await store.transition(k, DeliveryState.SENDING, now=T0, count_attempt=True)
-    await store.transition(k, DeliveryState.PENDING, now=T0, error="HTTP 502")
-    await store.transition(k, DeliveryState.SENDING, now=T0, count_attempt=True)
+    await store.ledger.ensure_deliveries([k], T0, T0)
+    await store.ledger.transition(k, DeliveryState.SENDING, now=T0, count_attempt=True)
+    await store.ledger.transition(k, DeliveryState.PENDING, now=T0, error="HTTP 502")
+    await store.ledger.transition(k, DeliveryState.SENDING, now=T0, count_attempt=True)
     sent_at = T0 + timedelta(seconds=3)
-    row = await store.transition(k, DeliveryState.SENT, now=sent_at, event_id="$ev")
+    row = await store.ledger.transition(k, DeliveryState.SENT, now=sent_at, event_id="$ev")
     assert row.state is DeliveryState.SENT
     assert row.event_id == "$ev"
     assert row.sent_at == sent_at
     assert row.attempts == 2
     assert row.last_error == "HTTP 502"  # the last error is kept for the record
-    assert (await store.delivery_by_event("$ev")) == row
+    assert (await store.ledger.delivery_by_event("$ev")) == row
 
 
 async def test_illegal_transitions_are_refused_and_change_nothing(store: Store) -> None:
     run_id = await make_run(store)
     k = key(run_id)
-    await store.ensure_deliveries([k], T0, T0)
+    await store.ledger.ensure_deliveries([k], T0, T0)
     with pytest.raises(IllegalTransition):
-        await store.transition(k, DeliveryState.SENT, now=T0, event_id="$x")
-    await store.transition(k, DeliveryState.SENDING, now=T0)
-    await store.transition(k, DeliveryState.SENT, now=T0, event_id="$ev")
+        await store.ledger.transition(k, DeliveryState.SENT, now=T0, event_id="$x")
+    await store.ledger.transition(k, DeliveryState.SENDING, now=T0)
+    await store.ledger.transition(k, DeliveryState.SENT, now=T0, event_id="$ev")
     for new in DeliveryState:
         with pytest.raises(IllegalTransition):
-            await store.transition(k, new, now=T0, event_id="$other")
-    row = await store.delivery(k)
+            await store.ledger.transition(k, new, now=T0, event_id="$other")
+    row = await store.ledger.delivery(k)
     assert row is not None and row.state is DeliveryState.SENT and row.event_id == "$ev"
 
 
 async def test_transition_of_a_missing_row(store: Store) -> None:
     run_id = await make_run(store)
     with pytest.raises(StoreError, match="no delivery row"):
-        await store.transition(key(run_id), DeliveryState.SENDING, now=T0)
+        await store.ledger.transition(key(run_id), DeliveryState.SENDING, now=T0)
 
 
 async def test_concurrent_transitions_only_one_wins(store: Store) -> None:
     """Two tasks racing to move the same PENDING row: exactly one succeeds."""
     run_id = await make_run(store)
     k = key(run_id)
-    await store.ensure_deliveries([k], T0, T0)
+    await store.ledger.ensure_deliveries([k], T0, T0)
     results = await asyncio.gather(
-        *(store.transition(k, DeliveryState.SENDING, now=T0, count_attempt=True) for _ in range(8)),
+        *(
+            store.ledger.transition(k, DeliveryState.SENDING, now=T0, count_attempt=True)
+            for _ in range(8)
+        ),
         return_exceptions=True,
     )
     assert sum(not isinstance(r, BaseException) for r in results) == 1
     assert all(isinstance(r, IllegalTransition) for r in results if isinstance(r, BaseException))
-    row = await store.delivery(k)
+    row = await store.ledger.delivery(k)
     assert row is not None and row.attempts == 1
 
 
 async def test_deliveries_filters(store: Store) -> None:
     run_id = await make_run(store, cities=("a",))
-    await store.ensure_deliveries([key(run_id, stage="call"), key(run_id, stage="go")], T0, T0)
-    assert len(await store.deliveries(run_id)) == 2
-    assert [d.key.stage_id for d in await store.deliveries(run_id, "a", "go")] == ["go"]
-    assert await store.deliveries(run_id, "b") == []
+    await store.ledger.ensure_deliveries(
+        [key(run_id, stage="call"), key(run_id, stage="go")], T0, T0
+    )
+    assert len(await store.ledger.deliveries(run_id)) == 2
+    assert [d.key.stage_id for d in await store.ledger.deliveries(run_id, "a", "go")] == ["go"]
+    assert await store.ledger.deliveries(run_id, "b") == []
 
 
 async def test_state_survives_a_reopen(tmp_path: Path) -> None:
@@ -451,8 +462,8 @@ async def test_state_survives_a_reopen(tmp_path: Path) -> None:
     s = await Store.open(path)
     run_id = await make_run(s)
     k = key(run_id)
-    await s.ensure_deliveries([k], T0, T0)
-    await s.transition(k, DeliveryState.SENDING, now=T0, count_attempt=True)
+    await s.ledger.ensure_deliveries([k], T0, T0)
+    await s.ledger.transition(k, DeliveryState.SENDING, now=T0, count_attempt=True)
     # Read with a separate connection while the store is still open (no close, no
     # checkpoint): the committed row is visible.
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -466,26 +477,26 @@ async def test_state_survives_a_reopen(tmp_path: Path) -> None:
 
 
 async def test_rooms(store: Store) -> None:
-    await store.set_room("!a:x", "joined", now=T0, opted_in_by="@mod:x", note="listed")
-    await store.set_room("!b:x", "declined", now=T0, note="stranger")
-    assert await store.opted_in_rooms() == {"!a:x"}
-    await store.set_room("!a:x", "left", now=T0, note="kick by @mod:x")
-    assert await store.opted_in_rooms() == set()
-    assert await store.room_membership("!a:x") == "left"
-    assert await store.room_membership("!nope:x") is None
+    await store.rooms.set("!a:x", "joined", now=T0, opted_in_by="@mod:x", note="listed")
+    await store.rooms.set("!b:x", "declined", now=T0, note="stranger")
+    assert await store.rooms.opted_in() == {"!a:x"}
+    await store.rooms.set("!a:x", "left", now=T0, note="kick by @mod:x")
+    assert await store.rooms.opted_in() == set()
+    assert await store.rooms.membership("!a:x") == "left"
+    assert await store.rooms.membership("!nope:x") is None
     # Re-joining later keeps who opted the room in first when no new inviter is given.
-    await store.set_room("!a:x", "joined", now=T0)
-    assert await store.opted_in_rooms() == {"!a:x"}
+    await store.rooms.set("!a:x", "joined", now=T0)
+    assert await store.rooms.opted_in() == {"!a:x"}
 
 
 async def test_room_membership_is_checked(store: Store) -> None:
     with pytest.raises(StoreError):
-        await store.set_room("!a:x", "maybe", now=T0)
+        await store.rooms.set("!a:x", "maybe", now=T0)
 
 
 async def test_audit_newest_first(store: Store) -> None:
     for i in range(3):
-        await store.audit(
+        await store.audit.record(
             now=T0 + timedelta(seconds=i),
             room_id="!c:x",
             sender="@u:x",

@@ -156,7 +156,7 @@ class Controller:
             ]
             what = " ".join([what, *ids, *(["confirm"] if command.confirmed else [])])
         try:
-            await self._store.audit(
+            await self._store.audit.record(
                 now=self._clock.now(),
                 room_id=room_id,
                 sender=sender,

@@ -159,7 +159,7 @@ class Participants:
     async def _translator(self, room_id: str) -> Translator:
         """The language of this room: its participation's city (a direct chat),
         else the city it serves (a city room), else English."""
-        for scenario_id, city_id, _user in await self._store.direct_of_room(room_id):
+        for scenario_id, city_id, _user in await self._store.participants.direct_of_room(room_id):
             return self._of(self._speaking(scenario_id, city_id))
         for armed, city_id in await self._runs.runs_of_room(room_id):
             return self._of(armed.scenario.city(city_id))
@@ -229,12 +229,12 @@ class Participants:
             targets = [only]
         else:
             for armed, city_id in await self._runs.runs_of_room(room_id):
-                rows = await self._store.dispatches(armed.run.id)
+                rows = await self._store.ledger.dispatches(armed.run.id)
                 targets.append((armed, city_id, latest_released(armed.scenario, rows, city_id)))
         new = 0
         counted = False
         for armed, city_id, stage_id in targets:
-            if await self._store.add_checkin(
+            if await self._store.participants.add_checkin(
                 armed.run.id, city_id, stage_id, sender, now=self._clock.now(), via=via
             ):
                 new += 1
@@ -258,13 +258,13 @@ class Participants:
         bot among those who reacted. A reaction to an older message gets nothing."""
         if sender == self._matrix.user_id:
             return
-        delivery = await self._store.delivery_by_event(reacts_to)
+        delivery = await self._store.ledger.delivery_by_event(reacts_to)
         if delivery is None:
             return
         armed = self._runs.armed.get(delivery.key.run_id)
         if armed is None or delivery.key.stage_id.startswith("!"):
             return
-        latest = await self._store.latest_text_delivery(armed.run.id, room_id)
+        latest = await self._store.ledger.latest_text_delivery(armed.run.id, room_id)
         if latest is None or (latest.key.city_id, latest.key.stage_id) != (
             delivery.key.city_id,
             delivery.key.stage_id,
@@ -301,16 +301,18 @@ class Participants:
         t = self._of(city) if city else await self._translator(room_id)
         if city is None or not city.direct:
             return _reply(say.no_such_city(t, scenario_id=scenario_id, city_id=typed_city))
-        current = await self._store.direct_rooms(scenario_id, city.id)
-        mine = [s for s in await self._store.direct_of_room(room_id) if s[2] == sender]
+        current = await self._store.participants.direct_rooms(scenario_id, city.id)
+        mine = [s for s in await self._store.participants.direct_of_room(room_id) if s[2] == sender]
         if city.direct_limit is not None and len(current) >= city.direct_limit and not mine:
             return _reply(say.city_full(t, city_name=city.name))
-        await self._store.add_direct(scenario_id, city.id, sender, room_id, now=self._clock.now())
+        await self._store.participants.add_direct(
+            scenario_id, city.id, sender, room_id, now=self._clock.now()
+        )
         self._dispatcher.remember_room(room_id)
         underway = False
         for armed in list(self._runs.armed.values()):
             if armed.scenario_id == scenario_id and armed.drill_room is None:
-                rows = await self._store.dispatches(armed.run.id)
+                rows = await self._store.ledger.dispatches(armed.run.id)
                 underway = underway or bool(latest_released(armed.scenario, rows, city.id))
         return _reply(say.joined(t, city_name=city.name, underway=underway))
 
@@ -321,7 +323,7 @@ class Participants:
         who=Who.PARTICIPANT,
     )
     async def stop(self, ctx: Context, args: Args) -> Reply | None:
-        mine = await self._store.direct_of_room(ctx.room_id)
+        mine = await self._store.participants.direct_of_room(ctx.room_id)
         if not any(user == ctx.sender for _, _, user in mine):
             if await self._is_direct_chat(ctx.room_id):
                 return _reply(say.not_signed_up(await self._translator(ctx.room_id)))
@@ -333,7 +335,7 @@ class Participants:
     async def forget_room(self, room_id: str) -> int:
         """Forget every private participation through this chat, at once."""
         self._dispatcher.forget_room(room_id)
-        removed = await self._store.remove_direct_room(room_id)
+        removed = await self._store.participants.remove_direct_room(room_id)
         if removed:
             log.info("forgot %d private participation(s) in %s", removed, room_id)
         return removed
@@ -343,10 +345,12 @@ class Participants:
         and leave it too."""
         if user_id == self._matrix.user_id:
             return
-        if any(user == user_id for _, _, user in await self._store.direct_of_room(room_id)):
+        if any(
+            user == user_id for _, _, user in await self._store.participants.direct_of_room(room_id)
+        ):
             await self.forget_room(room_id)
             # Recorded first, so the sync takes the leave for ours, not a removal.
-            await self._store.set_room(
+            await self._store.rooms.set(
                 room_id, "left", now=self._clock.now(), note="private participant left"
             )
             await self._matrix.leave(room_id)

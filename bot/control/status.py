@@ -66,8 +66,8 @@ class StatusCommands:
         return Reply("\n".join(lines), text_table(table))
 
     async def _rows(self, armed: ArmedRun) -> list[tuple[str, ...]]:
-        rows = await self._store.dispatches(armed.run.id)
-        counts = await self._store.checkin_counts(armed.run.id)
+        rows = await self._store.ledger.dispatches(armed.run.id)
+        counts = await self._store.participants.checkin_counts(armed.run.id)
         # The run's own clock: a drill's columns are drill time, like its instants.
         run_now = armed.clock.now()
         out: list[tuple[str, ...]] = []
@@ -77,7 +77,7 @@ class StatusCommands:
             done = sorted(
                 (d for d in mine if d.state is DispatchState.RELEASED), key=lambda d: d.stage_index
             )
-            deliveries = await self._store.deliveries(armed.run.id, city.id)
+            deliveries = await self._store.ledger.deliveries(armed.run.id, city.id)
             # Rooms, not room x stage: a room with any failed delivery is failed.
             failed = {d.key.room_id for d in deliveries if d.state is DeliveryState.FAILED}
             ok = {d.key.room_id for d in deliveries if d.state is DeliveryState.SENT} - failed
@@ -120,11 +120,11 @@ class StatusCommands:
                 city = resolve_cities(armed, city, allow_all=False)[0]
         else:
             # After the action too: the latest run's count, until it is purged.
-            runs = await self._store.runs_of(scenario_id)
+            runs = await self._store.runs.of_scenario(scenario_id)
             if not runs:
                 raise ArmError(text.nothing_stored(scenario_id))
             run_id, label = runs[-1].id, f"{scenario_id} (run {runs[-1].id}, {runs[-1].state})"
-        counts = await self._store.checkin_counts(run_id)
+        counts = await self._store.participants.checkin_counts(run_id)
         rows = sorted((c, st, n) for (c, st), n in counts.items() if city in (None, c))
         table = [("city", "stage", "check-ins")]
         table += [(c, st or "(before the first stage)", str(n)) for c, st, n in rows]

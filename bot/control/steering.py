@@ -192,7 +192,7 @@ class Steering:
         scenario_id = args.text("scenario")
         if self._runs.by_scenario(scenario_id) or self._runs.by_scenario(scenario_id, drill=True):
             raise ArmError(text.armed_refuse_purge(scenario_id))
-        runs = await self._store.runs_of(scenario_id)
+        runs = await self._store.runs.of_scenario(scenario_id)
         if not runs:
             raise ArmError(text.nothing_stored(scenario_id))
         if not ctx.confirmed:

@@ -132,7 +132,7 @@ class RoomRegistry:
         """A declined invite is a refused action, kept in the audit table like a
         refused command (a lookalike room, a stranger's room)."""
         try:
-            await self._store.audit(
+            await self._store.audit.record(
                 now=self._clock.now(),
                 room_id=room_id,
                 sender=inviter,
@@ -204,7 +204,7 @@ class RoomRegistry:
             await self._declined(room_id, inviter, reason, now)
             await report(f"Did not opt in room {room_id}: it {reason} (m.room.create).")
             return False
-        await self._store.set_room(
+        await self._store.rooms.set(
             room_id, "joined", now=now, opted_in_by=inviter, note=first.reason
         )
         log.info("joined %s (opted in by %s: %s)", room_id, inviter, first.reason)
@@ -213,15 +213,15 @@ class RoomRegistry:
         return True
 
     async def _declined(self, room_id: str, inviter: str, reason: str, now: datetime) -> None:
-        await self._store.set_room(room_id, "declined", now=now, note=reason)
+        await self._store.rooms.set(room_id, "declined", now=now, note=reason)
         await self._audit_declined(room_id, inviter, reason)
 
     async def on_removed(
         self, room_id: str, by: str | None, membership: str, report: Report
     ) -> None:
         """The bot was kicked or banned (or the room went away): drop it."""
-        was = await self._store.room_membership(room_id)
-        await self._store.set_room(
+        was = await self._store.rooms.membership(room_id)
+        await self._store.rooms.set(
             room_id, "left", now=self._clock.now(), note=f"{membership} by {by or 'unknown'}"
         )
         self._create_events.pop(room_id, None)
@@ -238,8 +238,8 @@ class RoomRegistry:
 
     async def _upgraded_to(self, room_id: str) -> str | None:
         """The opted-in room whose tombstone names ``room_id`` as its successor."""
-        opted = await self._store.opted_in_rooms()
-        for old in await self._store.predecessors_of(room_id):
+        opted = await self._store.rooms.opted_in()
+        for old in await self._store.rooms.predecessors_of(room_id):
             if old in opted:
                 return old
         return None
@@ -261,17 +261,17 @@ class RoomRegistry:
         changes nothing."""
         if not successor.startswith("!") or successor == room_id:
             return
-        if room_id in self.control_rooms or await self._store.room_membership(room_id) != "joined":
+        if room_id in self.control_rooms or await self._store.rooms.membership(room_id) != "joined":
             return
-        if (await self._store.successors()).get(room_id) == successor:
+        if (await self._store.rooms.successors()).get(room_id) == successor:
             return
         now = self._clock.now()
-        await self._store.set_successor(room_id, successor, upgraded_by=upgraded_by, now=now)
+        await self._store.rooms.set_successor(room_id, successor, upgraded_by=upgraded_by, now=now)
         log.info("%s was upgraded to %s by %s", room_id, successor, upgraded_by)
         # Synapse moves the old room's local aliases to the new room.
         for alias in [a for a, rid in self._aliases.items() if rid == room_id]:
             await self.resolve(alias, refresh=True)
-        if await self._store.room_membership(successor) == "joined":
+        if await self._store.rooms.membership(successor) == "joined":
             followed = True  # invited there before the tombstone reached us
         else:
             followed = await self._follow(room_id, successor)
@@ -294,18 +294,18 @@ class RoomRegistry:
             return False
         if not await self._replaces(successor, old):
             await self._matrix.leave(successor)
-            await self._store.set_room(
+            await self._store.rooms.set(
                 successor,
                 "declined",
                 now=self._clock.now(),
                 note=f"does not name {old} as its predecessor",
             )
             return False
-        await self._store.set_room(
+        await self._store.rooms.set(
             successor,
             "joined",
             now=self._clock.now(),
-            opted_in_by=await self._store.opted_in_by(old),
+            opted_in_by=await self._store.rooms.opted_in_by(old),
             note=f"{UPGRADE_OF}{old}",
         )
         log.info("followed the upgrade of %s to %s", old, successor)
@@ -362,8 +362,8 @@ class RoomRegistry:
         """The rooms, of those a city lists, that get its stages now: resolved,
         followed through upgrades, joined (known to the client) and opted in.
         Order follows the listing."""
-        opted = await self._store.opted_in_rooms()
-        successors = await self._store.successors()
+        opted = await self._store.rooms.opted_in()
+        successors = await self._store.rooms.successors()
         served: list[str] = []
         for room in listed:
             rid = await self.resolve(room, refresh=refresh)
@@ -376,8 +376,8 @@ class RoomRegistry:
 
     async def missing_rooms(self, listed: Iterable[str]) -> dict[str, str]:
         """Listed rooms that will not be served, with why (for !arm's reply)."""
-        opted = await self._store.opted_in_rooms()
-        successors = await self._store.successors()
+        opted = await self._store.rooms.opted_in()
+        successors = await self._store.rooms.successors()
         missing: dict[str, str] = {}
         for room in listed:
             rid = await self.resolve(room)

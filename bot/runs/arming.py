@@ -155,7 +155,7 @@ class Arming:
                 key=lambda ln: (ln.at, ln.city_id),
             )
         )
-        sent = set() if drill else await self._ctx.store.sent_stages(scenario.id)
+        sent = set() if drill else await self._ctx.store.runs.sent_stages(scenario.id)
         past = [(d.city_id, d.stage_id) for d in timeline if d.at <= now]
         withheld = tuple(k for k in past if k in sent and not resend_past)
         # Parts per stage and city (text, and a pin if the place has a geo); the
@@ -256,7 +256,7 @@ class Arming:
             )
         if p.needs_confirm and not confirmed:
             return ArmOutcome(preview_text(p, None), table, result="asked to confirm")
-        run_id = await ctx.store.create_run(
+        run_id = await ctx.store.runs.create(
             scenario_id=loaded.scenario.id,
             source_path=str(loaded.path),
             source_sha256=sha,
@@ -268,10 +268,10 @@ class Arming:
             drill_speed=speed,
             run_key=run_key,
         )
-        run = next(r for r in await ctx.store.armed_runs() if r.id == run_id)
+        run = next(r for r in await ctx.store.runs.armed() if r.id == run_id)
         armed = ArmedRun(run, loaded, run_clock)
         ctx.armed[run_id] = armed
-        self._shell.schedule(armed, await ctx.store.dispatches(run_id))
+        self._shell.schedule(armed, await ctx.store.ledger.dispatches(run_id))
         log.info("armed %s as run %d by %s", scenario_id, run_id, sender)
         return ArmOutcome(preview_text(p, run_id), table, run_id)
 
@@ -298,15 +298,15 @@ class Arming:
             raise ArmError(f"{armed.label()} (run {run_id}) is not armed")
         ctx.timers.cancel_prefix(job_prefix(run_id))
         ctx.dispatcher.cancel(run_id, [c.id for c in armed.scenario.cities])
-        await ctx.store.set_dispatch_states(
+        await ctx.store.ledger.set_dispatch_states(
             run_id,
             [
                 (d.city_id, d.stage_id, DispatchState.CANCELLED, "disarmed")
-                for d in await ctx.store.dispatches(run_id)
+                for d in await ctx.store.ledger.dispatches(run_id)
                 if d.state in DISPATCH_PENDING
             ],
         )
-        await ctx.store.end_run(run_id, RunState.DISARMED, ctx.clock.now())
+        await ctx.store.runs.end(run_id, RunState.DISARMED, ctx.clock.now())
         del ctx.armed[run_id]
         return f"Disarmed {armed.label()} (run {run_id}): nothing more will be sent."
 
@@ -315,12 +315,12 @@ class Arming:
     async def restore(self) -> None:
         """Rebuild timers for every armed run from the store (after a restart)."""
         ctx = self._ctx
-        for run in await ctx.store.armed_runs():
+        for run in await ctx.store.runs.armed():
             armed = await self._restorable(run)
             if armed is None:
                 continue
             ctx.armed[run.id] = armed
-            rows = await ctx.store.dispatches(run.id)
+            rows = await ctx.store.ledger.dispatches(run.id)
             self._shell.schedule(armed, rows)
             log.info("restored run %d of %s", run.id, run.scenario_id)
             if all(d.state in DISPATCH_DONE for d in rows):
@@ -348,9 +348,11 @@ class Arming:
         loaded, _ = _loaded(loaded, datetime.fromisoformat(start) if start else None)
         store = self._ctx.store
         armed = ArmedRun(run, loaded, self._ctx.clock)
-        armed.held_cities = await store.held_cities(run.id)
-        armed.delays = {c: timedelta(seconds=s) for c, s in (await store.delays(run.id)).items()}
-        for city_id, place_id, name, geo in await store.redirects(run.id):
+        armed.held_cities = await store.steering.held_cities(run.id)
+        armed.delays = {
+            c: timedelta(seconds=s) for c, s in (await store.steering.delays(run.id)).items()
+        }
+        for city_id, place_id, name, geo in await store.steering.redirects(run.id):
             armed.place_overrides.setdefault(city_id, {})[place_id] = Place(
                 id=place_id, name=name, geo=geo, note=None
             )
@@ -361,15 +363,15 @@ class Arming:
         # a guess. The organisers re-arm it explicitly.
         ctx = self._ctx
         log.warning("run %d of %s not restored: %s", run.id, run.scenario_id, why)
-        await ctx.store.set_dispatch_states(
+        await ctx.store.ledger.set_dispatch_states(
             run.id,
             [
                 (d.city_id, d.stage_id, DispatchState.CANCELLED, why)
-                for d in await ctx.store.dispatches(run.id)
+                for d in await ctx.store.ledger.dispatches(run.id)
                 if d.state not in DISPATCH_DONE
             ],
         )
-        await ctx.store.end_run(run.id, RunState.DISARMED, ctx.clock.now())
+        await ctx.store.runs.end(run.id, RunState.DISARMED, ctx.clock.now())
         text = (
             f"⚠️ {run.scenario_id} (run {run.id}) was disarmed on restart: {why}. "
             f"Nothing more of it will be sent; check it and !arm {run.scenario_id} again."

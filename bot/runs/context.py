@@ -69,7 +69,7 @@ class RunContext:
         city = armed.scenario.city(city_id)
         rooms = await self.rooms.served_rooms(city.rooms, refresh=refresh)
         if city.direct:
-            direct = await self.store.direct_rooms(armed.scenario_id, city_id)
+            direct = await self.store.participants.direct_rooms(armed.scenario_id, city_id)
             rooms += [r for r in await self.rooms.served_rooms(direct) if r not in rooms]
         return rooms
 
@@ -92,7 +92,7 @@ class RunContext:
         # Rooms already in the ledger for this dispatch (a resumed release) keep
         # their rows; ones no longer served are skipped by the dispatcher, and a
         # SENT row is never sent again.
-        for d in await self.store.deliveries(row.run_id, row.city_id, row.stage_id):
+        for d in await self.store.ledger.deliveries(row.run_id, row.city_id, row.stage_id):
             if d.key.room_id not in rooms:
                 rooms.append(d.key.room_id)
                 self.dispatcher.forget_room(d.key.room_id)

@@ -136,7 +136,7 @@ class RunManager:
     async def adopt_room(self, room_id: str, by: str) -> None:
         """A room the bot made itself (a drill room): opted in, and usable for
         sending once the sync has brought it into the client's rooms."""
-        await self._ctx.store.set_room(
+        await self._ctx.store.rooms.set(
             room_id, "joined", now=self._ctx.clock.now(), opted_in_by=by, note="created by the bot"
         )
         await self._ctx.rooms.wait_known(room_id)

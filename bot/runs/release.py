@@ -128,7 +128,7 @@ class ReleaseShell:
         claimed = self._claimed[run_id]
         rows = [
             d
-            for d in await ctx.store.dispatches(run_id)
+            for d in await ctx.store.ledger.dispatches(run_id)
             if d.due_at <= due_at and d.state in _WAITING and (d.city_id, d.stage_id) not in claimed
         ]
         if not any(d.due_at == due_at for d in rows):
@@ -177,7 +177,7 @@ class ReleaseShell:
         todo = [r for r in prepared if (r.city_id, r.stage_id) not in claimed]
         if not todo:
             return InstantPlan(), None
-        rows = {(d.city_id, d.stage_id): d for d in await ctx.store.dispatches(run_id)}
+        rows = {(d.city_id, d.stage_id): d for d in await ctx.store.ledger.dispatches(run_id)}
         gated = armed.drill_room is None and any(
             armed.scenario.stage(r.stage_id).require for r in todo
         )
@@ -188,15 +188,15 @@ class ReleaseShell:
             rows=rows,
             prepared=todo,
             held_cities=armed.held_cities,
-            checkins=await ctx.store.checkin_counts(run_id) if gated else {},
+            checkins=await ctx.store.participants.checkin_counts(run_id) if gated else {},
             now=now,
             armed_at=armed.run.armed_at,
             drill=armed.drill_room is not None,
             cause=cause,
         )
         # RELEASING is committed before any request leaves (a restart resumes it).
-        await ctx.store.set_dispatches_releasing(run_id, plan.releasing, released_at=now)
-        await ctx.store.set_dispatch_states(
+        await ctx.store.ledger.set_releasing(run_id, plan.releasing, released_at=now)
+        await ctx.store.ledger.set_dispatch_states(
             run_id, [(v.city_id, v.stage_id, v.state, v.note) for v in plan.verdicts]
         )
         if not plan.release:
@@ -247,13 +247,13 @@ class ReleaseShell:
                 txn_id=run_report_txn(armed, "stage", stage_id, *cities),
             )
             for o in group:
-                await ctx.store.set_dispatch_state(
+                await ctx.store.ledger.set_dispatch_state(
                     o.release.run_id, o.release.city_id, stage_id, DispatchState.RELEASED
                 )
-                await ctx.store.mark_reported(o.release.run_id, o.release.city_id, stage_id)
+                await ctx.store.ledger.mark_reported(o.release.run_id, o.release.city_id, stage_id)
 
     async def maybe_finish(self, armed: ArmedRun) -> None:
-        rows = await self._ctx.store.dispatches(armed.run.id)
+        rows = await self._ctx.store.ledger.dispatches(armed.run.id)
         if rows and all(d.state in DISPATCH_DONE for d in rows):
             await self.finish(armed)
 
@@ -262,7 +262,9 @@ class ReleaseShell:
         if ctx.armed.pop(armed.run.id, None) is None:
             return
         self._forget(armed.run.id)
-        aborted = any(d.stage_id == ABORT_STAGE for d in await ctx.store.dispatches(armed.run.id))
+        aborted = any(
+            d.stage_id == ABORT_STAGE for d in await ctx.store.ledger.dispatches(armed.run.id)
+        )
         # The notice before the run's end, idempotent (as a stage report): a
         # crash in between finishes the run again on restart, not silently.
         await ctx.notifier.report(
@@ -272,7 +274,7 @@ class ReleaseShell:
             txn_id=run_report_txn(armed, "complete"),
         )
         state = RunState.ABORTED if aborted else RunState.FINISHED
-        await ctx.store.end_run(armed.run.id, state, ctx.clock.now())
+        await ctx.store.runs.end(armed.run.id, state, ctx.clock.now())
         log.info("run %d of %s finished", armed.run.id, armed.scenario_id)
 
     def _forget(self, run_id: int) -> None:
@@ -287,10 +289,10 @@ class ReleaseShell:
         ctx.dispatcher.cancel(armed.run.id, [city_id])
         pending = [
             (d.city_id, d.stage_id, DispatchState.CANCELLED, reason)
-            for d in await ctx.store.dispatches(armed.run.id)
+            for d in await ctx.store.ledger.dispatches(armed.run.id)
             if d.city_id == city_id and d.state in DISPATCH_PENDING
         ]
-        await ctx.store.set_dispatch_states(armed.run.id, pending)
+        await ctx.store.ledger.set_dispatch_states(armed.run.id, pending)
         return len(pending)
 
     async def abort(self, armed: ArmedRun, cities: Sequence[str], message: str | None) -> int:
@@ -304,10 +306,10 @@ class ReleaseShell:
         releases: list[Release] = []
         for city_id in cities:
             cancelled += await self.cancel_city(armed, city_id, "aborted")
-            await ctx.store.add_dispatch(
+            await ctx.store.ledger.add_dispatch(
                 run_id, city_id, ABORT_STAGE, SYNTHETIC_INDEX, now, DispatchState.RELEASING
             )
-            row = await ctx.store.dispatch(run_id, city_id, ABORT_STAGE)
+            row = await ctx.store.ledger.dispatch(run_id, city_id, ABORT_STAGE)
             if row is not None and row.state in DISPATCH_DONE:
                 continue  # already aborted
             releases.append(

@@ -31,7 +31,7 @@ class Steering:
 
     async def hold(self, armed: ArmedRun, cities: Sequence[str]) -> str:
         for city in cities:
-            await self._ctx.store.set_hold(armed.run.id, city, True)
+            await self._ctx.store.steering.set_hold(armed.run.id, city, True)
             armed.held_cities.add(city)
         return (
             f"Holding {armed.label()} in {', '.join(cities)}: no stage goes there until "
@@ -41,16 +41,16 @@ class Steering:
     async def resume(self, armed: ArmedRun, cities: Sequence[str]) -> str:
         ctx = self._ctx
         for city in cities:
-            await ctx.store.set_hold(armed.run.id, city, False)
+            await ctx.store.steering.set_hold(armed.run.id, city, False)
             armed.held_cities.discard(city)
         # Stages held meanwhile (by the hold or a gate) are decided again now:
         # their late policy and gate apply, as at their instant.
         held = [
             d
-            for d in await ctx.store.dispatches(armed.run.id)
+            for d in await ctx.store.ledger.dispatches(armed.run.id)
             if d.city_id in cities and d.state is DispatchState.HELD
         ]
-        await ctx.store.set_dispatch_states(
+        await ctx.store.ledger.set_dispatch_states(
             armed.run.id, [(d.city_id, d.stage_id, DispatchState.SCHEDULED, None) for d in held]
         )
         text = f"Resumed {armed.label()} in {', '.join(cities)}."
@@ -72,7 +72,7 @@ class Steering:
         now = armed.clock.now()
         rows = [
             d
-            for d in await ctx.store.dispatches(armed.run.id)
+            for d in await ctx.store.ledger.dispatches(armed.run.id)
             if d.city_id in cities and d.state in DISPATCH_PENDING
         ]
         if not rows:
@@ -80,7 +80,7 @@ class Steering:
         if any(d.due_at + by <= now for d in rows):
             raise ArmError("that would move a pending stage into the past; nothing was changed")
         # Due times and the recorded delay in one transaction ({time} renders from it).
-        await ctx.store.delay_dispatches(
+        await ctx.store.steering.delay(
             armed.run.id,
             [(d.city_id, d.stage_id, d.due_at + by) for d in rows],
             list(cities),
@@ -89,7 +89,7 @@ class Steering:
         for city in cities:
             armed.delays[city] = armed.delays.get(city, timedelta(0)) + by
         ctx.timers.cancel_prefix(job_prefix(armed.run.id))
-        self._shell.schedule(armed, await ctx.store.dispatches(armed.run.id))
+        self._shell.schedule(armed, await ctx.store.ledger.dispatches(armed.run.id))
         nxt = min(d.due_at + by for d in rows)
         return (
             f"Delayed {armed.label()} by {format_duration(by)} in {', '.join(cities)}: "
@@ -102,7 +102,7 @@ class Steering:
             raise ArmError(f"{armed.scenario_id} has no stage {stage_id}")
         rows = []
         for city in cities:
-            row = await ctx.store.dispatch(armed.run.id, city, stage_id)
+            row = await ctx.store.ledger.dispatch(armed.run.id, city, stage_id)
             if row is not None and row.state in DISPATCH_PENDING:
                 rows.append(row)
         if not rows:
@@ -146,13 +146,13 @@ class Steering:
         new_place = Place(id=place_id, name=name, geo=geo, note=None)
         overrides = {**armed.place_overrides.get(city_id, {}), place_id: new_place}
         self._check_renders(armed, city_id, place_id, overrides)
-        revision = await ctx.store.set_redirect(armed.run.id, city_id, place_id, name, geo)
+        revision = await ctx.store.steering.set_redirect(armed.run.id, city_id, place_id, name, geo)
         armed.place_overrides[city_id] = overrides
         revealed: list[DispatchRow] = []
         for stage in armed.scenario.stages:
             if not mentions_place(stage, place_id):
                 continue
-            row = await ctx.store.dispatch(armed.run.id, city_id, stage.id)
+            row = await ctx.store.ledger.dispatch(armed.run.id, city_id, stage.id)
             if row is not None and row.state in (DispatchState.RELEASED, DispatchState.RELEASING):
                 revealed.append(row)
         if not revealed:
@@ -199,7 +199,7 @@ class Steering:
             text = next(
                 m for m in ctx.messages(armed, city_id, row.stage_id) if m.part is Part.TEXT
             )
-            for d in await ctx.store.deliveries(armed.run.id, city_id, row.stage_id):
+            for d in await ctx.store.ledger.deliveries(armed.run.id, city_id, row.stage_id):
                 if d.key.part is not Part.TEXT or d.state is not DeliveryState.SENT:
                     continue
                 if not d.event_id:
@@ -242,7 +242,7 @@ class Steering:
         ]
         stage_id = fix_stage_id(place_id, revision)
         now = armed.clock.now()
-        await ctx.store.add_dispatch(
+        await ctx.store.ledger.add_dispatch(
             armed.run.id,
             city_id,
             stage_id,

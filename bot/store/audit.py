@@ -27,6 +27,3 @@ class Audit:
             "DELETE FROM audit WHERE (' ' || command || ' ') LIKE ('% ' || ? || ' %')",
             (scenario_id,),
         )
-
-    # The old ``store.audit(...)``, until the next commit rewrites its callers.
-    __call__ = record

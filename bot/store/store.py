@@ -9,7 +9,7 @@ from __future__ import annotations
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 from bot.store.audit import Audit
 from bot.store.db import Database
@@ -19,50 +19,6 @@ from bot.store.participants import Participants
 from bot.store.rooms import Rooms
 from bot.store.runs import Runs
 from bot.store.steering import Steering
-
-# Old flat names -> aggregate.method, for callers not yet rewritten (the next
-# commit rewrites every call site with this table and removes it).
-_RENAMED = {
-    "create_run": "runs.create",
-    "armed_runs": "runs.armed",
-    "runs_of": "runs.of_scenario",
-    "sent_stages": "runs.sent_stages",
-    "end_run": "runs.end",
-    "dispatches": "ledger.dispatches",
-    "dispatch": "ledger.dispatch",
-    "set_dispatch_state": "ledger.set_dispatch_state",
-    "set_dispatch_states": "ledger.set_dispatch_states",
-    "set_dispatches_releasing": "ledger.set_releasing",
-    "mark_reported": "ledger.mark_reported",
-    "add_dispatch": "ledger.add_dispatch",
-    "ensure_deliveries": "ledger.ensure_deliveries",
-    "deliveries": "ledger.deliveries",
-    "delivery": "ledger.delivery",
-    "delivery_by_event": "ledger.delivery_by_event",
-    "latest_text_delivery": "ledger.latest_text_delivery",
-    "transition": "ledger.transition",
-    "advance": "ledger.advance",
-    "set_room": "rooms.set",
-    "opted_in_rooms": "rooms.opted_in",
-    "room_membership": "rooms.membership",
-    "opted_in_by": "rooms.opted_in_by",
-    "set_successor": "rooms.set_successor",
-    "successors": "rooms.successors",
-    "predecessors_of": "rooms.predecessors_of",
-    "set_hold": "steering.set_hold",
-    "held_cities": "steering.held_cities",
-    "delay_dispatches": "steering.delay",
-    "delays": "steering.delays",
-    "set_redirect": "steering.set_redirect",
-    "redirects": "steering.redirects",
-    "add_checkin": "participants.add_checkin",
-    "checkin_counts": "participants.checkin_counts",
-    "add_direct": "participants.add_direct",
-    "remove_direct_room": "participants.remove_direct_room",
-    "direct_rooms": "participants.direct_rooms",
-    "direct_of_room": "participants.direct_of_room",
-    "audit": "audit.record",
-}
 
 
 class Store:
@@ -113,10 +69,3 @@ class Store:
             await self.audit.forget_scenario(scenario_id)
         await self.db.compact()
         return runs
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            aggregate, _, method = _RENAMED[name].partition(".")
-        except KeyError:
-            raise AttributeError(name) from None
-        return getattr(getattr(self, aggregate), method)
