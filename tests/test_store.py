@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from store_helpers import audit_log, count, failing_write
 
 from bot.ledger import (
     DeliveryKey,
@@ -23,7 +24,6 @@ from bot.ledger import (
 )
 from bot.store import PlannedDispatch, Store, StoreError
 from bot.store.migrations import MIGRATIONS
-from tests.store_helpers import audit_log, count, failing_write
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 

@@ -298,15 +298,17 @@ class Arming:
             raise ArmError(f"{armed.label()} (run {run_id}) is not armed")
         ctx.timers.cancel_prefix(job_prefix(run_id))
         ctx.dispatcher.cancel(run_id, [c.id for c in armed.scenario.cities])
-        await ctx.store.ledger.set_dispatch_states(
-            run_id,
-            [
-                (d.city_id, d.stage_id, DispatchState.CANCELLED, "disarmed")
-                for d in await ctx.store.ledger.dispatches(run_id)
-                if d.state in DISPATCH_PENDING
-            ],
-        )
-        await ctx.store.runs.end(run_id, RunState.DISARMED, ctx.clock.now())
+        # One transaction: never a run left armed with its stages half cancelled.
+        async with ctx.store.transaction():
+            await ctx.store.ledger.set_dispatch_states(
+                run_id,
+                [
+                    (d.city_id, d.stage_id, DispatchState.CANCELLED, "disarmed")
+                    for d in await ctx.store.ledger.dispatches(run_id)
+                    if d.state in DISPATCH_PENDING
+                ],
+            )
+            await ctx.store.runs.end(run_id, RunState.DISARMED, ctx.clock.now())
         del ctx.armed[run_id]
         return f"Disarmed {armed.label()} (run {run_id}): nothing more will be sent."
 
@@ -363,15 +365,16 @@ class Arming:
         # a guess. The organisers re-arm it explicitly.
         ctx = self._ctx
         log.warning("run %d of %s not restored: %s", run.id, run.scenario_id, why)
-        await ctx.store.ledger.set_dispatch_states(
-            run.id,
-            [
-                (d.city_id, d.stage_id, DispatchState.CANCELLED, why)
-                for d in await ctx.store.ledger.dispatches(run.id)
-                if d.state not in DISPATCH_DONE
-            ],
-        )
-        await ctx.store.runs.end(run.id, RunState.DISARMED, ctx.clock.now())
+        async with ctx.store.transaction():
+            await ctx.store.ledger.set_dispatch_states(
+                run.id,
+                [
+                    (d.city_id, d.stage_id, DispatchState.CANCELLED, why)
+                    for d in await ctx.store.ledger.dispatches(run.id)
+                    if d.state not in DISPATCH_DONE
+                ],
+            )
+            await ctx.store.runs.end(run.id, RunState.DISARMED, ctx.clock.now())
         text = (
             f"⚠️ {run.scenario_id} (run {run.id}) was disarmed on restart: {why}. "
             f"Nothing more of it will be sent; check it and !arm {run.scenario_id} again."

@@ -305,11 +305,13 @@ class ReleaseShell:
         cancelled = 0
         releases: list[Release] = []
         for city_id in cities:
-            cancelled += await self.cancel_city(armed, city_id, "aborted")
-            await ctx.store.ledger.add_dispatch(
-                run_id, city_id, ABORT_STAGE, SYNTHETIC_INDEX, now, DispatchState.RELEASING
-            )
-            row = await ctx.store.ledger.dispatch(run_id, city_id, ABORT_STAGE)
+            # One transaction: never stages cancelled without the stop message.
+            async with ctx.store.transaction():
+                cancelled += await self.cancel_city(armed, city_id, "aborted")
+                await ctx.store.ledger.add_dispatch(
+                    run_id, city_id, ABORT_STAGE, SYNTHETIC_INDEX, now, DispatchState.RELEASING
+                )
+                row = await ctx.store.ledger.dispatch(run_id, city_id, ABORT_STAGE)
             if row is not None and row.state in DISPATCH_DONE:
                 continue  # already aborted
             releases.append(
