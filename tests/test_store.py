@@ -65,7 +65,7 @@ def key(
 
 
 async def test_fresh_database_is_at_the_latest_schema(store: Store) -> None:
-    assert await store.schema_version() == len(MIGRATIONS)
+    assert await store.db.schema_version() == len(MIGRATIONS)
 
 
 async def test_reopen_does_not_migrate_again(tmp_path: Path) -> None:
@@ -75,7 +75,7 @@ async def test_reopen_does_not_migrate_again(tmp_path: Path) -> None:
     await s.close()
     s = await Store.open(path)
     try:
-        assert await s.schema_version() == len(MIGRATIONS)
+        assert await s.db.schema_version() == len(MIGRATIONS)
         assert [r.id for r in await s.runs.armed()] == [run_id]
     finally:
         await s.close()
@@ -92,7 +92,7 @@ async def test_each_migration_step_upgrades_existing_data(tmp_path: Path) -> Non
     db.close()
     s = await Store.open(path)
     try:
-        assert await s.schema_version() == len(MIGRATIONS)
+        assert await s.db.schema_version() == len(MIGRATIONS)
     finally:
         await s.close()
     db = sqlite3.connect(path)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from bot.store.audit import Audit
 from bot.store.db import Database
@@ -40,23 +38,9 @@ class Store:
     async def close(self) -> None:
         await self.db.close()
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
     def transaction(self) -> AbstractAsyncContextManager[None]:
         """All or nothing across aggregates (:meth:`Database.transaction`)."""
         return self.db.transaction()
-
-    async def schema_version(self) -> int:
-        return await self.db.schema_version()
 
     async def purge(self, scenario_id: str) -> int:
         """Delete every non-armed run of a scenario (ledger, check-ins, holds, delays,
