@@ -112,7 +112,10 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def _turn(self) -> AsyncIterator[None]:
-        if self._mine():
+        """The connection for one statement. With no transaction open, it goes at
+        once: each statement is a single request to aiosqlite's worker, which runs
+        them in order, so it cannot land inside a transaction begun after it."""
+        if self._mine() or not self._lock.locked():
             yield
             return
         async with self._lock:
@@ -208,8 +211,7 @@ class Database:
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         async with self._turn():
             try:
-                async with self._conn.execute(sql, params) as cur:
-                    return list(await cur.fetchall())
+                return list(await self._conn.execute_fetchall(sql, params))
             except sqlite3.Error as err:
                 raise _failed(err, "read") from None
 
