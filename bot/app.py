@@ -4,6 +4,12 @@ Everything is built here and passed in explicitly; nothing is a module-level
 singleton. The sync's typed events (bot/matrix/events.py) are routed to their
 handlers here, in two in-order lanes. ``run_bot`` is what ``blossom run`` (and
 the demo) call.
+
+With a ``crew`` section the bot is one member of a crew (docs/crew.md): its
+roster publishes and reads heartbeats in the control rooms, only the speaker
+talks there, the crew's bots are never taken as commands or check-ins, and
+duplicates of a dispatch are redacted by the later member. Without it nothing
+of the crew is built: the bot works alone, as before.
 """
 
 from __future__ import annotations
@@ -18,17 +24,21 @@ from nio import AsyncClient
 from bot.clock import Clock
 from bot.config import Config
 from bot.control.commands import Controller
+from bot.control.crew import CrewControl
 from bot.control.participants import Participants
 from bot.control.steering import Steering
+from bot.crew import Crew
 from bot.dispatch import Dispatcher
 from bot.i18n import Catalogs
 from bot.library import ScenarioLibrary
 from bot.matrix.actions import MatrixActions
+from bot.matrix.crew_state import MatrixCrewState
 from bot.matrix.crosssign import ensure_cross_signing
 from bot.matrix.events import (
     BotJoined,
     BotRemoved,
     Command,
+    Dispatched,
     Heartbeats,
     Invited,
     MatrixEvent,
@@ -68,8 +78,14 @@ class Bot:
         self.store = store
         self.sender = MatrixSender(client)
         self.matrix = MatrixActions(client, clock)
+        members = config.crew.members if config.crew is not None else ()
+        self.crew: CrewControl | None = None  # built below when the config has a crew
         self.notifier = Notifier(
-            self.sender, clock, config.control.rooms, in_room=self.matrix.in_room
+            self.sender,
+            clock,
+            config.control.rooms,
+            in_room=self.matrix.in_room,
+            speaking=lambda: self.crew is None or self.crew.speaking(),
         )
         self.rooms = RoomRegistry(
             self.matrix,
@@ -77,6 +93,7 @@ class Bot:
             clock,
             control_rooms=config.control.rooms,
             min_control_power=config.control.min_power_level,
+            crew=members,
         )
         self.library = ScenarioLibrary(config.scenarios.dir)
         self.dispatcher = Dispatcher(
@@ -87,6 +104,7 @@ class Bot:
             lambda: self.rooms.control_rooms,
             self._on_watched_command,
             interval_s=config.dispatch.control_poll_seconds,
+            crew=members,
         )
         self.sync = SyncLoop(
             client,
@@ -95,6 +113,7 @@ class Bot:
             hold=self.dispatcher.quiet,
             max_hold_s=config.dispatch.sync_hold_seconds,
             while_held=self.watch.watch,
+            crew=members,
         )
         self.timers = Timers()
         self.catalogs = Catalogs()  # participants' languages, read once (bot/i18n)
@@ -113,8 +132,25 @@ class Bot:
             rate_burst=config.dispatch.rate_burst,
             catalogs=self.catalogs,
         )
+        if config.crew is not None:
+            self.crew = CrewControl(
+                crew=Crew.from_config(config.crew),
+                me=config.matrix.user_id,
+                control_rooms=config.control.rooms,
+                port=MatrixCrewState(client),
+                runs=self.runs,
+                library=self.library,
+                matrix=self.matrix,
+                notifier=self.notifier,
+                clock=clock,
+            )
         self.controller = Controller(
-            store=store, runs=self.runs, rooms=self.rooms, notifier=self.notifier, clock=clock
+            store=store,
+            runs=self.runs,
+            rooms=self.rooms,
+            notifier=self.notifier,
+            clock=clock,
+            crew=self.crew,
         )
         steering = Steering(runs=self.runs, store=store, matrix=self.matrix, clock=clock)
         steering.register(self.controller)
@@ -170,7 +206,12 @@ class Bot:
                 case BotRemoved():
                     self._queue(self._removed, ev)
                 case Heartbeats():
-                    pass  # the crew's roster is not started yet (docs/crew.md)
+                    if self.crew is not None:
+                        self.crew.roster.ingest(ev.room_id, ev.events)  # never raises
+                        self.crew.heard()
+                case Dispatched():
+                    if self.crew is not None:
+                        self._queue(self.crew.on_dispatched, ev)
 
     def _queue(self, handler: Callable[..., Awaitable[object]], *args: object) -> None:
         async def job() -> None:
@@ -206,6 +247,8 @@ class Bot:
 
     async def _invited(self, ev: Invited) -> None:
         listed, direct_open = self.library.opt_in_facts()
+        # Rooms an armed run names count as listed too (its file may have moved on).
+        listed |= {r for a in self.runs.armed.values() for c in a.scenario.cities for r in c.rooms}
         if await self.rooms.on_invite(
             ev.room_id,
             ev.inviter,
@@ -216,6 +259,11 @@ class Bot:
         ):
             # Opted in again after a removal: stages may go there again.
             self.dispatcher.remember_room(ev.room_id)
+            named = ev.room_id in self.rooms.control_rooms or (
+                ev.room_id in await self.rooms.resolve_all(listed)
+            )
+            if self.crew is not None and named:
+                await self.crew.invite_crew(ev.room_id)  # the rest of the crew follows
 
     async def _removed(self, ev: BotRemoved) -> None:
         ours = ev.by == self.matrix.user_id
@@ -247,6 +295,9 @@ class Bot:
     async def run(self, stop: asyncio.Event) -> None:
         self.timers.start()
         await self.runs.restore()
+        if self.crew is not None:
+            await self.crew.roster.load()  # bounded; the first sync reads them too
+            self.crew.roster.start()
         tasks = [
             asyncio.create_task(self.sync.run(), name="sync"),
             asyncio.create_task(self._work(self._inbox), name="inbox"),
@@ -263,6 +314,10 @@ class Bot:
         # timers shut down: that cancels the release jobs still running.
         self.dispatcher.stop()
         await self.runs.wait_idle(SHUTDOWN_GRACE_S)
+        if self.crew is not None:
+            # After the last send: the others take over at once, with nothing of
+            # this member's still in flight (bounded, 5 s).
+            await self.crew.roster.stopping()
         self.timers.shutdown()
         await self.notifier.close()
         stuck = await cancel_and_wait(*tasks, stopper, within_s=TASK_STOP_S)

@@ -9,6 +9,12 @@ invites of city rooms may be handled before the control room's) is not sent
 into a 403: it waits, in order with the room's later reports, until the bot
 is in the room (bounded by ``wait_in_room_s``). The waiting happens in a task
 of its own, so the caller (the inbox handling an invite) is never blocked.
+
+In a crew only the *speaker* talks in the control rooms (docs/crew.md):
+``speaking`` says whether this bot is it, asked when a message is about to go
+out; a member that is not drops its replies and reports there (logged by
+kind), except those sent with ``voice=True`` (what only it can tell: its own
+heartbeat refused). Without a crew it always speaks.
 """
 
 from __future__ import annotations
@@ -39,6 +45,10 @@ def _always_in(room_id: str) -> bool:
     return True
 
 
+def _always() -> bool:
+    return True
+
+
 class Notifier:
     def __init__(
         self,
@@ -50,6 +60,7 @@ class Notifier:
         max_attempts: int = 6,
         in_room: Callable[[str], bool] = _always_in,
         wait_in_room_s: float = WAIT_IN_ROOM_S,
+        speaking: Callable[[], bool] = _always,
     ) -> None:
         self._sender = sender
         self._clock = clock
@@ -60,16 +71,26 @@ class Notifier:
         # Whether the bot is in a room (known from its sync), so a send can work.
         self._in_room = in_room
         self._wait_in_room_s = wait_in_room_s
+        self.speaking = speaking
         # room -> reports waiting for the bot to be in it, oldest first; and the
         # one task per room that sends them when it is.
         self._backlog: dict[str, list[tuple[str, str | None, str | None]]] = {}
         self._drains: dict[str, asyncio.Task[None]] = {}
 
     async def send(
-        self, room_id: str, content: Mapping[str, Any], *, txn_id: str | None = None
+        self,
+        room_id: str,
+        content: Mapping[str, Any],
+        *,
+        txn_id: str | None = None,
+        voice: bool = False,
     ) -> str | None:
         """Send one notice. ``txn_id`` makes it idempotent: a notice sent again
-        with the same id (after a crash) is the homeserver's first one."""
+        with the same id (after a crash) is the homeserver's first one. In a
+        control room, nothing unless this bot speaks for the crew (or ``voice``)."""
+        if room_id in self.control_rooms and not voice and not self.speaking():
+            log.debug("not the crew's speaker: a notice to %s is left to it", room_id)
+            return None
         txn = txn_id or f"blossom-notice-{uuid.uuid4().hex}"
 
         async def once() -> str:
@@ -97,13 +118,17 @@ class Notifier:
         *,
         table: str | None = None,
         txn_id: str | None = None,
+        voice: bool = False,
     ) -> str | None:
         body = text if table is None else f"{text}\n{table}"
         html_text = html.escape(text).replace("\n", "<br/>")
         if table is not None:
             html_text += preformatted(table)
         return await self.send(
-            room_id, notice(body, html_text=html_text, reply_to=event_id), txn_id=txn_id
+            room_id,
+            notice(body, html_text=html_text, reply_to=event_id),
+            txn_id=txn_id,
+            voice=voice,
         )
 
     async def report(
@@ -113,6 +138,7 @@ class Notifier:
         *,
         table: str | None = None,
         txn_id: str | None = None,
+        voice: bool = False,
     ) -> None:
         """Tell one control room (the run's), or all of them when ``room_id`` is None.
         Returns at once for a room the bot is not in yet (see the module doc)."""
@@ -121,7 +147,7 @@ class Notifier:
             if room in self._backlog or not self._in_room(room):
                 self._later(room, text, table, txn_id)
             else:
-                await self.reply(room, None, text, table=table, txn_id=txn_id)
+                await self.reply(room, None, text, table=table, txn_id=txn_id, voice=voice)
 
     def _later(self, room: str, text: str, table: str | None, txn_id: str | None) -> None:
         self._backlog.setdefault(room, []).append((text, table, txn_id))

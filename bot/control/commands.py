@@ -13,6 +13,11 @@ Commands that *release* (``releases=True``: ``!arm``, ``!drill``, ``!release``,
 down, or the homeserver slow) are not run: the bot asks for ``<command>
 confirm``. Commands that *stop* (``!abort``, ``!hold``, ``!disarm``) run however
 late they are read.
+
+In a crew (``crew``, docs/crew.md) every member acts on every command and audits
+it, and only the speaker's reply reaches the room (``Notifier``); ``!arm`` goes
+through the crew's roll call (:meth:`bot.control.crew.CrewControl.arm`), and
+``!drill`` is left to the speaker.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from datetime import UTC, datetime
 from bot.clock import Clock
 from bot.control.args import RUN, SCENARIO, TEXT_ARG, Arg
 from bot.control.confirm import Asked, Confirmations, command_key
+from bot.control.crew import SPEAKER_ONLY, CrewCommands, CrewControl
 from bot.control.parse import Command, UsageError, parse
 from bot.control.registry import Args, CommandDef, Context, Reply, Table, command
 from bot.control.targets import DRILL, LIVE, pick_run
@@ -33,6 +39,7 @@ from bot.notify import Notifier
 from bot.runs import ArmedRun, ArmError, RunManager
 from bot.store import Store, StoreError
 from bot.text import control as text
+from bot.text import crew as text_crew
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +61,19 @@ class Controller:
         rooms: RoomRegistry,
         notifier: Notifier,
         clock: Clock,
+        crew: CrewControl | None = None,
     ) -> None:
         self._store = store
         self._runs = runs
         self._rooms = rooms
         self._notifier = notifier
         self._clock = clock
+        self.crew = crew
         self.confirmations = Confirmations(clock)
         self.table = Table()
         self.add(CoreCommands(self, runs, store, clock))
+        if crew is not None:
+            self.add(CrewCommands(crew))
 
     @property
     def specs(self) -> dict[str, CommandDef]:
@@ -89,6 +100,10 @@ class Controller:
         parsed = parse(body, self.specs)
         if parsed is None:
             return
+        if self.crew is not None:
+            if self.crew.is_member(sender):
+                return  # another bot of the crew: never a command, whatever its power
+            self.crew.command_read()  # the roll call: beat at once
         name = parsed.name if isinstance(parsed, Command) else (parsed.name or "?")
         if not await self._rooms.is_core(sender, room_id):
             await self._audit(room_id, sender, name, "refused: not core group")
@@ -125,6 +140,9 @@ class Controller:
                     text.read_late(key, ctx.sent_at, read, LATE_READ_S, window),
                     result="asked to confirm: read late",
                 )
+        if self.crew is not None and spec.name in SPEAKER_ONLY and not self.crew.speaking():
+            return Reply(text_crew.left_to_speaker(spec.name, self.crew.speaker()),
+                         result="ok: left to the speaker")
         try:
             handler = self.table.handlers[command.name]
             reply = await handler(ctx, Args(spec, command.values, command.args))
@@ -192,10 +210,18 @@ class CoreCommands:
     )
     async def arm(self, ctx: Context, args: Args) -> Reply:
         scenario_id = args.text("scenario")
+        typed = args.opt_text("options") or ""
+        crew = self._controller.crew
+        if crew is None:
+            return await self._arm(ctx, scenario_id, typed, ctx.confirmed)
+        return await crew.arm(
+            ctx, scenario_id, lambda confirmed: self._arm(ctx, scenario_id, typed, confirmed)
+        )
+
+    async def _arm(self, ctx: Context, scenario_id: str, typed: str, confirmed: bool) -> Reply:
         if self._runs.by_scenario(scenario_id) is not None:
             drill_too = self._runs.by_scenario(scenario_id, drill=True) is not None
             raise ArmError(text.already_armed(scenario_id, drill_too))
-        typed = args.opt_text("options") or ""
         options = self._runs.arm_options(scenario_id, typed)
         out = await self._runs.arm(
             scenario_id,
@@ -204,7 +230,7 @@ class CoreCommands:
             run_key=ctx.event_id,
             start_at=options.start_at,
             resend_past=options.resend,
-            confirmed=ctx.confirmed,
+            confirmed=confirmed,
         )
         if out.needs_confirm:
             again = f"!arm {scenario_id} {typed}".strip()
@@ -225,7 +251,10 @@ class CoreCommands:
     )
     async def disarm(self, ctx: Context, args: Args) -> Reply:
         armed, say = self._controller.pick(args)
-        return Reply(say(await disarm(self._runs, self._store, self._clock, armed)))
+        reply = Reply(say(await disarm(self._runs, self._store, self._clock, armed)))
+        if self._controller.crew is not None:
+            self._controller.crew.nudge()  # the heartbeat no longer lists its digest
+        return reply
 
 
 async def disarm(runs: RunManager, store: Store, clock: Clock, armed: ArmedRun) -> str:

@@ -62,6 +62,10 @@ class StatusCommands:
                     armed.run.drill_speed,
                 )
             )
+        crew = self._controller.crew
+        duty = await crew.duty_line(runs) if crew is not None else None
+        if duty is not None:
+            lines.append(duty)  # in a crew: who sends to each city's rooms now
         lines.append(text.as_of(self._clock.to_wall(self._clock.now())))
         return Reply("\n".join(lines), text_table(table))
 

@@ -9,7 +9,15 @@ member's heartbeat. The content::
      "interval": 30000,            # ms until its next heartbeat at the latest
      "version": "0.1.0",           # the member's Blossom version
      "armed": ["<sha256 hex>", …], # digests of the scenario files it has armed
-     "stopping": true}             # optional: it is shutting down cleanly
+     "stopping": true,             # optional: it is shutting down cleanly
+     "answers": {"<!arm event id>": {"scenario": "<id>", "digest": "<sha256 hex>",
+                                     "state": "armed"}}}  # optional: the roll call
+
+``answers`` (optional) is this member's answer to each recent ``!arm``, keyed by
+the command's event id (the run key): the scenario, the digest of *its* file
+("" if it could not read one) and what it did (:data:`ANSWER_STATES`). The
+speaker lists them in its ``!arm`` reply (:mod:`bot.crew.rollcall`). Ids and
+digests only, never content.
 
 **Rate.** State events stay in the room's history for good, so a member beats
 every ``heartbeat_seconds`` only while that matters — while it has something
@@ -31,7 +39,7 @@ import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeGuard
 
 from bot.crew.members import DOWN_AFTER_BEATS, Member
 
@@ -43,12 +51,27 @@ AWAKE_FOR = timedelta(minutes=10)
 """How long a member keeps the fast rate after reading a control command."""
 
 MAX_ARMED = 256  # more digests than any member arms; beyond it the content is hostile
+MAX_ANSWERS = 16  # recent !arm answers a heartbeat carries; beyond it the content is hostile
+ANSWER_STATES = frozenset({"armed", "differs", "not armed", "refused"})
+_MAX_ID = 255  # event ids and scenario ids (both far shorter in practice)
 _MAX_VERSION = 64
 _MIN_INTERVAL_MS = 1_000
 _MAX_INTERVAL_MS = 3_600_000
 _MAX_TIME_MS = 221_845_392_000_000  # 9000-01-01: far from datetime's limits, exact in JSON
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _VERSION = re.compile(r"[\x21-\x7e]{1,64}")
+
+
+@dataclass(frozen=True, order=True)
+class Answer:
+    """One member's answer to one ``!arm`` (the roll call): ids and a digest only."""
+
+    run_key: str
+    scenario: str
+    digest: str
+    """The sha256 of the member's own file, "" if it could not read one."""
+    state: str
+    """One of :data:`ANSWER_STATES`."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +84,10 @@ class Heartbeat:
     version: str
     armed: frozenset[str] = frozenset()
     stopping: bool = False
+    answers: tuple[Answer, ...] = ()
+
+    def answer(self, run_key: str) -> Answer | None:
+        return next((a for a in self.answers if a.run_key == run_key), None)
 
     def content(self) -> dict[str, Any]:
         """The state event's content (its state key is ``member``)."""
@@ -72,6 +99,11 @@ class Heartbeat:
         }
         if self.stopping:
             content["stopping"] = True
+        if self.answers:
+            content["answers"] = {
+                a.run_key: {"scenario": a.scenario, "digest": a.digest, "state": a.state}
+                for a in self.answers
+            }
         return content
 
 
@@ -119,6 +151,9 @@ def _parse(event: object, members: Collection[str]) -> Heartbeat | None:
         return None
     if not all(isinstance(d, str) and _DIGEST.fullmatch(d) for d in armed):
         return None
+    answers = _answers(content.get("answers", {}))
+    if answers is None:
+        return None
     return Heartbeat(
         member=sender,
         time=_EPOCH + timedelta(milliseconds=time),
@@ -126,7 +161,29 @@ def _parse(event: object, members: Collection[str]) -> Heartbeat | None:
         version=version,
         armed=frozenset(armed),
         stopping=stopping,
+        answers=answers,
     )
+
+
+def _answers(raw: object) -> tuple[Answer, ...] | None:
+    """The roll-call answers, sorted; ``None`` if any is malformed (whole or not at all)."""
+    if not (isinstance(raw, Mapping) and len(raw) <= MAX_ANSWERS):
+        return None
+    found = []
+    for run_key, answer in raw.items():
+        if not (_short(run_key) and isinstance(answer, Mapping)):
+            return None
+        scenario, digest, state = (answer.get(k) for k in ("scenario", "digest", "state"))
+        if not (_short(scenario) and isinstance(digest, str) and state in ANSWER_STATES):
+            return None
+        if digest and not _DIGEST.fullmatch(digest):
+            return None
+        found.append(Answer(run_key, scenario, digest, str(state)))
+    return tuple(sorted(found))
+
+
+def _short(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and 0 < len(value) <= _MAX_ID
 
 
 def _int(value: object, low: int, high: int) -> int | None:
@@ -188,7 +245,7 @@ def next_due(
     heartbeat this member published.
 
     At once when there is none, when what it says changed (armed digests, a
-    faster rate, stopping), and when a control command was read since (the roll
+    faster rate, stopping, roll-call answers), and when a control command was read since (the roll
     call); otherwise one interval after the last: ``wanted.interval``, but never
     later than the ``last.interval`` that heartbeat announced — the others count
     this member down from what it promised, so slowing down (idle again after a
@@ -200,6 +257,7 @@ def next_due(
         or last.armed != wanted.armed
         or wanted.interval < last.interval
         or wanted.stopping != last.stopping
+        or wanted.answers != last.answers
         or (last_command is not None and last_command > last.time)
     ):
         return now

@@ -148,6 +148,17 @@ def _copy(
     return Copy(stamp, event_id, sender), tag
 
 
+def copy_in(event: object, members: Collection[str]) -> tuple[Copy, DispatchTag] | None:
+    """One event on its own: a visible copy of a dispatch part from a crew member
+    (with its tag), or ``None``. For watching a room's timeline as it arrives."""
+    if not isinstance(event, Mapping):
+        return None
+    try:
+        return _copy(event, members, frozenset())
+    except Exception:  # hostile content never raises
+        return None
+
+
 @dataclass(frozen=True)
 class Resolution:
     """What the crew does with the visible copies of one dispatch part in a room."""

@@ -32,6 +32,8 @@ from bot.clock import Clock
 from bot.crew.duty import CrewView
 from bot.crew.heartbeat import (
     EVENT_TYPE,
+    MAX_ANSWERS,
+    Answer,
     Heartbeat,
     interval,
     missed,
@@ -147,6 +149,7 @@ class Roster:
         clock: Clock,
         version: str,
         armed: Callable[[], Collection[str]] = frozenset,
+        answers: Callable[[], Iterable[Answer]] = tuple,
         report: Report | None = None,
         policy: RetryPolicy | None = None,
         rng: random.Random | None = None,
@@ -160,6 +163,7 @@ class Roster:
         self._clock = clock
         self._version = version
         self._armed = armed
+        self._answers = answers
         self._report = report
         self._policy = policy or RetryPolicy()
         self._rng = rng or random.Random()
@@ -169,6 +173,7 @@ class Roster:
         self._published: deque[datetime] = deque(maxlen=_PUBLISHED)
         self._last_command: datetime | None = None
         self._last_armed: frozenset[str] = frozenset()
+        self._last_answers: tuple[Answer, ...] = ()
         self._reports: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stop = False
@@ -287,11 +292,19 @@ class Roster:
             self._last_armed = frozenset(self._armed())
         except Exception as err:  # the caller's bug must not end the heartbeat
             log.warning("crew heartbeat: armed digests unreadable: %s", err.__class__.__name__)
+        try:
+            # Oldest first from the caller: the newest are kept; sorted, so equal
+            # answers compare equal (next_due beats at once when they change).
+            self._last_answers = tuple(sorted(tuple(self._answers())[-MAX_ANSWERS:]))
+        except Exception as err:
+            log.warning("crew heartbeat: answers unreadable: %s", err.__class__.__name__)
         armed = self._last_armed
         rate = interval(
             base=self.crew.heartbeat, armed=bool(armed), last_command=self._last_command, now=now
         )
-        return Heartbeat(self.me, now, rate, self._version, armed, stopping)
+        return Heartbeat(
+            self.me, now, rate, self._version, armed, stopping, answers=self._last_answers
+        )
 
     def _due(self, slot: _Slot, wanted: Heartbeat) -> datetime:
         if slot.retry_at is None:

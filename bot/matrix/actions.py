@@ -15,7 +15,7 @@ import asyncio
 import logging
 import random
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import ClientError
@@ -26,6 +26,8 @@ from nio import (
     RoomCreateResponse,
     RoomGetStateEventResponse,
     RoomGetStateResponse,
+    RoomInviteResponse,
+    RoomRedactResponse,
     RoomResolveAliasResponse,
     RoomSendResponse,
 )
@@ -178,6 +180,48 @@ class MatrixActions:
             "m.relates_to": {"rel_type": "m.replace", "event_id": event_id},
         }
         return await self._send_once(room_id, "m.room.message", content, "blossom-edit")
+
+    async def redact(self, room_id: str, event_id: str, reason: str) -> bool:
+        """Redact ``event_id`` (the crew's duplicate of a dispatch): rate limits
+        and transient errors retried, bounded; False if it could not be done."""
+
+        async def once() -> None:
+            try:
+                resp = await self._client.room_redact(room_id, event_id, reason=reason)
+            except _NETWORK as err:
+                raise RequestFailed(SendFailure(None, message=err.__class__.__name__)) from None
+            if not isinstance(resp, RoomRedactResponse):
+                raise RequestFailed(failure_from_error(resp))
+
+        return await self._bounded(once, f"redact {event_id} in {room_id}")
+
+    async def invite(self, room_id: str, user_id: str) -> bool:
+        """Invite ``user_id`` (another crew member) to ``room_id``; False if refused."""
+
+        async def once() -> None:
+            try:
+                resp = await self._client.room_invite(room_id, user_id)
+            except _NETWORK as err:
+                raise RequestFailed(SendFailure(None, message=err.__class__.__name__)) from None
+            if not isinstance(resp, RoomInviteResponse):
+                raise RequestFailed(failure_from_error(resp))
+
+        return await self._bounded(once, f"invite {user_id} to {room_id}")
+
+    async def _bounded(self, once: Callable[[], Awaitable[None]], what: str) -> bool:
+        try:
+            await retry_call(
+                once,
+                policy=self._policy,
+                sleep=lambda d: self._clock.sleep_until(self._clock.now() + d),
+                now=self._clock.now,
+                max_attempts=JOIN_ATTEMPTS,
+                rng=self._rng,
+            )
+        except RequestFailed as err:
+            log.warning("could not %s: %s", what, err.failure.describe())
+            return False
+        return True
 
     async def mark_read(self, room_id: str, event_id: str) -> bool:
         """Move the bot's read marker and receipt to ``event_id``."""

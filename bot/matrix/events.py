@@ -12,6 +12,12 @@ names it), then invites (control rooms first: the notices about city rooms go
 to a control room, which must be joined first), then the rooms the bot left,
 then the crew's heartbeats in the control rooms.
 
+``crew``: the other bots of the crew (docs/crew.md). Their messages and
+reactions are never commands or check-ins, whatever power they hold; their
+(and this bot's) dispatch-tagged messages in other rooms become
+:class:`Dispatched`, so the crew can keep one copy of each. Empty (no crew): no
+event changes.
+
 ``history``: the first sync ever on a device brings the rooms' old timelines;
 none of it is a command, a check-in or a departure (it is memberships and
 invites only).
@@ -19,7 +25,7 @@ invites only).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +38,7 @@ from nio import (
     SyncResponse,
 )
 
+from bot.crew.look import DispatchTag, copy_in
 from bot.matrix.crew_state import crew_events
 
 
@@ -110,6 +117,18 @@ class Heartbeats:
     events: tuple[Mapping[str, Any], ...]
 
 
+@dataclass(frozen=True)
+class Dispatched:
+    """A visible dispatch-tagged ``m.room.message`` from a crew member (this bot
+    included) in a room that is not a control room: one copy of a dispatch part."""
+
+    room_id: str
+    event_id: str
+    sender: str
+    ts: int
+    tag: DispatchTag
+
+
 MatrixEvent = (
     Command
     | Said
@@ -120,19 +139,29 @@ MatrixEvent = (
     | Invited
     | BotRemoved
     | Heartbeats
+    | Dispatched
 )
 
 
-def command_of(room_id: str, event: object, me: str) -> Command | None:
-    """A control-room text message (from the sync or the control watch)."""
-    if not isinstance(event, RoomMessageText) or event.sender == me:
+def command_of(
+    room_id: str, event: object, me: str, crew: Collection[str] = frozenset()
+) -> Command | None:
+    """A control-room text message (from the sync or the control watch); never
+    one of this bot's or another crew member's."""
+    if not isinstance(event, RoomMessageText) or event.sender == me or event.sender in crew:
         return None
     body = event.body if isinstance(event.body, str) else ""
     return Command(room_id, event.event_id, event.sender, body, event.server_timestamp)
 
 
 def _timeline_event(
-    room_id: str, event: object, *, me: str, control: bool, history: bool
+    room_id: str,
+    event: object,
+    *,
+    me: str,
+    control: bool,
+    history: bool,
+    crew: Collection[str] = frozenset(),
 ) -> MatrixEvent | None:
     if isinstance(event, RoomMemberEvent):
         if event.state_key == me:
@@ -147,6 +176,12 @@ def _timeline_event(
         return None
     if history:
         return None
+    if crew and not control:
+        dispatched = _dispatched(room_id, event, crew)
+        if dispatched is not None:
+            return dispatched
+    if getattr(event, "sender", None) in crew:
+        return None  # another bot of the crew: never a command or a check-in
     if isinstance(event, RoomMessageText):
         if control:
             return command_of(room_id, event, me)
@@ -158,6 +193,15 @@ def _timeline_event(
         reacts_to = event.reacts_to if isinstance(event.reacts_to, str) else ""
         return Reacted(room_id, event.sender, reacts_to) if reacts_to else None
     return None
+
+
+def _dispatched(room_id: str, event: object, crew: Collection[str]) -> Dispatched | None:
+    source = getattr(event, "source", None)
+    found = copy_in(source, crew)
+    if found is None:
+        return None
+    copy, tag = found
+    return Dispatched(room_id, copy.event_id, copy.sender, copy.origin_server_ts, tag)
 
 
 def _upgrades(resp: SyncResponse) -> Iterable[RoomUpgraded]:
@@ -196,14 +240,22 @@ def _removals(resp: SyncResponse, me: str) -> Iterable[BotRemoved]:
 
 
 def from_sync(
-    resp: SyncResponse, *, me: str, control_rooms: frozenset[str], history: bool
+    resp: SyncResponse,
+    *,
+    me: str,
+    control_rooms: frozenset[str],
+    history: bool,
+    crew: frozenset[str] = frozenset(),
 ) -> list[MatrixEvent]:
-    """Every event of one sync the bot acts on, in the order of the module doc."""
+    """Every event of one sync the bot acts on, in the order of the module doc.
+    ``crew``: the crew's members (this bot among them), or empty without a crew."""
     events: list[MatrixEvent] = []
     for room_id, joined in resp.rooms.join.items():
         control = room_id in control_rooms
         for raw in joined.timeline.events:
-            typed = _timeline_event(room_id, raw, me=me, control=control, history=history)
+            typed = _timeline_event(
+                room_id, raw, me=me, control=control, history=history, crew=crew
+            )
             if typed is not None:
                 events.append(typed)
     events.extend(_upgrades(resp))

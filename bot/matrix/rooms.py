@@ -32,6 +32,7 @@ __all__ = ["OPT_IN_POWER", "InviteDecision", "RoomRegistry", "decide_invite"]
 Report = Callable[[str], Awaitable[None]]
 # The reason recorded for a room joined as the successor of an upgraded room.
 UPGRADE_OF = "upgrade of "
+BY_CREW = "invited by a crew member"
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,21 @@ def decide_invite(
     is_direct: bool = False,
     direct_open: bool = False,
     successor_of: str | None = None,
+    inviter_is_crew: bool = False,
 ) -> InviteDecision:
     """Pure first cut on an invite, before the inviter's power in the room is known.
 
     ``successor_of``: an opted-in room whose tombstone names this room as its
-    replacement; the opt-in carries over (the inviter's power is still checked)."""
+    replacement; the opt-in carries over (the inviter's power is still checked).
+
+    ``inviter_is_crew``: another bot of this bot's crew invites it. Accepted for
+    a control room or a room an armed or listed scenario names (the member that
+    invites was opted in there by the room's moderator), without the power check;
+    anything else it invites to is declined, whatever power it holds."""
+    if inviter_is_crew:
+        if is_control_room or listed:
+            return InviteDecision(True, BY_CREW)
+        return InviteDecision(False, f"{BY_CREW}, but no armed or listed scenario names it")
     if is_direct and direct_open and not is_control_room and not listed:
         return InviteDecision(True, "direct chat")
     if is_control_room:
@@ -77,8 +88,10 @@ class RoomRegistry:
         *,
         control_rooms: Iterable[str],
         min_control_power: int,
+        crew: Iterable[str] = (),
     ) -> None:
         self._matrix = matrix
+        self.crew = frozenset(crew)  # the crew's bots (empty without a crew)
         self._store = store
         self._clock = clock
         self.control_rooms = frozenset(control_rooms)
@@ -156,9 +169,13 @@ class RoomRegistry:
         now = self._clock.now()
         listed = room_id in await self.resolve_all(listed_rooms)
         is_control = room_id in self.control_rooms
-        successor_of = None if listed or is_control else await self._upgraded_to(room_id)
+        by_crew = inviter in self.crew and inviter != self._matrix.user_id
+        successor_of = (
+            None if listed or is_control or by_crew else await self._upgraded_to(room_id)
+        )
         inviter_is_core = (
-            (not is_control)
+            (not by_crew)
+            and (not is_control)
             and (not listed)
             and (not is_direct)
             and successor_of is None
@@ -173,6 +190,7 @@ class RoomRegistry:
             is_direct=is_direct,
             direct_open=direct_open,
             successor_of=successor_of,
+            inviter_is_crew=by_crew,
         )
         if not first.accept:
             await self._matrix.leave(room_id)  # rejects the invite
@@ -185,9 +203,10 @@ class RoomRegistry:
         if why is not None:
             log.warning("could not join %s: %s", room_id, why)
             return False
-        # A private chat: the person inviting is the audience.
-        direct = first.reason == "direct chat"
-        power = math.inf if direct else await self.power_of(room_id, inviter)
+        # A private chat: the person inviting is the audience. A crew member: the
+        # room's moderator opted it in, and the room is the crew's to serve.
+        trusted = first.reason in ("direct chat", BY_CREW)
+        power = math.inf if trusted else await self.power_of(room_id, inviter)
         if power < OPT_IN_POWER:
             await self._matrix.leave(room_id, forget=True)
             reason = f"inviter {inviter} has power {power:g} < {OPT_IN_POWER}"

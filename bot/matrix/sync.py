@@ -76,8 +76,10 @@ class SyncLoop:
         watch_after_s: float = 0.1,
         poll_ms: int = 30_000,
         policy: RetryPolicy = SYNC_POLICY,
+        crew: Iterable[str] = (),
     ) -> None:
         self._client = client
+        self._crew = frozenset(crew)  # empty without a crew (bot/matrix/events.py)
         self._on_events = on_events
         self._control_rooms = frozenset(control_rooms)
         self._hold = hold
@@ -169,6 +171,7 @@ class SyncLoop:
                 me=self._client.user_id,
                 control_rooms=self._control_rooms,
                 history=history,
+                crew=self._crew,
             )
             try:
                 await self._on_events(events)

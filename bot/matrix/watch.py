@@ -54,8 +54,10 @@ class ControlWatch:
         on_command: OnCommand,
         *,
         interval_s: float = 0.3,
+        crew: Iterable[str] = (),
     ) -> None:
         self._client = client
+        self._crew = frozenset(crew)  # the crew's bots: never commands
         self._control_rooms = control_rooms
         self._on_command = on_command
         self._interval = interval_s
@@ -110,7 +112,7 @@ class ControlWatch:
                 if isinstance(event, MegolmEvent):
                     # Later commands wait too: they must not overtake this one.
                     return start, True
-                command = command_of(room_id, event, self._client.user_id)
+                command = command_of(room_id, event, self._client.user_id, self._crew)
                 if command is not None:
                     await self._on_command(command)
             # No ``end``: nothing newer yet; keep asking from the same place.
