@@ -52,7 +52,7 @@ from bot.matrix.sender import MatrixSender
 from bot.matrix.session import open_session
 from bot.matrix.sync import SyncLoop
 from bot.matrix.watch import ControlWatch
-from bot.notify import Notifier
+from bot.notify import WAIT_IN_ROOM_S, Notifier
 from bot.runs import RunManager
 from bot.schedule import Timers
 from bot.store import Store
@@ -280,6 +280,18 @@ class Bot:
     async def _report(self, text: str) -> None:
         await self.notifier.report(None, text)
 
+    async def _start_crew(self) -> None:
+        """Start the heartbeat once the bot is in its control rooms: the invites
+        are handled after the first sync, and a heartbeat sent before the join
+        is refused (403) and would be retried only at the heartbeat rate."""
+        if self.crew is None:
+            return
+        await self.sync.ready.wait()
+        for room in sorted(self.rooms.control_rooms):
+            await self.matrix.wait_in_room(room, WAIT_IN_ROOM_S)
+        await self.crew.roster.load()  # bounded; the syncs bring them too
+        self.crew.roster.start()
+
     @staticmethod
     async def _work(queue: asyncio.Queue[Callable[[], Awaitable[None]]]) -> None:
         while True:
@@ -295,9 +307,7 @@ class Bot:
     async def run(self, stop: asyncio.Event) -> None:
         self.timers.start()
         await self.runs.restore()
-        if self.crew is not None:
-            await self.crew.roster.load()  # bounded; the first sync reads them too
-            self.crew.roster.start()
+        crew_start = asyncio.create_task(self._start_crew(), name="crew start")
         tasks = [
             asyncio.create_task(self.sync.run(), name="sync"),
             asyncio.create_task(self._work(self._inbox), name="inbox"),
@@ -320,7 +330,7 @@ class Bot:
             await self.crew.roster.stopping()
         self.timers.shutdown()
         await self.notifier.close()
-        stuck = await cancel_and_wait(*tasks, stopper, within_s=TASK_STOP_S)
+        stuck = await cancel_and_wait(*tasks, stopper, crew_start, within_s=TASK_STOP_S)
         for t in stuck:
             log.error("task %s did not stop within %.0fs", t.get_name(), TASK_STOP_S)
 
