@@ -224,7 +224,12 @@ class CrewControl:
             return await self._arm_here(ctx, scenario_id, digest, arm_once, confirmed=True)
         self._answer(ctx.event_id, scenario_id, digest, decision.state)
         log.info("!arm %s not armed here: %s (speaker %s)", scenario_id, decision.state, reference)
-        return Reply(f"not armed here: {decision.state}", result=f"refused: {decision.state}")
+        # The speaker may have asked to confirm: take a "confirm" too, and answer
+        # it as the speaker's answer to it says (this member never arms on its
+        # own; one whose file differs answers "differs" again).
+        return Reply(
+            f"not armed here: {decision.state}", result=f"refused: {decision.state}", ask=True
+        )
 
     # -- duty --------------------------------------------------------------------------
 
