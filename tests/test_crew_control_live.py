@@ -6,14 +6,13 @@ or check-ins, and invites among members."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 from bot_harness import seconds_ahead
 from crew_harness import crew_env
 from matrix_helpers import ClientPool, create_room, join, send_text
-from test_faults_live import query, scenario, sleep_until
+from test_faults_live import query, scenario, sleep_until, wait_for
 
 from bot.devtools.homeserver import EmbeddedHomeserver
 
@@ -118,7 +117,13 @@ async def test_crew_members_are_never_commands_or_checkins_and_invite_each_other
         start = seconds_ahead(20)
         for bot in crew.bots:
             bot.write_scenario(
-                scenario("mates", [room], start, [{"id": "go", "at": "0s", "text": "x"}])
+                scenario(
+                    "mates",
+                    [room],
+                    start,
+                    # The second stage keeps the run armed: check-ins count for it.
+                    [{"id": "go", "at": "0s", "text": "x"}, {"id": "on", "at": "+1h", "text": "y"}],
+                )
             )
         await crew.start()
 
@@ -130,21 +135,23 @@ async def test_crew_members_are_never_commands_or_checkins_and_invite_each_other
 
         # A crew member's command is not taken (not answered, not audited) by anyone.
         await send_text(third, crew.control_room, "!help")
-        replies = await crew.replies("!arm mates confirm", wait=15, until=1)
+        replies = await crew.replies("!arm mates", wait=15, until=1)
         assert "Armed mates" in replies[0][1], replies
         for bot in crew.bots:
             rows = query(bot, "SELECT sender FROM audit WHERE sender = ?", (third.user_id,))
             assert rows == [], rows
 
         # Nor its !here after the stage: only the participant's counts.
-        participant = await clients.participant(await homeserver.register(f"p-{tmp_path.name[-6:]}"))
+        person = await homeserver.register(f"p-{tmp_path.name[-6:]}")
+        participant = await clients.participant(person)
         await crew.org.room_invite(room, participant.user_id)
         await join(participant, room)
         await sleep_until(start)
-        await asyncio.sleep(2)
+        await wait_for(lambda: len(query(a, "SELECT 1 FROM deliveries WHERE state = 'sent'")) > 0,
+                       15, "the stage was not sent")
         await send_text(third, room, "!here")
-        await send_text(participant, room, "!here")
-        await asyncio.sleep(2)
+        await send_text(participant, room, "!here")  # after the crew member's
         for bot in crew.bots:
+            await wait_for(lambda b=bot: query(b, "SELECT 1 FROM checkins"), 10, "no check-in")  # type: ignore[misc]
             counted = query(bot, "SELECT user_id FROM checkins")
             assert counted == [(participant.user_id,)], counted
