@@ -72,9 +72,11 @@ class Crew:
                 return found
             await asyncio.sleep(0.3)
 
-    async def notices(self, contains: str, *, wait: float) -> list[tuple[str, str]]:
+    async def notices(
+        self, contains: str, *, wait: float, count: int = 1
+    ) -> list[tuple[str, str]]:
         """(sender, body) of the control room's messages containing ``contains``,
-        once there is one (or after ``wait`` seconds)."""
+        once there are ``count`` (or after ``wait`` seconds)."""
         deadline = asyncio.get_running_loop().time() + wait
         while True:
             found = [
@@ -82,7 +84,7 @@ class Crew:
                 for m in await room_messages(self.org, self.control_room)
                 if isinstance(m, RoomMessage) and contains in str(content_of(m).get("body", ""))
             ]
-            if found or asyncio.get_running_loop().time() > deadline:
+            if len(found) >= count or asyncio.get_running_loop().time() > deadline:
                 return found
             await asyncio.sleep(0.3)
 

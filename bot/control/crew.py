@@ -78,6 +78,8 @@ class CrewControl:
         self._heard = asyncio.Event()
         self._copies: dict[tuple[str, str, str, str, str], set[Copy]] = {}
         self._done: set[str] = set()  # copies redacted, or duplicates reported
+        # Runs by run key, kept after they finish: a duplicate may be seen later.
+        self._known: dict[str, ArmedRun] = {}
         self.roster = Roster(
             crew=crew,
             me=me,
@@ -93,7 +95,12 @@ class CrewControl:
     # -- what the heartbeat says -----------------------------------------------------
 
     def armed_digests(self) -> set[str]:
-        return {a.loaded.sha256 for a in list(self._runs.armed.values())}
+        armed = list(self._runs.armed.values())
+        for run in armed:  # read at every heartbeat: restored runs are known too
+            self._known[run.run_key] = run
+        while len(self._known) > MAX_ANSWERS:
+            del self._known[next(iter(self._known))]
+        return {a.loaded.sha256 for a in armed}
 
     def answers(self) -> list[Answer]:
         return list(self._answers.values())
@@ -200,6 +207,8 @@ class CrewControl:
             return Reply(str(err), result=f"refused: {err}")
         armed = self._armed_run(scenario_id)
         state = ARMED if armed is not None and armed is not before else NOT_ARMED
+        if armed is not None:
+            self._known[armed.run_key] = armed
         self._answer(ctx.event_id, scenario_id, digest, state)
         return reply
 
@@ -341,6 +350,7 @@ class CrewControl:
         if len({c.sender for c in copies}) < 2:
             return
         armed = next((a for a in self._runs.armed.values() if a.run_key == tag.run), None)
+        armed = armed or self._known.get(tag.run)
         city = armed.scenario.city(tag.city) if armed is not None else None
         order = self.crew.order_for(city) if city is not None else self.crew.members
         resolution = resolve(copies, order)

@@ -1,0 +1,101 @@
+"""Duplicates after a partition, on two federated homeservers (``federated_pair``):
+one member on each, each first in its own city's order. Cut apart across an
+instant, both send to both cities' rooms; after healing, the member later in each
+city's order redacts its own copy as soon as it sees the other's, so each room
+ends with one visible copy, and the speaker tells the control room."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from bot_harness import iso_z, seconds_ahead
+from crew_harness import crew_env
+from matrix_helpers import ClientPool, content_of, create_room, room_messages, with_content_key
+from nio import AsyncClient
+from test_faults_live import query, sleep_until
+
+from bot import DISPATCH_KEY
+from bot.devtools.federation import FederatedPair
+
+pytestmark = pytest.mark.homeserver
+
+
+async def visible_copies(client: AsyncClient, room: str) -> list[str]:
+    """Senders of the room's visible (unredacted) dispatch-tagged events."""
+    events = with_content_key(await room_messages(client, room), DISPATCH_KEY)
+    return [e.sender for e in events if content_of(e)[DISPATCH_KEY]["stage"] == "go"]
+
+
+async def until_copies(client: AsyncClient, room: str, wanted: list[str], timeout: float) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (seen := await visible_copies(client, room)) != wanted:
+        assert asyncio.get_running_loop().time() < deadline, (room, seen, wanted)
+        await asyncio.sleep(0.5)
+
+
+async def test_partition_both_send_then_each_room_keeps_one_copy(
+    federated_pair: FederatedPair, tmp_path: Path
+) -> None:
+    pair = federated_pair
+    async with (
+        ClientPool(pair.a, tmp_path / "ca") as pool_a,
+        ClientPool(pair.b, tmp_path / "cb") as pool_b,
+        crew_env([pair.a, pair.b], tmp_path, pool_a, "part") as crew,
+    ):
+        a, b = crew.bots
+        ida, idb = a.bot_user.user_id, b.bot_user.user_id
+        moderator = await pair.b.register(f"mod-{uuid.uuid4().hex[:6]}")
+        await pair.b.exempt_from_rate_limits(moderator.user_id)
+        mod = await pool_b.participant(moderator)
+        north = await create_room(crew.org, name="north")  # on a's server
+        south = await create_room(mod, name="south")  # on b's server
+        start = seconds_ahead(45)
+        data = {
+            "version": 1,
+            "id": "fed",
+            "title": "fed",
+            "start": iso_z(start),
+            "cities": [
+                {"id": "north", "name": "N", "timezone": "UTC", "rooms": [north],
+                 "crew": [ida, idb]},
+                {"id": "south", "name": "S", "timezone": "UTC", "rooms": [south],
+                 "crew": [idb, ida]},
+            ],
+            # The second stage keeps the run armed through the test.
+            "stages": [
+                {"id": "go", "at": "0s", "text": "x"},
+                {"id": "on", "at": "+1h", "text": "y"},
+            ],
+        }
+        for bot in crew.bots:
+            bot.write_scenario(data)
+        await crew.start()
+        # Each room's moderator invites its own server's member; it invites the other.
+        await a.opt_in(crew.org, north)
+        await b.wait_joined(north, by=crew.org)
+        await b.opt_in(mod, south)
+        await a.wait_joined(south, by=mod)
+
+        replies = await crew.replies("!arm fed", wait=20, until=1)
+        if "Not armed yet" in replies[0][1]:  # a room the sync has not brought in yet
+            replies = await crew.replies("!arm fed confirm", wait=20, until=1)
+        assert [s for s, _ in replies] == [ida], replies
+        assert f"- {ida}: armed" in replies[0][1] and f"- {idb}: armed" in replies[0][1], replies
+
+        pair.partition()  # both alive, each cut off from the other's server
+        await sleep_until(start + timedelta(seconds=4))
+        for bot, name in ((a, "a"), (b, "b")):
+            sent = query(bot, "SELECT count(*) FROM deliveries WHERE state = 'sent'")
+            assert sent == [(2,)], (name, sent)  # both cities' rooms, from each member
+        await pair.heal()
+
+        # North orders a first: b redacts its copy; south orders b first: a redacts.
+        await until_copies(crew.org, north, [ida], timeout=40)
+        await until_copies(mod, south, [idb], timeout=40)
+        told = await crew.notices("Duplicate in", wait=20, count=2)
+        assert {s for s, _ in told} == {ida}, told  # the speaker, for both rooms
+        assert [r for r in (north, south) if any(r in body for _, body in told)] == [north, south]
