@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from bot_harness import iso_z, seconds_ahead
+from bot_harness import BotEnv, iso_z, seconds_ahead
 from crew_harness import crew_env
 from matrix_helpers import ClientPool, content_of, create_room, room_messages, with_content_key
 from nio import AsyncClient
@@ -24,16 +24,31 @@ from bot.devtools.federation import FederatedPair
 pytestmark = pytest.mark.homeserver
 
 
-async def visible_copies(client: AsyncClient, room: str) -> list[str]:
-    """Senders of the room's visible (unredacted) dispatch-tagged events."""
-    events = with_content_key(await room_messages(client, room), DISPATCH_KEY)
-    return [e.sender for e in events if content_of(e)[DISPATCH_KEY]["stage"] == "go"]
+def copy_of(bot: BotEnv, room: str) -> str:
+    """The event id of ``bot``'s copy of stage go in ``room``, from its ledger."""
+    rows = query(
+        bot,
+        "SELECT event_id FROM deliveries WHERE room_id = ? AND stage_id = 'go' AND state = 'sent'",
+        (room,),
+    )
+    assert len(rows) == 1, rows
+    return str(rows[0][0])
 
 
-async def until_copies(client: AsyncClient, room: str, wanted: list[str], timeout: float) -> None:
+async def until_one_copy(
+    client: AsyncClient, room: str, *, keep: str, gone: str, timeout: float
+) -> None:
+    """Until ``client`` sees both copies in ``room``: ``keep`` visible with its tag,
+    ``gone`` redacted (so the room shows one copy, and not for want of the other)."""
     deadline = asyncio.get_running_loop().time() + timeout
-    while (seen := await visible_copies(client, room)) != wanted:
-        assert asyncio.get_running_loop().time() < deadline, (room, seen, wanted)
+    while True:
+        events = {getattr(e, "event_id", None): e for e in await room_messages(client, room)}
+        seen = {i: DISPATCH_KEY in content_of(e) for i, e in events.items() if i in (keep, gone)}
+        if seen == {keep: True, gone: False}:
+            visible = with_content_key(events.values(), DISPATCH_KEY)
+            assert [e.event_id for e in visible if e.event_id in (keep, gone)] == [keep]
+            return
+        assert asyncio.get_running_loop().time() < deadline, (room, seen)
         await asyncio.sleep(0.5)
 
 
@@ -94,8 +109,11 @@ async def test_partition_both_send_then_each_room_keeps_one_copy(
         await pair.heal()
 
         # North orders a first: b redacts its copy; south orders b first: a redacts.
-        await until_copies(crew.org, north, [ida], timeout=40)
-        await until_copies(mod, south, [idb], timeout=40)
+        # Each seen from the server of its moderator, which got both copies.
+        await until_one_copy(
+            crew.org, north, keep=copy_of(a, north), gone=copy_of(b, north), timeout=40
+        )
+        await until_one_copy(mod, south, keep=copy_of(b, south), gone=copy_of(a, south), timeout=40)
         told = await crew.notices("Duplicate in", wait=20, count=2)
         assert {s for s, _ in told} == {ida}, told  # the speaker, for both rooms
         assert [r for r in (north, south) if any(r in body for _, body in told)] == [north, south]
