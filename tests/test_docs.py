@@ -48,7 +48,7 @@ from matrix_helpers import ClientPool, collect_messages, content_of, create_room
 
 from bot.cli import main
 from bot.config import ENV_ACCESS_TOKEN, ENV_PASSWORD, parse_config
-from bot.control.catalog import CONTROL_COMMANDS, PARTICIPANT_COMMANDS
+from bot.control.catalog import CONTROL_COMMANDS, CREW_COMMANDS, PARTICIPANT_COMMANDS
 from bot.control.parse import Command, parse
 from bot.control.registry import CommandDef
 from bot.devtools.homeserver import EmbeddedHomeserver
@@ -62,7 +62,8 @@ DOCS = [
 ]
 VENV_BIN = Path(sys.executable).parent
 
-CONTROL: dict[str, CommandDef] = CONTROL_COMMANDS
+# !crew exists only in a crew, but is documented like every command.
+CONTROL: dict[str, CommandDef] = {**CONTROL_COMMANDS, **CREW_COMMANDS}
 PARTICIPANT_SPECS: dict[str, CommandDef] = PARTICIPANT_COMMANDS
 EVERY_COMMAND: dict[str, CommandDef] = {**PARTICIPANT_SPECS, **CONTROL}
 

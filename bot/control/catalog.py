@@ -5,6 +5,7 @@ the bot itself builds the same tables from its live command groups."""
 from __future__ import annotations
 
 from bot.control.commands import CoreCommands
+from bot.control.crew import CrewCommands
 from bot.control.participants import Participants
 from bot.control.registry import CommandDef, commands_of
 from bot.control.status import StatusCommands
@@ -12,3 +13,5 @@ from bot.control.steering import Steering
 
 CONTROL_COMMANDS: dict[str, CommandDef] = commands_of(CoreCommands, StatusCommands, Steering)
 PARTICIPANT_COMMANDS: dict[str, CommandDef] = commands_of(Participants)
+CREW_COMMANDS: dict[str, CommandDef] = commands_of(CrewCommands)
+"""Control-room commands a bot has only when its config has a ``crew``."""
