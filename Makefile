@@ -14,12 +14,12 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m ruff check bot tests
-	$(PY) -m mypy bot
+	$(PY) -m mypy bot benchmarks
 	$(PY) -m pytest -q -n 2 --dist worksteal
 
 lint: $(STAMP)
 	$(PY) -m ruff check bot tests
-	$(PY) -m mypy bot
+	$(PY) -m mypy bot benchmarks
 
 # Run every suite recording what it tried (docs/reliability.json), then rewrite the
 # figures table of docs/reliability.md. BLOSSOM_FUZZ_SECONDS=600 adds an atheris run

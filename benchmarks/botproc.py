@@ -44,7 +44,7 @@ async def seed_rooms(storage: Path, rooms: Iterable[str], opted_in_by: str) -> N
     try:
         now = SystemClock().now()
         for room in rooms:
-            await store.set_room(room, "joined", now=now, opted_in_by=opted_in_by, note="bench")
+            await store.rooms.set(room, "joined", now=now, opted_in_by=opted_in_by, note="bench")
     finally:
         await store.close()
 

@@ -60,8 +60,10 @@ async def measure_direct(
         try:
             now = SystemClock().now()
             for i, (user_id, room) in enumerate(people):
-                await store.set_room(room, "joined", now=now, opted_in_by=user_id, note="dm")
-                await store.add_direct(scenario_id, city_of(i, cities), user_id, room, now=now)
+                await store.rooms.set(room, "joined", now=now, opted_in_by=user_id, note="dm")
+                await store.participants.add_direct(
+                    scenario_id, city_of(i, cities), user_id, room, now=now
+                )
         finally:
             await store.close()
 
