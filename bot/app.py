@@ -28,6 +28,7 @@ from bot.control.crew import CrewControl
 from bot.control.participants import Participants
 from bot.control.steering import Steering
 from bot.crew import Crew
+from bot.crew.link import CrewLink
 from bot.dispatch import Dispatcher
 from bot.i18n import Catalogs
 from bot.library import ScenarioLibrary
@@ -144,6 +145,8 @@ class Bot:
                 notifier=self.notifier,
                 clock=clock,
             )
+            # Sending by duty (docs/crew.md): the run manager reads the roster.
+            self.runs.attach_crew(CrewLink(roster=self.crew.roster, matrix=self.matrix))
         self.controller = Controller(
             store=store,
             runs=self.runs,

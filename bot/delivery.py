@@ -51,6 +51,13 @@ class Release:
     def keys(self) -> list[DeliveryKey]:
         return [self.key(room, m.part) for room in self.rooms for m in self.messages]
 
+    def key_of(self) -> tuple[str, str]:
+        """(city, stage): what a release is about, whatever rooms it has."""
+        return (self.city_id, self.stage_id)
+
+    def messages_parts(self) -> tuple[Part, ...]:
+        return tuple(m.part for m in self.messages)
+
 
 @dataclass
 class Outcome:
@@ -62,6 +69,9 @@ class Outcome:
     skipped: dict[str, str] = field(default_factory=dict)
     first_sent: datetime | None = None
     last_sent: datetime | None = None
+    # Rooms another crew member delivered to (room -> its user id; "" when this
+    # member does not serve the room at all): not sent by this one.
+    covered: dict[str, str] = field(default_factory=dict)
 
 
 def interleave(releases: Sequence[Release]) -> list[tuple[Release, str]]:

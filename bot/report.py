@@ -77,11 +77,14 @@ def stage_summary(
     (e.g. "held until !release", "re-armed after its instant"); without it the
     report names every cause that can make a release late, not just downtime."""
     total = sum(len(o.release.rooms) for o in outcomes)
-    delivered = sum(len(o.delivered) for o in outcomes)
+    # With a crew, rooms another member delivered to (or serves) count as
+    # delivered: the room has the stage, whoever sent it.
+    reached = {id(o): len(set(o.delivered) | set(o.covered)) for o in outcomes}
+    delivered = sum(reached.values())
     prefix = "[drill] " if drill else ""
     mark = "✅" if delivered == total else "⚠️"
     per_city = ", ".join(
-        f"{o.release.city_id} {len(o.delivered)}/{len(o.release.rooms)}" for o in outcomes
+        f"{o.release.city_id} {reached[id(o)]}/{len(o.release.rooms)}" for o in outcomes
     )
     lines = [
         f"{mark} {prefix}{scenario_id}: stage {stage_id} delivered to {delivered} of {total} "
@@ -107,6 +110,9 @@ def stage_summary(
             + ", ".join(f"{c} by {format_duration(d)}" for c, d in sorted(late.items()))
             + f" ({late_why or LATE_CAUSES})."
         )
+    by_crew = sum(len(set(o.covered) - set(o.delivered)) for o in outcomes)
+    if by_crew:
+        lines.append(f"Of these, {by_crew} by other crew members.")
     for o in outcomes:
         for room, why in sorted(o.failed.items()):
             lines.append(f"  failed {o.release.city_id} {room}: {why}")

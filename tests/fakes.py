@@ -192,6 +192,7 @@ class Kit:
     runs: RunManager
     ready: asyncio.Event
     keys: list[str] = field(default_factory=list)
+    crew: Any = None
 
     def write(self, data: dict[str, Any]) -> Path:
         path = self.dir / "scenarios" / f"{data['id']}.yaml"
@@ -260,6 +261,7 @@ async def kit(
     hs: FakeHomeserver | None = None,
     prepare_seconds: float = 1.0,
     rate: float = 1000.0,
+    crew: Callable[[FakeHomeserver], Any] | None = None,
 ) -> AsyncIterator[Kit]:
     """A run manager over fakes. Pass the ``store`` and ``hs`` of an earlier kit
     to play a restart (same database, same rooms)."""
@@ -274,6 +276,7 @@ async def kit(
     ready.set()
     policy = RetryPolicy(base_s=0.001, cap_s=0.005)
     dispatcher = Dispatcher(db, server, clock, policy=policy)
+    crew_side = crew(server) if crew is not None else None
     runs = RunManager(
         store=db,
         library=ScenarioLibrary(tmp / "scenarios"),
@@ -286,8 +289,9 @@ async def kit(
         ready=ready,
         prepare_seconds=prepare_seconds,
         expected_msgs_per_second=rate,
+        crew=crew_side,
     )
-    k = Kit(tmp, clock, db, server, rooms, timers, dispatcher, runs, ready)
+    k = Kit(tmp, clock, db, server, rooms, timers, dispatcher, runs, ready, crew=crew_side)
     try:
         yield k
     finally:

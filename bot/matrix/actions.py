@@ -15,7 +15,7 @@ import asyncio
 import logging
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from aiohttp import ClientError
@@ -23,10 +23,12 @@ from nio import (
     AsyncClient,
     JoinedMembersResponse,
     JoinResponse,
+    LocalProtocolError,
     RoomCreateResponse,
     RoomGetStateEventResponse,
     RoomGetStateResponse,
     RoomInviteResponse,
+    RoomMessagesResponse,
     RoomRedactResponse,
     RoomResolveAliasResponse,
     RoomSendResponse,
@@ -121,6 +123,51 @@ class MatrixActions:
         if not isinstance(resp, JoinedMembersResponse):
             return None
         return [m.user_id for m in resp.members]
+
+    def joined_among(self, room_id: str, users: Collection[str]) -> frozenset[str]:
+        """Which of ``users`` the client's member list shows joined to
+        ``room_id`` (no request; invited users are not joined). The bot itself
+        counts when it is in the room. Complete once :meth:`learn_members` ran:
+        the sync loads members lazily."""
+        room = self._client.rooms.get(room_id)
+        if room is None:
+            return frozenset()
+        joined = {u for u in users if u in room.users and u not in room.invited_users}
+        if self.user_id in users:
+            joined.add(self.user_id)
+        return frozenset(joined)
+
+    async def learn_members(self, room_id: str, *, timeout_s: float = 10.0) -> bool:
+        """Load the room's whole member list into the client (one request, only
+        if the sync has not loaded it yet); later member events keep it current.
+        False if it could not be read (the list stays as the sync left it)."""
+        room = self._client.rooms.get(room_id)
+        if room is None:
+            return False
+        if room.members_synced:
+            return True
+        try:
+            async with asyncio.timeout(timeout_s):
+                resp = await self._client.joined_members(room_id)
+        except (*_NETWORK, LocalProtocolError):
+            return False
+        return isinstance(resp, JoinedMembersResponse)
+
+    async def recent_events(
+        self, room_id: str, *, limit: int = 100, timeout_s: float = 10.0
+    ) -> list[object] | None:
+        """The room's latest ``limit`` events, newest first, as raw dicts (one
+        ``/messages`` request; the bot's client sanitises the page, so a
+        malformed event is dropped, not fatal). Encrypted events are decrypted
+        when the client holds their keys. None if the room cannot be read."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                resp = await self._client.room_messages(room_id, start=None, limit=limit)
+        except (*_NETWORK, LocalProtocolError):
+            return None
+        if not isinstance(resp, RoomMessagesResponse):
+            return None
+        return [dict(source) for e in resp.chunk if isinstance(source := e.source, Mapping)]
 
     async def create_room(
         self, *, name: str, topic: str = "", invite: Sequence[str] = ()

@@ -16,6 +16,7 @@ from bot.matrix.rooms import RoomRegistry
 from bot.matrix.sender import Sender
 from bot.notify import Notifier
 from bot.policy import retry_deadline
+from bot.runs.duty import CrewSide
 from bot.runs.model import ArmedRun
 from bot.runs.supervisor import Supervisor
 from bot.scenario import render_stage
@@ -39,6 +40,9 @@ class RunContext:
     burst: int
     # Participants' languages (the default stop message); None: English only.
     catalogs: Catalogs | None = None
+    # The crew this bot belongs to (bot/crew/link.py); None: a bot alone, which
+    # sends every room at the instant, exactly as before crews.
+    crew: CrewSide | None = None
     armed: dict[int, ArmedRun] = field(default_factory=dict)
     supervisor: Supervisor = field(init=False)
 

@@ -15,6 +15,7 @@ from bot.matrix.sender import Sender
 from bot.notify import Notifier
 from bot.runs.arming import Arming, ArmOutcome
 from bot.runs.context import RunContext
+from bot.runs.duty import CrewSide
 from bot.runs.model import ArmedRun, ArmError, ArmPreview
 from bot.runs.options import ArmOptions, parse_arm_options
 from bot.runs.release import ReleaseShell
@@ -40,6 +41,7 @@ class RunManager:
         expected_msgs_per_second: float = 30.0,
         rate_burst: int = 0,
         catalogs: Catalogs | None = None,
+        crew: CrewSide | None = None,
     ) -> None:
         self._ctx = RunContext(
             store=store,
@@ -55,6 +57,7 @@ class RunManager:
             rate=expected_msgs_per_second,
             burst=rate_burst,
             catalogs=catalogs,
+            crew=crew,
         )
         self._shell = ReleaseShell(self._ctx)
         self._arming = Arming(self._ctx, self._shell)
@@ -69,6 +72,11 @@ class RunManager:
         self.restore = self._arming.restore
         self.disarm = self._arming.disarm
         self.wait_idle = self._ctx.supervisor.wait_idle
+
+    def attach_crew(self, crew: CrewSide) -> None:
+        """Send by the crew's duty from now on (docs/crew.md); before any run is
+        restored. For the app, whose crew control needs this run manager."""
+        self._ctx.crew = crew
 
     @property
     def armed(self) -> dict[int, ArmedRun]:
@@ -165,7 +173,7 @@ class RunManager:
         drill_speed: float | None = None,
         drill_lead: timedelta = timedelta(seconds=3),
     ) -> ArmOutcome:
-        return await self._arming.arm(
+        outcome = await self._arming.arm(
             scenario_id,
             sender=sender,
             control_room=control_room,
@@ -177,6 +185,9 @@ class RunManager:
             drill_speed=drill_speed,
             drill_lead=drill_lead,
         )
+        if self._ctx.crew is not None and outcome.run_id is not None:
+            self._ctx.crew.nudge()  # the heartbeat now lists the file's digest
+        return outcome
 
     async def cancel_city(self, armed: ArmedRun, city_id: str, reason: str) -> int:
         return await self._shell.cancel_city(armed, city_id, reason)

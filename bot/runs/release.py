@@ -26,6 +26,7 @@ from bot.ids import ABORT_STAGE, SYNTHETIC_INDEX, job_id, report_txn_id
 from bot.ledger import DISPATCH_DONE, DISPATCH_PENDING, DispatchState, Part, RunState
 from bot.policy import LateReason
 from bot.report import LATE_WHY, stage_summary
+from bot.runs import covering
 from bot.runs.context import RunContext
 from bot.runs.instant import Cause, InstantPlan, plan_instant, stage_order
 from bot.runs.model import ArmedRun
@@ -136,6 +137,9 @@ class ReleaseShell:
         # Earlier dispatches still waiting go with this one, in stage order.
         prepared = sorted([await ctx.build_release(armed, r) for r in rows], key=stage_order)
         await ctx.dispatcher.prepare(prepared)
+        if ctx.crew is not None and armed.drill_room is None:
+            # Who else is in each room decides duty: known before the instant.
+            await ctx.crew.learn_members([room for r in prepared for room in r.rooms])
         await armed.clock.sleep_until(due_at)
         if ctx.armed.get(run_id) is not armed:
             return  # disarmed while we prepared
@@ -203,7 +207,9 @@ class ReleaseShell:
             return plan, None
         claimed.update((r.city_id, r.stage_id) for r in plan.release)
         started = asyncio.Event()
-        fanout = asyncio.ensure_future(ctx.dispatcher.release(plan.release, started=started))
+        fanout = asyncio.ensure_future(
+            self.fan_out(armed, plan.release, started, now=now, by_hand=cause is not Cause.TIMER)
+        )
         waiter = asyncio.ensure_future(started.wait())
         try:
             # Hold the lock until every room has its place in the queue (or the
@@ -212,6 +218,29 @@ class ReleaseShell:
         finally:
             waiter.cancel()
         return plan, fanout
+
+    def fan_out(
+        self,
+        armed: ArmedRun,
+        releases: Sequence[Release],
+        started: asyncio.Event | None,
+        *,
+        now: datetime,
+        by_hand: bool = False,
+        priority: bool = False,
+    ) -> Awaitable[list[Outcome]]:
+        """The dispatcher's fan-out, or with a crew this member's part of it
+        (bot/runs/covering.py). ``by_hand``: decided now (!resume, !release, an
+        abort), so duty is judged now rather than at the stages' own time."""
+        ctx, crew = self._ctx, self._ctx.crew
+        if crew is None or armed.drill_room is not None:
+            return ctx.dispatcher.release(releases, priority=priority, started=started)
+        plan = covering.split(
+            ctx, crew, armed, releases, now=now, instant=now if by_hand else None
+        )
+        return covering.fan_out(
+            ctx, crew, armed, releases, plan, started=started, priority=priority
+        )
 
     # -- after the fan-out -------------------------------------------------------------
 
@@ -337,7 +366,10 @@ class ReleaseShell:
         self, armed: ArmedRun, releases: Sequence[Release], *, priority: bool = True
     ) -> None:
         if releases:
-            outcomes = await self._ctx.dispatcher.release(releases, priority=priority)
+            now = armed.clock.now()
+            outcomes = await self.fan_out(
+                armed, releases, None, now=now, by_hand=True, priority=priority
+            )
             await self.finish_releases(armed, outcomes)
         await self.maybe_finish(armed)
 

@@ -261,5 +261,6 @@ class Steering:
             run_key=armed.run_key,
             stage_index=SYNTHETIC_INDEX + revision,
         )
-        outcomes = await ctx.dispatcher.release([release])
+        # With a crew, the correction follows duty like any send (bot/runs/covering.py).
+        outcomes = await self._shell.fan_out(armed, [release], None, now=now, by_hand=True)
         await self._shell.finish_releases(armed, outcomes)

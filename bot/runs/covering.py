@@ -1,0 +1,199 @@
+"""The crew's fan-out: send what this member is on duty for, look before
+covering, and leave other members' rooms alone. The shell around the pure
+:func:`bot.runs.duty.split_by_duty`.
+
+Only runs with a crew (``RunContext.crew``); a lone bot's fan-out is the
+dispatcher's alone, exactly as before crews.
+
+A standby (or a late sender) waits until its ``send_at``, reads each room once
+(``CrewSide.recent``: one bounded ``/messages`` request, sanitised like every
+page), and sends only the parts no crew member has delivered visibly
+(:func:`bot.crew.look.find_copies`), through its own ledger: a part found is
+recorded SKIPPED ("delivered by …") and never sent; a part missing goes through
+the dispatcher as any other (exactly once per member). A room that cannot be
+read is sent to: a room left without its stage is worse than a copy the crew
+redacts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime
+
+from bot.crew.look import find_copies
+from bot.delivery import Outcome, Release
+from bot.ledger import DeliveryState, Part
+from bot.runs.context import RunContext
+from bot.runs.duty import CrewSide, DutySplit, Wave, split_by_duty
+from bot.runs.model import ArmedRun
+
+log = logging.getLogger(__name__)
+
+NOT_SERVED = "served by another crew member"
+# Rooms read at once when a wave looks (one request each).
+_LOOK_AT_ONCE = 8
+
+
+def split(
+    ctx: RunContext,
+    crew: CrewSide,
+    armed: ArmedRun,
+    releases: Sequence[Release],
+    *,
+    now: datetime,
+    instant: datetime | None = None,
+) -> DutySplit:
+    """This member's part in ``releases``; ``instant``: the decision's moment
+    when it is not each stage's own time (!resume, !release, an abort)."""
+    joined = {room: crew.joined(room) for r in releases for room in r.rooms}
+    return split_by_duty(
+        releases,
+        view=crew.view(),
+        me=crew.me,
+        order_of=lambda city: crew.crew.order_for(armed.scenario.city(city)),
+        joined=joined,
+        grace=armed.scenario.failover.grace,
+        now=now,
+        instant_of=lambda r: instant if instant is not None else r.due_at,
+        digest=armed.loaded.sha256,
+        missed=crew.missed,
+    )
+
+
+async def fan_out(
+    ctx: RunContext,
+    crew: CrewSide,
+    armed: ArmedRun,
+    releases: Sequence[Release],
+    plan: DutySplit,
+    *,
+    started: asyncio.Event | None = None,
+    priority: bool = False,
+) -> list[Outcome]:
+    """Carry out ``plan`` for ``releases``; one merged outcome per release, as
+    the dispatcher would return for them."""
+    for rel, rooms in plan.elsewhere:
+        await _skip(ctx, rel, rooms, rel.messages_parts(), NOT_SERVED)
+    waves = [
+        asyncio.ensure_future(_wave(ctx, crew, armed, w, priority=priority)) for w in plan.waves
+    ]
+    try:
+        outcomes: list[Outcome] = []
+        if plan.now:
+            outcomes += await ctx.dispatcher.release(plan.now, priority=priority, started=started)
+        elif started is not None:
+            started.set()
+        for got in await asyncio.gather(*waves):
+            outcomes += got
+    except BaseException:
+        for w in waves:
+            w.cancel()
+        raise
+    return merge(releases, outcomes, {r.key_of(): rooms for r, rooms in plan.elsewhere})
+
+
+async def _wave(
+    ctx: RunContext, crew: CrewSide, armed: ArmedRun, wave: Wave, *, priority: bool
+) -> list[Outcome]:
+    rel = wave.release
+    await armed.clock.sleep_until(wave.send_at)
+    if ctx.armed.get(rel.run_id) is not armed or ctx.dispatcher.stopping:
+        return []
+    slots = asyncio.Semaphore(_LOOK_AT_ONCE)
+
+    async def look(room: str) -> list[object] | None:
+        async with slots:
+            return await crew.recent(room)
+
+    seen = await asyncio.gather(*(look(room) for room in rel.rooms))
+    groups: dict[tuple[Part, ...], list[str]] = {}
+    covered: dict[str, str] = {}
+    for room, events in zip(rel.rooms, seen, strict=True):
+        missing = list(rel.messages_parts())
+        if events is None:
+            log.warning("run %d: could not read %s before covering; sending", rel.run_id, room)
+        else:
+            for part in rel.messages_parts():
+                copies = find_copies(
+                    events,
+                    run=rel.run_key,
+                    city=rel.city_id,
+                    stage=rel.stage_id,
+                    part=str(part),
+                    members=crew.crew.members,
+                )
+                # A copy of this member's own (a send before a crash) is the
+                # dispatcher's to recognise in its ledger.
+                others = [c for c in copies if c.sender != crew.me]
+                if others and len(others) == len(copies):
+                    missing.remove(part)
+                    covered[room] = others[0].sender
+                    await _skip(ctx, rel, (room,), (part,), f"delivered by {others[0].sender}")
+        if missing:
+            groups.setdefault(tuple(missing), []).append(room)
+    log.info(
+        "run %d: %s/%s rank %d looked in %d rooms: %d already delivered by the crew",
+        rel.run_id,
+        rel.city_id,
+        rel.stage_id,
+        wave.rank,
+        len(rel.rooms),
+        len(rel.rooms) - sum(len(rooms) for rooms in groups.values()),
+    )
+    sends = [
+        replace(rel, rooms=tuple(rooms), messages=tuple(m for m in rel.messages if m.part in parts))
+        for parts, rooms in groups.items()
+    ]
+    outcomes = await ctx.dispatcher.release(sends, priority=priority) if sends else []
+    outcomes.append(Outcome(rel, covered=covered))
+    return outcomes
+
+
+async def _skip(
+    ctx: RunContext, rel: Release, rooms: Sequence[str], parts: Sequence[Part], why: str
+) -> None:
+    """Record parts this member does not send as SKIPPED (only PENDING rows:
+    a part it already sent stays SENT)."""
+    now = ctx.clock.now()
+    for room in rooms:
+        for part in parts:
+            key = rel.key(room, part)
+            row = await ctx.store.ledger.delivery(key)
+            if row is not None and row.state is DeliveryState.PENDING:
+                await ctx.store.ledger.transition(key, DeliveryState.SKIPPED, now=now, error=why)
+
+
+def merge(
+    releases: Sequence[Release],
+    outcomes: Sequence[Outcome],
+    elsewhere: dict[tuple[str, str], tuple[str, ...]],
+) -> list[Outcome]:
+    """One outcome per original release from the outcomes of its parts."""
+    merged = {r.key_of(): Outcome(r) for r in releases}
+    for o in outcomes:
+        into = merged.get(o.release.key_of())
+        if into is None:
+            continue
+        for room in o.delivered:
+            if room not in into.delivered and room not in o.covered:
+                into.delivered.append(room)
+        into.failed.update(o.failed)
+        into.skipped.update(o.skipped)
+        into.covered.update(o.covered)
+        for stamp in (o.first_sent, o.last_sent):
+            if stamp is not None:
+                into.first_sent = min(into.first_sent or stamp, stamp)
+                into.last_sent = max(into.last_sent or stamp, stamp)
+    for key, rooms in elsewhere.items():
+        if key in merged:
+            merged[key].covered.update({room: "" for room in rooms})
+    for o in merged.values():
+        for room in o.covered:
+            # A room covered by the crew for one part but sent another by this
+            # member counts once, as delivered.
+            if room in o.delivered:
+                o.skipped.pop(room, None)
+    return list(merged.values())

@@ -1,0 +1,256 @@
+"""The crew's duty applied to a fan-out (bot/runs/duty.py, pure) and the run
+manager's crew path over the fake Matrix (bot/runs/covering.py): the member on
+duty sends at the instant, a standby looks at instant + grace and sends only
+what is missing, a late sender looks first, rooms outside a member's order are
+left alone. Milliseconds each."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from fakes import BOT, T0, kit, scenario
+
+from bot import DISPATCH_KEY
+from bot.crew.duty import CrewView
+from bot.ids import ABORT_STAGE
+from bot.crew.members import Crew, Member
+from bot.delivery import Message, Release
+from bot.ledger import DeliveryState, Part
+from bot.runs.duty import split_by_duty
+
+OTHER = "@other:fake"
+GRACE = timedelta(seconds=5)
+R1, R2, R3 = "!r1:fake", "!r2:fake", "!r3:fake"
+
+
+def release(rooms: Sequence[str], city: str = "town") -> Release:
+    return Release(
+        run_id=1,
+        scenario_id="s",
+        city_id=city,
+        stage_id="one",
+        due_at=T0,
+        rooms=tuple(rooms),
+        messages=(Message(Part.TEXT, "m.room.message", {"body": "x"}),),
+        run_key="$arm:fake",
+    )
+
+
+def view(*, other_seen: datetime | None = T0, me: str = BOT) -> CrewView:
+    crew = Crew((BOT, OTHER), timedelta(seconds=1))
+    members = {OTHER: Member(OTHER, seen_at=other_seen)} if other_seen else {}
+    return CrewView(crew, members, me=me)
+
+
+def split(order: Sequence[str], *, now: datetime = T0, v: CrewView | None = None,
+          rooms: Sequence[str] = (R1, R2), joined: dict[str, set[str]] | None = None,
+          missed: bool = False):  # type: ignore[no-untyped-def]
+    return split_by_duty(
+        [release(rooms)],
+        view=v or view(),
+        me=BOT,
+        order_of=lambda _city: order,
+        joined=joined or {r: {BOT, OTHER} for r in rooms},
+        grace=GRACE,
+        now=now,
+        instant_of=lambda r: r.due_at,
+        missed=lambda _at: missed,
+    )
+
+
+def test_on_duty_sends_every_room_at_the_instant() -> None:
+    plan = split((BOT, OTHER))
+    assert [r.rooms for r in plan.now] == [(R1, R2)]
+    assert plan.waves == () and plan.elsewhere == ()
+
+
+def test_a_standby_looks_at_instant_plus_grace() -> None:
+    plan = split((OTHER, BOT))
+    assert plan.now == ()
+    (wave,) = plan.waves
+    assert wave.send_at == T0 + GRACE and wave.rank == 1 and wave.release.rooms == (R1, R2)
+
+
+def test_the_member_before_is_down_at_the_instant_so_this_one_sends_at_once() -> None:
+    plan = split((OTHER, BOT), v=view(other_seen=T0 - timedelta(seconds=10)))
+    assert [r.rooms for r in plan.now] == [(R1, R2)] and plan.waves == ()
+
+
+def test_a_room_the_member_before_is_not_in_is_sent_at_once() -> None:
+    plan = split((OTHER, BOT), joined={R1: {BOT, OTHER}, R2: {BOT}})
+    assert [r.rooms for r in plan.now] == [(R2,)]
+    assert [w.release.rooms for w in plan.waves] == [(R1,)]
+
+
+def test_a_late_sender_on_duty_looks_first() -> None:
+    late = T0 + GRACE + timedelta(seconds=1)
+    plan = split((BOT, OTHER), now=late)
+    assert plan.now == ()
+    (wave,) = plan.waves
+    assert wave.send_at == late and wave.rank == 0
+
+
+def test_within_grace_on_duty_does_not_look() -> None:
+    plan = split((BOT, OTHER), now=T0 + GRACE - timedelta(seconds=1))
+    assert [r.rooms for r in plan.now] == [(R1, R2)]
+
+
+def test_missed_heartbeats_at_the_instant_make_the_member_on_duty_look() -> None:
+    plan = split((BOT, OTHER), missed=True)
+    assert plan.now == () and [w.send_at for w in plan.waves] == [T0]
+
+
+def test_a_city_whose_order_leaves_this_member_out_is_left_alone() -> None:
+    plan = split((OTHER,))
+    assert plan.now == () and plan.waves == ()
+    assert [rooms for _, rooms in plan.elsewhere] == [(R1, R2)]
+
+
+# -- the run manager's crew path over the fake Matrix ----------------------------------
+
+
+@dataclass
+class FakeCrew:
+    """bot.runs.duty.CrewSide over a fixed view; ``copies`` are other members'
+    events in each room, the fake homeserver's events are this bot's."""
+
+    hs: object
+    crew: Crew = field(default_factory=lambda: Crew((BOT, OTHER), timedelta(seconds=1)))
+    me: str = BOT
+    other_seen: datetime | None = T0
+    copies: dict[str, list[dict[str, object]]] = field(default_factory=dict)
+    looked: list[str] = field(default_factory=list)
+    nudged: int = 0
+
+    def view(self) -> CrewView:
+        members = {}
+        if self.other_seen is not None:
+            members[OTHER] = Member(OTHER, seen_at=self.other_seen, armed=frozenset({"*"}))
+        return _AnyDigest(self.crew, members, me=self.me)
+
+    def missed(self, at: datetime) -> bool:
+        return False
+
+    def joined(self, room_id: str) -> frozenset[str]:
+        return frozenset({BOT, OTHER})
+
+    async def learn_members(self, room_ids: Sequence[str]) -> None:
+        return None
+
+    async def recent(self, room_id: str) -> list[object] | None:
+        self.looked.append(room_id)
+        mine = [
+            {"type": e.type, "event_id": e.event_id, "sender": BOT, "content": e.content,
+             "origin_server_ts": 1}
+            for e in self.hs.in_room(room_id)  # type: ignore[attr-defined]
+        ]
+        return [*self.copies.get(room_id, []), *mine]
+
+    def nudge(self) -> None:
+        self.nudged += 1
+
+
+class _AnyDigest(CrewView):
+    def ready(self, user_id: str, at: datetime, digest: str | None = None) -> bool:
+        return super().ready(user_id, at, None)
+
+
+def crew_scenario(order: list[str]) -> dict[str, object]:
+    data = scenario("cs", {"town": [R1, R2]}, [{"id": "one", "at": "0s", "text": "go"}])
+    data["failover"] = {"grace": "5s"}
+    data["cities"][0]["crew"] = order  # type: ignore[index]
+    return data
+
+
+def copy_in(room: str, *, run: str, sender: str = OTHER) -> dict[str, object]:
+    return {
+        "type": "m.room.message",
+        "event_id": f"$copy-{room}",
+        "sender": sender,
+        "origin_server_ts": 1,
+        "content": {
+            "msgtype": "m.text",
+            "body": "go",
+            DISPATCH_KEY: {"scenario": "cs", "city": "town", "stage": "one", "part": "text",
+                           "run": run},
+        },
+    }
+
+
+async def _turns(n: int = 50) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def test_standby_covers_only_the_rooms_the_member_on_duty_missed(tmp_path: Path) -> None:
+    async with kit(tmp_path, opted_in=[R1, R2], crew=lambda hs: FakeCrew(hs)) as k:
+        k.write(crew_scenario([OTHER, BOT]))
+        out = await k.arm("cs")
+        assert out.run_id is not None and k.crew.nudged == 1
+        k.crew.copies[R1] = [copy_in(R1, run=k.keys[-1])]
+        k.clock.set(T0)
+        firing = asyncio.ensure_future(k.timers.fire_due())
+        await _turns()
+        assert k.hs.stages(R1) == [] and k.hs.stages(R2) == []  # a standby waits its grace
+        assert k.crew.looked == []
+        k.clock.set(T0 + timedelta(seconds=5))
+        await asyncio.wait_for(firing, 5)
+        await k.idle()
+        assert sorted(k.crew.looked) == [R1, R2]
+        assert k.hs.stages(R1) == []  # the other member's copy is there
+        assert k.hs.stages(R2) == [("one", "text")]
+        rows = {d.key.room_id: d for d in await k.store.deliveries(out.run_id, "town", "one")}
+        assert rows[R1].state is DeliveryState.SKIPPED and OTHER in (rows[R1].last_error or "")
+        assert rows[R2].state is DeliveryState.SENT
+        summary = next(n for n in k.hs.notices() if "stage one" in n)
+        assert "delivered to 2 of 2" in summary and "1 by other crew members" in summary
+
+
+async def test_on_duty_sends_at_the_instant_without_looking(tmp_path: Path) -> None:
+    async with kit(tmp_path, opted_in=[R1, R2], crew=lambda hs: FakeCrew(hs)) as k:
+        k.write(crew_scenario([BOT, OTHER]))
+        await k.arm("cs")
+        await k.at(T0)
+        assert k.hs.stages(R1) == [("one", "text")] and k.hs.stages(R2) == [("one", "text")]
+        assert k.crew.looked == []
+
+
+async def test_the_member_before_down_means_sending_at_the_instant(tmp_path: Path) -> None:
+    async with kit(
+        tmp_path, opted_in=[R1, R2], crew=lambda hs: FakeCrew(hs, other_seen=None)
+    ) as k:
+        k.write(crew_scenario([OTHER, BOT]))
+        await k.arm("cs")
+        await k.at(T0)
+        assert k.hs.stages(R1) == [("one", "text")] and k.hs.stages(R2) == [("one", "text")]
+
+
+async def test_abort_reaches_rooms_whose_member_on_duty_is_down(tmp_path: Path) -> None:
+    async with kit(
+        tmp_path, opted_in=[R1, R2], crew=lambda hs: FakeCrew(hs, other_seen=None)
+    ) as k:
+        k.write(crew_scenario([OTHER, BOT]))
+        await k.arm("cs")
+        await k.runs.abort(k.runs.get("cs"), ["town"], None)
+        await k.idle()
+        assert k.hs.stages(R1) == [(ABORT_STAGE, "text")] and k.hs.stages(R2) == [(ABORT_STAGE, "text")]
+
+
+async def test_a_standby_does_not_send_an_abort_the_member_on_duty_sent(tmp_path: Path) -> None:
+    async with kit(tmp_path, opted_in=[R1, R2], crew=lambda hs: FakeCrew(hs)) as k:
+        k.write(crew_scenario([OTHER, BOT]))
+        await k.arm("cs")
+        copy = copy_in(R1, run=k.keys[-1])
+        copy["content"][DISPATCH_KEY]["stage"] = ABORT_STAGE  # type: ignore[index]
+        k.crew.copies[R1] = [copy]
+        await k.runs.abort(k.runs.get("cs"), ["town"], None)
+        await _turns()
+        assert k.hs.stages(R1) == []
+        k.clock.advance(timedelta(seconds=5))
+        await k.idle()
+        assert sorted(k.crew.looked) == [R1, R2] and k.hs.stages(R1) == []
+        assert k.hs.stages(R2) == [(ABORT_STAGE, "text")]  # no copy there: covered
