@@ -16,9 +16,9 @@ from fakes import BOT, T0, kit, scenario
 
 from bot import DISPATCH_KEY
 from bot.crew.duty import CrewView
-from bot.ids import ABORT_STAGE
 from bot.crew.members import Crew, Member
 from bot.delivery import Message, Release
+from bot.ids import ABORT_STAGE
 from bot.ledger import DeliveryState, Part
 from bot.runs.duty import split_by_duty
 
@@ -237,7 +237,8 @@ async def test_abort_reaches_rooms_whose_member_on_duty_is_down(tmp_path: Path) 
         await k.arm("cs")
         await k.runs.abort(k.runs.get("cs"), ["town"], None)
         await k.idle()
-        assert k.hs.stages(R1) == [(ABORT_STAGE, "text")] and k.hs.stages(R2) == [(ABORT_STAGE, "text")]
+        for room in (R1, R2):
+            assert k.hs.stages(room) == [(ABORT_STAGE, "text")]
 
 
 async def test_a_standby_does_not_send_an_abort_the_member_on_duty_sent(tmp_path: Path) -> None:
