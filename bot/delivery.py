@@ -7,7 +7,7 @@ rendered parts. An :class:`Outcome` is what happened to it, room by room.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -42,6 +42,13 @@ class Release:
     # The run's identity across bots (bot.ids), in every event's tag and txn id.
     run_key: str = ""
     stage_index: int = 0
+    # With a crew: a retry going out after ``look_after`` (instant + grace) first
+    # asks ``look`` whether another member delivered this part meanwhile (its
+    # user id, or None); then it is not sent (bot/runs/covering.py).
+    look_after: datetime | None = None
+    look: Callable[[DeliveryKey], Awaitable[str | None]] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     def key(self, room: str, part: Part) -> DeliveryKey:
         return DeliveryKey(
@@ -57,6 +64,10 @@ class Release:
 
     def messages_parts(self) -> tuple[Part, ...]:
         return tuple(m.part for m in self.messages)
+
+
+COVERED = "delivered by"
+"""How a part another crew member delivered is recorded (``delivered by <id>``)."""
 
 
 @dataclass

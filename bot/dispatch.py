@@ -19,7 +19,7 @@ from typing import Any
 
 from bot import DISPATCH_KEY
 from bot.clock import Clock
-from bot.delivery import Message, Outcome, Release, interleave
+from bot.delivery import COVERED, Message, Outcome, Release, interleave
 from bot.ledger import TERMINAL, DeliveryKey, DeliveryState
 from bot.matrix.sender import Sender, SendFailed
 from bot.retry import GiveUp, RetryPolicy, SendFailure
@@ -320,10 +320,14 @@ class Dispatcher:
             return DeliveryState.SENT, ""
         content = {**message.content, DISPATCH_KEY: key.content_tag()}
         attempts = row.attempts
+        retry = attempts > 0
         while True:
             self._check_cancelled(release, key)
             if self._stopping.is_set():
                 return DeliveryState.PENDING, "bot stopping"
+            if retry and (by := await self._covered_meanwhile(release, key)) is not None:
+                return DeliveryState.SKIPPED, by
+            retry = True
             sent = await self._attempt(release, key, message.event_type, content, lane)
             if sent is None:
                 # Someone else moved the row since it was read: decide again from the row.
@@ -346,6 +350,22 @@ class Dispatcher:
             outcome = await self._after_failure(release, key, sent, attempts)
             if outcome is not None:
                 return outcome
+
+    async def _covered_meanwhile(self, release: Release, key: DeliveryKey) -> str | None:
+        """A crew's retry later than grace after the instant looks first: another
+        member may have covered the room meanwhile. The SKIPPED reason, or None."""
+        if release.look is None or release.look_after is None:
+            return None
+        if self._clock.now() < release.look_after:
+            return None
+        member = await release.look(key)
+        if member is None:
+            return None
+        why = f"{COVERED} {member}"
+        await self._store.transition(key, DeliveryState.SKIPPED, now=self._clock.now(), error=why)
+        log.info("not retrying %s/%s/%s to %s: %s", key.scenario_id, key.city_id,
+                 key.stage_id, key.room_id, why)
+        return why
 
     async def _recover(self, key: DeliveryKey) -> bool:
         """A row left SENDING by a crash: the request may have landed. Look in the

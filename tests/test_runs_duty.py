@@ -20,6 +20,7 @@ from bot.crew.members import Crew, Member
 from bot.delivery import Message, Release
 from bot.ids import ABORT_STAGE
 from bot.ledger import DeliveryState, Part
+from bot.retry import SendFailure
 from bot.runs.duty import split_by_duty
 
 OTHER = "@other:fake"
@@ -255,3 +256,32 @@ async def test_a_standby_does_not_send_an_abort_the_member_on_duty_sent(tmp_path
         await k.idle()
         assert sorted(k.crew.looked) == [R1, R2] and k.hs.stages(R1) == []
         assert k.hs.stages(R2) == [(ABORT_STAGE, "text")]  # no copy there: covered
+
+
+async def test_a_retry_after_grace_looks_first_and_leaves_a_covered_room(
+    tmp_path: Path,
+) -> None:
+    async with kit(tmp_path, opted_in=[R1, R2], crew=lambda hs: FakeCrew(hs)) as k:
+        k.write(crew_scenario([BOT, OTHER]))
+        out = await k.arm("cs")
+        # R1 refuses every request for now (an outage of this member's server).
+        k.hs.fail[R1] = [SendFailure(503, message="down")] * 100_000
+        k.clock.set(T0)
+        firing = asyncio.ensure_future(k.timers.fire_due())
+        for _ in range(200):  # R1's retries wait real milliseconds
+            if k.hs.stages(R2):
+                break
+            await asyncio.sleep(0.01)
+        assert k.hs.stages(R2) == [("one", "text")] and k.hs.stages(R1) == []
+        assert k.crew.looked == []  # within grace a retry does not look
+        # Past grace, the other member covered R1: the next retry looks, finds it.
+        k.crew.copies[R1] = [copy_in(R1, run=k.keys[-1])]
+        k.clock.set(T0 + timedelta(seconds=6))
+        await asyncio.wait_for(firing, 10)
+        await k.idle()
+        assert R1 in k.crew.looked and k.hs.stages(R1) == []
+        row = next(d for d in await k.store.deliveries(out.run_id, "town", "one")
+                   if d.key.room_id == R1)
+        assert row.state is DeliveryState.SKIPPED and OTHER in (row.last_error or "")
+        summary = next(n for n in k.hs.notices() if "stage one" in n)
+        assert "delivered to 2 of 2" in summary, summary

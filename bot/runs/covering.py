@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from bot.crew.look import find_copies
-from bot.delivery import Outcome, Release
-from bot.ledger import DeliveryState, Part
+from bot.delivery import COVERED, Outcome, Release
+from bot.ledger import DeliveryKey, DeliveryState, Part
 from bot.runs.context import RunContext
 from bot.runs.duty import CrewSide, DutySplit, Wave, split_by_duty
 from bot.runs.model import ArmedRun
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 NOT_SERVED = "served by another crew member"
 # Rooms read at once when a wave looks (one request each).
 _LOOK_AT_ONCE = 8
+_CATCH_UP_STEP = timedelta(milliseconds=500)
 
 
 def split(
@@ -77,13 +78,16 @@ async def fan_out(
     the dispatcher would return for them."""
     for rel, rooms in plan.elsewhere:
         await _skip(ctx, rel, rooms, rel.messages_parts(), NOT_SERVED)
+    looking = _looker(ctx, crew, armed)
     waves = [
-        asyncio.ensure_future(_wave(ctx, crew, armed, w, priority=priority)) for w in plan.waves
+        asyncio.ensure_future(_wave(ctx, crew, armed, w, looking, priority=priority))
+        for w in plan.waves
     ]
     try:
         outcomes: list[Outcome] = []
         if plan.now:
-            outcomes += await ctx.dispatcher.release(plan.now, priority=priority, started=started)
+            now = [looking(r) for r in plan.now]
+            outcomes += await ctx.dispatcher.release(now, priority=priority, started=started)
         elif started is not None:
             started.set()
         for got in await asyncio.gather(*waves):
@@ -95,8 +99,41 @@ async def fan_out(
     return merge(releases, outcomes, {r.key_of(): rooms for r, rooms in plan.elsewhere})
 
 
+def _looker(ctx: RunContext, crew: CrewSide, armed: ArmedRun) -> Callable[[Release], Release]:
+    """Releases whose retries look first once grace after their instant has
+    passed (a retry that outlived an outage must not land on a standby's copy)."""
+
+    async def look(key: DeliveryKey) -> str | None:
+        # Cut off from the homeserver until just now (heartbeats not accepted):
+        # give the room's view a moment to catch up before trusting it.
+        until = ctx.clock.now() + crew.crew.down_after
+        while crew.missed(ctx.clock.now()) and ctx.clock.now() < until:
+            await ctx.clock.sleep_until(ctx.clock.now() + _CATCH_UP_STEP)
+        events = await crew.recent(key.room_id)
+        if events is None:
+            return None
+        copies = find_copies(
+            events,
+            run=key.run_key,
+            city=key.city_id,
+            stage=key.stage_id,
+            part=str(key.part),
+            members=[m for m in crew.crew.members if m != crew.me],
+        )
+        return copies[0].sender if copies else None
+
+    grace = armed.scenario.failover.grace
+    return lambda r: replace(r, look_after=r.due_at + grace, look=look)
+
+
 async def _wave(
-    ctx: RunContext, crew: CrewSide, armed: ArmedRun, wave: Wave, *, priority: bool
+    ctx: RunContext,
+    crew: CrewSide,
+    armed: ArmedRun,
+    wave: Wave,
+    looking: Callable[[Release], Release],
+    *,
+    priority: bool,
 ) -> list[Outcome]:
     rel = wave.release
     await armed.clock.sleep_until(wave.send_at)
@@ -131,7 +168,7 @@ async def _wave(
                 if others and len(others) == len(copies):
                     missing.remove(part)
                     covered[room] = others[0].sender
-                    await _skip(ctx, rel, (room,), (part,), f"delivered by {others[0].sender}")
+                    await _skip(ctx, rel, (room,), (part,), f"{COVERED} {others[0].sender}")
         if missing:
             groups.setdefault(tuple(missing), []).append(room)
     log.info(
@@ -144,7 +181,11 @@ async def _wave(
         len(rel.rooms) - sum(len(rooms) for rooms in groups.values()),
     )
     sends = [
-        replace(rel, rooms=tuple(rooms), messages=tuple(m for m in rel.messages if m.part in parts))
+        looking(
+            replace(
+                rel, rooms=tuple(rooms), messages=tuple(m for m in rel.messages if m.part in parts)
+            )
+        )
         for parts, rooms in groups.items()
     ]
     outcomes = await ctx.dispatcher.release(sends, priority=priority) if sends else []
@@ -181,7 +222,11 @@ def merge(
             if room not in into.delivered and room not in o.covered:
                 into.delivered.append(room)
         into.failed.update(o.failed)
-        into.skipped.update(o.skipped)
+        for room, why in o.skipped.items():
+            if why.startswith(COVERED):  # a retry found another member's copy
+                into.covered[room] = why.removeprefix(COVERED).strip()
+            else:
+                into.skipped[room] = why
         into.covered.update(o.covered)
         for stamp in (o.first_sent, o.last_sent):
             if stamp is not None:
