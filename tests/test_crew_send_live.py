@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -149,6 +150,24 @@ async def wait_for(org: Any, room: str, stage: str, timeout: float = 30) -> floa
         await asyncio.sleep(0.2)
 
 
+async def settled(env: BotEnv, stage: str, timeout: float = 40) -> dict[str, tuple[str, str]]:
+    """room -> (state, last error) of ``env``'s text deliveries of ``stage``, once
+    none is pending or sending any more (read from its database)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.closing(sqlite3.connect(env.storage_dir / "blossom.db")) as db:
+            rows = db.execute(
+                "SELECT room_id, state, COALESCE(last_error, '') FROM deliveries "
+                "WHERE stage_id = ? AND part = 'text'",
+                (stage,),
+            ).fetchall()
+        if rows and all(state not in ("pending", "sending") for _, state, _ in rows):
+            return {room: (state, error) for room, state, error in rows}
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{stage} not settled in {env.bot_user.user_id}'s ledger: {rows}")
+        await asyncio.sleep(0.3)
+
+
 def log_of(env: BotEnv) -> str:
     return env.log_path.read_text(errors="replace") if env.log_path.exists() else ""
 
@@ -185,6 +204,10 @@ async def test_each_room_once_from_the_member_on_duty_and_failover_after_sigkill
         # a comes back: it looks before its late send and finds b's copies.
         pair.a.spawn()
         await pair.a.wait_joined(pair.a.control_room, timeout=30)
+        # Its ledger: stage two was not sent again, each room found b's copy.
+        assert await settled(pair.a, "two") == {
+            north: ("skipped", f"delivered by {b}"), south: ("skipped", f"delivered by {b}")
+        }
         for room in pair.rooms:
             await wait_for(pair.org, room, "three", timeout=40)
         await asyncio.sleep(GRACE_S + 1.5)

@@ -136,6 +136,9 @@ class FakeCrew:
     def missed(self, at: datetime) -> bool:
         return False
 
+    def heard_since(self, at: datetime) -> bool:
+        return True
+
     def joined(self, room_id: str) -> frozenset[str]:
         return frozenset({BOT, OTHER})
 

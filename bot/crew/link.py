@@ -44,6 +44,13 @@ class CrewLink:
     def missed(self, at: datetime) -> bool:
         return self.roster.missed(at)
 
+    def heard_since(self, at: datetime) -> bool:
+        for member in self.crew.members:
+            beat = self.roster.heartbeat_of(member) if member != self.me else None
+            if beat is not None and beat.time > at:
+                return True
+        return False
+
     def joined(self, room_id: str) -> frozenset[str]:
         return self._matrix.joined_among(room_id, self.crew.members)
 

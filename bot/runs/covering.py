@@ -50,9 +50,18 @@ def split(
     """This member's part in ``releases``; ``instant``: the decision's moment
     when it is not each stage's own time (!resume, !release, an abort)."""
     joined = {room: crew.joined(room) for r in releases for room in r.rooms}
+    view = crew.view()
+    if log.isEnabledFor(logging.DEBUG):
+        at = instant or (releases[0].due_at if releases else now)
+        log.debug(
+            "duty at %s: up %s; joined %s",
+            at.isoformat(),
+            sorted(m for m in crew.crew.members if not view.is_down(m, at)),
+            {room: sorted(members) for room, members in joined.items()},
+        )
     return split_by_duty(
         releases,
-        view=crew.view(),
+        view=view,
         me=crew.me,
         order_of=lambda city: crew.crew.order_for(armed.scenario.city(city)),
         joined=joined,
@@ -102,28 +111,45 @@ async def fan_out(
 def _looker(ctx: RunContext, crew: CrewSide, armed: ArmedRun) -> Callable[[Release], Release]:
     """Releases whose retries look first once grace after their instant has
     passed (a retry that outlived an outage must not land on a standby's copy)."""
-
-    async def look(key: DeliveryKey) -> str | None:
-        # Cut off from the homeserver until just now (heartbeats not accepted):
-        # give the room's view a moment to catch up before trusting it.
-        until = ctx.clock.now() + crew.crew.down_after
-        while crew.missed(ctx.clock.now()) and ctx.clock.now() < until:
-            await ctx.clock.sleep_until(ctx.clock.now() + _CATCH_UP_STEP)
-        events = await crew.recent(key.room_id)
-        if events is None:
-            return None
-        copies = find_copies(
-            events,
-            run=key.run_key,
-            city=key.city_id,
-            stage=key.stage_id,
-            part=str(key.part),
-            members=[m for m in crew.crew.members if m != crew.me],
-        )
-        return copies[0].sender if copies else None
-
     grace = armed.scenario.failover.grace
-    return lambda r: replace(r, look_after=r.due_at + grace, look=look)
+
+    def looking(rel: Release) -> Release:
+        async def look(key: DeliveryKey) -> str | None:
+            await _caught_up(ctx, crew, rel.due_at)
+            events = await crew.recent(key.room_id)
+            if events is None:
+                return None
+            copies = find_copies(
+                events,
+                run=key.run_key,
+                city=key.city_id,
+                stage=key.stage_id,
+                part=str(key.part),
+                members=[m for m in crew.crew.members if m != crew.me],
+            )
+            return copies[0].sender if copies else None
+
+        return replace(rel, look_after=rel.due_at + grace, look=look)
+
+    return looking
+
+
+async def _caught_up(ctx: RunContext, crew: CrewSide, instant: datetime) -> None:
+    """After being cut off from its homeserver (its heartbeats not accepted), a
+    member's view of a room lags until federation has caught up: wait until its
+    heartbeats are accepted again and it has read a heartbeat another member
+    made since (bounded; not at all when no other member was up at the
+    instant, since then nobody could have covered)."""
+    if not crew.missed(ctx.clock.now()):
+        return
+    view = crew.view()
+    others = [m for m in crew.crew.members if m != crew.me and not view.is_down(m, instant)]
+    until = ctx.clock.now() + 2 * crew.crew.down_after
+    while crew.missed(ctx.clock.now()) and ctx.clock.now() < until:
+        await ctx.clock.sleep_until(ctx.clock.now() + _CATCH_UP_STEP)
+    back = ctx.clock.now()
+    while others and not crew.heard_since(back) and ctx.clock.now() < until:
+        await ctx.clock.sleep_until(ctx.clock.now() + _CATCH_UP_STEP)
 
 
 async def _wave(

@@ -47,6 +47,10 @@ class CrewSide(Protocol):
         """Whether this bot's own heartbeats were not reaching the rooms at ``at``."""
         ...
 
+    def heard_since(self, at: datetime) -> bool:
+        """Whether a heartbeat another member made after ``at`` has been read."""
+        ...
+
     def joined(self, room_id: str) -> frozenset[str]:
         """The crew members joined to ``room_id``, as this bot's client knows it."""
         ...
