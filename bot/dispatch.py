@@ -362,9 +362,16 @@ class Dispatcher:
         if member is None:
             return None
         why = f"{COVERED} {member}"
-        await self._store.transition(key, DeliveryState.SKIPPED, now=self._clock.now(), error=why)
-        log.info("not retrying %s/%s/%s to %s: %s", key.scenario_id, key.city_id,
-                 key.stage_id, key.room_id, why)
+        now = self._clock.now()
+        await self._store.ledger.transition(key, DeliveryState.SKIPPED, now=now, error=why)
+        log.info(
+            "not retrying %s/%s/%s to %s: %s",
+            key.scenario_id,
+            key.city_id,
+            key.stage_id,
+            key.room_id,
+            why,
+        )
         return why
 
     async def _recover(self, key: DeliveryKey) -> bool:
