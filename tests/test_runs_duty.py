@@ -207,7 +207,8 @@ async def test_standby_covers_only_the_rooms_the_member_on_duty_missed(tmp_path:
         assert sorted(k.crew.looked) == [R1, R2]
         assert k.hs.stages(R1) == []  # the other member's copy is there
         assert k.hs.stages(R2) == [("one", "text")]
-        rows = {d.key.room_id: d for d in await k.store.ledger.deliveries(out.run_id, "town", "one")}
+        ledger = await k.store.ledger.deliveries(out.run_id, "town", "one")
+        rows = {d.key.room_id: d for d in ledger}
         assert rows[R1].state is DeliveryState.SKIPPED and OTHER in (rows[R1].last_error or "")
         assert rows[R2].state is DeliveryState.SENT
         summary = next(n for n in k.hs.notices() if "stage one" in n)
