@@ -12,14 +12,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from fakes import BOT, T0, kit, scenario
+from fakes import BOT, CONTROL, T0, kit, scenario
 
 from bot import DISPATCH_KEY
 from bot.crew.duty import CrewView
+from bot.crew.gate import GATE_KEY
 from bot.crew.members import Crew, Member
 from bot.delivery import Message, Release
 from bot.ids import ABORT_STAGE
-from bot.ledger import DeliveryState, Part
+from bot.ledger import DeliveryState, DispatchState, Part
 from bot.retry import SendFailure
 from bot.runs.duty import split_by_duty
 
@@ -289,3 +290,106 @@ async def test_a_retry_after_grace_looks_first_and_leaves_a_covered_room(
         assert row.state is DeliveryState.SKIPPED and OTHER in (row.last_error or "")
         summary = next(n for n in k.hs.notices() if "stage one" in n)
         assert "delivered to 2 of 2" in summary, summary
+
+
+# -- gates: one decision per city -------------------------------------------------------
+
+
+def gated_scenario(order: list[str]) -> dict[str, object]:
+    data = scenario("cg", {"town": [R1]}, [
+        {"id": "call", "at": "0s", "text": "call"},
+        {"id": "go", "at": "+10s", "text": "go", "require": {"checkins": 2, "else": "hold"}},
+    ])
+    data["failover"] = {"grace": "5s"}
+    data["cities"][0]["crew"] = order  # type: ignore[index]
+    return data
+
+
+def gate_notice(run: str, action: str, checkins: int, sender: str = OTHER) -> dict[str, object]:
+    return {
+        "type": "m.room.message",
+        "event_id": "$gate",
+        "sender": sender,
+        "origin_server_ts": 1,
+        "content": {"msgtype": "m.notice", "body": "gate",
+                    GATE_KEY: {"run": run, "city": "town", "stage": "go", "action": action,
+                               "checkins": checkins, "needed": 2}},
+    }
+
+
+async def _state(k: object, run_id: int) -> DispatchState:
+    row = await k.store.ledger.dispatch(run_id, "town", "go")  # type: ignore[attr-defined]
+    assert row is not None
+    return row.state  # type: ignore[no-any-return]
+
+
+GO = T0 + timedelta(seconds=10)
+
+
+async def _first_stage_as_standby(k: object) -> None:
+    """Stage "call" with another member first: covered after its grace."""
+    k.clock.set(T0)  # type: ignore[attr-defined]
+    firing = asyncio.ensure_future(k.timers.fire_due())  # type: ignore[attr-defined]
+    await _turns()
+    k.clock.set(T0 + timedelta(seconds=5))  # type: ignore[attr-defined]
+    await asyncio.wait_for(firing, 5)
+
+
+async def test_the_member_on_duty_for_a_city_decides_its_gate_and_publishes_it(
+    tmp_path: Path,
+) -> None:
+    async with kit(tmp_path, opted_in=[R1], crew=lambda hs: FakeCrew(hs)) as k:
+        k.write(gated_scenario([BOT, OTHER]))
+        out = await k.arm("cg")
+        await k.at(T0)
+        await k.at(GO)
+        assert await _state(k, out.run_id) is DispatchState.HELD
+        (notice,) = [e for e in k.hs.in_room(CONTROL) if GATE_KEY in e.content]
+        assert notice.content[GATE_KEY] == {"run": k.keys[-1], "city": "town", "stage": "go",
+                                            "action": "hold", "checkins": 0, "needed": 2}
+
+
+async def test_the_others_follow_a_published_gate_decision(tmp_path: Path) -> None:
+    async with kit(tmp_path, opted_in=[R1], crew=lambda hs: FakeCrew(hs, other_seen=GO)) as k:
+        k.write(gated_scenario([OTHER, BOT]))
+        out = await k.arm("cg")
+        await _first_stage_as_standby(k)
+        # The member on duty counted two check-ins; this one saw none itself.
+        k.crew.copies[CONTROL] = [gate_notice(k.keys[-1], "release", 2)]
+        k.clock.set(GO)
+        firing = asyncio.ensure_future(k.timers.fire_due())
+        for _ in range(100):
+            if await _state(k, out.run_id) is not DispatchState.SCHEDULED:
+                break
+            await asyncio.sleep(0.01)
+        assert await _state(k, out.run_id) is DispatchState.RELEASING
+        k.clock.set(GO + timedelta(seconds=5))  # its standby's grace: covers R1
+        await asyncio.wait_for(firing, 5)
+        await k.idle()
+        assert k.hs.stages(R1) == [("call", "text"), ("go", "text")]
+        assert not [e for e in k.hs.in_room(CONTROL) if GATE_KEY in e.content]
+
+
+async def test_without_a_published_decision_a_member_decides_at_instant_plus_grace(
+    tmp_path: Path,
+) -> None:
+    async with kit(tmp_path, opted_in=[R1], crew=lambda hs: FakeCrew(hs, other_seen=GO)) as k:
+        k.write(gated_scenario([OTHER, BOT]))
+        out = await k.arm("cg")
+        await _first_stage_as_standby(k)
+        k.clock.set(GO)
+        await k.timers.fire_due()
+        await _turns(200)
+        assert await _state(k, out.run_id) is DispatchState.SCHEDULED  # waiting for it
+        k.clock.set(GO + timedelta(seconds=5))
+        for _ in range(100):
+            if await _state(k, out.run_id) is not DispatchState.SCHEDULED:
+                break
+            await asyncio.sleep(0.01)
+        assert await _state(k, out.run_id) is DispatchState.HELD
+        for _ in range(100):
+            if any(GATE_KEY in e.content for e in k.hs.in_room(CONTROL)):
+                break
+            await asyncio.sleep(0.01)
+        assert [e.content[GATE_KEY]["action"] for e in k.hs.in_room(CONTROL)
+                if GATE_KEY in e.content] == ["hold"]

@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 
+from bot.crew.gate import GateDecision
 from bot.dispatch import Message, Outcome, Release
 from bot.i18n import Translator
 from bot.i18n import messages as say
@@ -26,7 +27,7 @@ from bot.ids import ABORT_STAGE, SYNTHETIC_INDEX, job_id, report_txn_id
 from bot.ledger import DISPATCH_DONE, DISPATCH_PENDING, DispatchState, Part, RunState
 from bot.policy import LateReason
 from bot.report import LATE_WHY, stage_summary
-from bot.runs import covering
+from bot.runs import covering, gates
 from bot.runs.context import RunContext
 from bot.runs.instant import Cause, InstantPlan, plan_instant, stage_order
 from bot.runs.model import ArmedRun
@@ -146,15 +147,28 @@ class ReleaseShell:
         await self.release_at_instant(armed, prepared)
 
     async def release_at_instant(
-        self, armed: ArmedRun, prepared: Sequence[Release], cause: Cause = Cause.TIMER
+        self,
+        armed: ArmedRun,
+        prepared: Sequence[Release],
+        cause: Cause = Cause.TIMER,
+        *,
+        followed: Mapping[tuple[str, str], GateDecision] | None = None,
     ) -> None:
         """Decide, commit the decisions, start the fan-out, and only then tell the
         control room about skips and holds. One read and one write for all
         cities before the first request leaves: every database round trip here
-        is lateness for the first room."""
-        run_id = armed.run.id
+        is lateness for the first room.
+
+        With a crew, a gated city another member is on duty for waits for its
+        published decision (bot/runs/gates.py) without holding up the rest."""
+        run_id, crew = armed.run.id, self._ctx.crew
+        if crew is not None and cause is Cause.TIMER and followed is None:
+            waiting = gates.followers(crew, armed, prepared)
+            if waiting:
+                self._ctx.supervisor.spawn(self._follow(armed, waiting), run_id, "gate")
+                prepared = [r for r in prepared if r not in waiting]
         async with self._locks[run_id]:
-            plan, fanout = await self._decide_and_start(armed, prepared, cause)
+            plan, fanout = await self._decide_and_start(armed, prepared, cause, followed or {})
         keys = [(r.city_id, r.stage_id) for r in plan.release]
         try:
             outcomes: list[Outcome] = []
@@ -173,8 +187,18 @@ class ReleaseShell:
             self._claimed[run_id].difference_update(keys)
         await self.maybe_finish(armed)
 
+    async def _follow(self, armed: ArmedRun, waiting: Sequence[Release]) -> None:
+        crew = self._ctx.crew
+        assert crew is not None
+        found = await gates.await_decisions(self._ctx, crew, armed, waiting)
+        await self.release_at_instant(armed, waiting, Cause.TIMER, followed=found)
+
     async def _decide_and_start(
-        self, armed: ArmedRun, prepared: Sequence[Release], cause: Cause
+        self,
+        armed: ArmedRun,
+        prepared: Sequence[Release],
+        cause: Cause,
+        followed: Mapping[tuple[str, str], GateDecision],
     ) -> tuple[InstantPlan, asyncio.Future[list[Outcome]] | None]:
         ctx, run_id = self._ctx, armed.run.id
         claimed = self._claimed[run_id]
@@ -186,13 +210,15 @@ class ReleaseShell:
             armed.scenario.stage(r.stage_id).require for r in todo
         )
         now = armed.clock.now()
+        checkins = await ctx.store.participants.checkin_counts(run_id) if gated else {}
+        checkins = gates.with_followed(armed, checkins, followed)
         plan = plan_instant(
             scenario=armed.scenario,
             label=armed.label(),
             rows=rows,
             prepared=todo,
             held_cities=armed.held_cities,
-            checkins=await ctx.store.participants.checkin_counts(run_id) if gated else {},
+            checkins=checkins,
             now=now,
             armed_at=armed.run.armed_at,
             drill=armed.drill_room is not None,
@@ -203,6 +229,12 @@ class ReleaseShell:
         await ctx.store.ledger.set_dispatch_states(
             run_id, [(v.city_id, v.stage_id, v.state, v.note) for v in plan.verdicts]
         )
+        if ctx.crew is not None and gated and cause is Cause.TIMER:
+            # The city's decision for the others to follow: after the writes,
+            # in the background (the fan-out must not wait on it).
+            mine = gates.decided(armed, plan, todo, checkins, followed)
+            if mine:
+                ctx.supervisor.spawn(gates.publish(ctx, armed, mine), run_id, "gate decision")
         if not plan.release:
             return plan, None
         claimed.update((r.city_id, r.stage_id) for r in plan.release)
