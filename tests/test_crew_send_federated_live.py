@@ -112,9 +112,11 @@ async def test_federated_crew_covers_a_stopped_homeserver(
             env.spawn()
         for env in (env_a, env_b):
             await env.wait_joined(env.control_room, timeout=40)
-        for room, mod in ((north, people["mod_a"]), (south, people["mod_b"])):
+        # Each room's moderator invites its own server's member, which invites
+        # the rest of the crew.
+        for room, mod, first in ((north, people["mod_a"], env_a), (south, people["mod_b"], env_b)):
+            await mod.room_invite(room, first.bot_user.user_id)
             for env in (env_a, env_b):
-                await mod.room_invite(room, env.bot_user.user_id)
                 await env.wait_joined(room, by=mod, timeout=40)
         t0 = datetime.now(UTC) + timedelta(seconds=6)
         assert "Armed cf" in await env_a.command(f"!arm cf at {iso_z(t0)}", timeout=30)
