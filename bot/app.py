@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from nio import AsyncClient
 
 from bot.clock import Clock
-from bot.config import Config
+from bot.config import Config, CrewConfig
 from bot.control.commands import Controller
 from bot.control.crew import CrewControl
 from bot.control.participants import Participants
@@ -118,55 +118,10 @@ class Bot:
         )
         self.timers = Timers()
         self.catalogs = Catalogs()  # participants' languages, read once (bot/i18n)
-        self.runs = RunManager(
-            store=store,
-            library=self.library,
-            rooms=self.rooms,
-            dispatcher=self.dispatcher,
-            sender=self.sender,
-            timers=self.timers,
-            notifier=self.notifier,
-            clock=clock,
-            ready=self.sync.ready,
-            prepare_seconds=config.dispatch.prepare_seconds,
-            expected_msgs_per_second=config.dispatch.expected_msgs_per_second,
-            rate_burst=config.dispatch.rate_burst,
-            catalogs=self.catalogs,
-        )
+        self.runs = self._run_manager()
         if config.crew is not None:
-            self.crew = CrewControl(
-                crew=Crew.from_config(config.crew),
-                me=config.matrix.user_id,
-                control_rooms=config.control.rooms,
-                port=MatrixCrewState(client),
-                runs=self.runs,
-                library=self.library,
-                matrix=self.matrix,
-                notifier=self.notifier,
-                clock=clock,
-            )
-            # Sending by duty (docs/crew.md): the run manager reads the roster.
-            self.runs.attach_crew(CrewLink(roster=self.crew.roster, matrix=self.matrix))
-        self.controller = Controller(
-            store=store,
-            runs=self.runs,
-            rooms=self.rooms,
-            notifier=self.notifier,
-            clock=clock,
-            crew=self.crew,
-        )
-        steering = Steering(runs=self.runs, store=store, matrix=self.matrix, clock=clock)
-        steering.register(self.controller)
-        self.participants = Participants(
-            matrix=self.matrix,
-            store=store,
-            runs=self.runs,
-            library=self.library,
-            dispatcher=self.dispatcher,
-            notifier=self.notifier,
-            clock=clock,
-            catalogs=self.catalogs,
-        )
+            self.crew = self._crew_control(config.crew)
+        self.controller, self.participants = self._commands_and_participants()
         # Room events are handled one at a time, in order, off the sync path:
         # a slow command must not stall the sync.
         self._inbox: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
@@ -180,6 +135,65 @@ class Bot:
         # sync that brings a newly joined room carries its history too: commands
         # older than the join are history, not orders.
         self._joined_at: dict[str, int] = {}
+
+    # -- construction (the parts that depend on the ones built before) ---------------
+
+    def _run_manager(self) -> RunManager:
+        config = self.config
+        return RunManager(
+            store=self.store,
+            library=self.library,
+            rooms=self.rooms,
+            dispatcher=self.dispatcher,
+            sender=self.sender,
+            timers=self.timers,
+            notifier=self.notifier,
+            clock=self.clock,
+            ready=self.sync.ready,
+            prepare_seconds=config.dispatch.prepare_seconds,
+            expected_msgs_per_second=config.dispatch.expected_msgs_per_second,
+            rate_burst=config.dispatch.rate_burst,
+            catalogs=self.catalogs,
+        )
+
+    def _crew_control(self, crew: CrewConfig) -> CrewControl:
+        control = CrewControl(
+            crew=Crew.from_config(crew),
+            me=self.config.matrix.user_id,
+            control_rooms=self.config.control.rooms,
+            port=MatrixCrewState(self.client),
+            runs=self.runs,
+            library=self.library,
+            matrix=self.matrix,
+            notifier=self.notifier,
+            clock=self.clock,
+        )
+        # Sending by duty (docs/crew.md): the run manager reads the roster.
+        self.runs.attach_crew(CrewLink(roster=control.roster, matrix=self.matrix))
+        return control
+
+    def _commands_and_participants(self) -> tuple[Controller, Participants]:
+        controller = Controller(
+            store=self.store,
+            runs=self.runs,
+            rooms=self.rooms,
+            notifier=self.notifier,
+            clock=self.clock,
+            crew=self.crew,
+        )
+        steering = Steering(runs=self.runs, store=self.store, matrix=self.matrix, clock=self.clock)
+        steering.register(controller)
+        participants = Participants(
+            matrix=self.matrix,
+            store=self.store,
+            runs=self.runs,
+            library=self.library,
+            dispatcher=self.dispatcher,
+            notifier=self.notifier,
+            clock=self.clock,
+            catalogs=self.catalogs,
+        )
+        return controller, participants
 
     # -- events ----------------------------------------------------------------------
 
