@@ -36,7 +36,7 @@ from bot.devtools.reliability import DIRTY, GitUnavailable, bot_fingerprint
 ROOT = Path(__file__).resolve().parent.parent
 
 # The sections of the table, in order (a row names one).
-SECTIONS = ("Faults", "Bad input", "Hostile users", "Leaks")
+SECTIONS = ("Faults", "Bad input", "Hostile users", "Leaks", "Crew failover")
 
 
 def results_path() -> Path | None:

@@ -16,6 +16,7 @@ from bot_harness import BotEnv, iso_z, seconds_ahead
 from crew_harness import crew_env
 from matrix_helpers import ClientPool, content_of, create_room, room_messages, with_content_key
 from nio import AsyncClient
+from test_crew_send_live import record_crew
 from test_faults_live import query, sleep_until
 
 from bot import DISPATCH_KEY
@@ -37,9 +38,11 @@ def copy_of(bot: BotEnv, room: str) -> str:
 
 async def until_one_copy(
     client: AsyncClient, room: str, *, keep: str, gone: str, timeout: float
-) -> None:
+) -> tuple[int, float]:
     """Until ``client`` sees both copies in ``room``: ``keep`` visible with its tag,
-    ``gone`` redacted (so the room shows one copy, and not for want of the other)."""
+    ``gone`` redacted (so the room shows one copy, and not for want of the other).
+    Returns the dispatch copies still visible and ``gone``'s origin_server_ts (in s):
+    the copy of the member later in the city's order, which covered the room."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         events = {getattr(e, "event_id", None): e for e in await room_messages(client, room)}
@@ -47,7 +50,7 @@ async def until_one_copy(
         if seen == {keep: True, gone: False}:
             visible = with_content_key(events.values(), DISPATCH_KEY)
             assert [e.event_id for e in visible if e.event_id in (keep, gone)] == [keep]
-            return
+            return len(visible), events[gone].server_timestamp / 1000
         assert asyncio.get_running_loop().time() < deadline, (room, seen)
         await asyncio.sleep(0.5)
 
@@ -110,10 +113,23 @@ async def test_partition_both_send_then_each_room_keeps_one_copy(
 
         # North orders a first: b redacts its copy; south orders b first: a redacts.
         # Each seen from the server of its moderator, which got both copies.
-        await until_one_copy(
+        seen_north = await until_one_copy(
             crew.org, north, keep=copy_of(a, north), gone=copy_of(b, north), timeout=40
         )
-        await until_one_copy(mod, south, keep=copy_of(b, south), gone=copy_of(a, south), timeout=40)
+        seen_south = await until_one_copy(
+            mod, south, keep=copy_of(b, south), gone=copy_of(a, south), timeout=40
+        )
         told = await crew.notices("Duplicate in", wait=20, count=2)
         assert {s for s, _ in told} == {ida}, told  # the speaker, for both rooms
         assert [r for r in (north, south) if any(r in body for _, body in told)] == [north, south]
+        record_crew(
+            "tests/test_crew_partition_live.py::"
+            "test_partition_both_send_then_each_room_keeps_one_copy",
+            "partition",
+            "Two members on two federating Synapses, cut apart across an instant (both "
+            "alive, each counts the other down): both send to both rooms; after healing, "
+            "the member later in each city's order redacts its copy",
+            lost={"partition": 1}, covered=2,
+            last_covered_s=max(seen_north[1], seen_south[1]) - start.timestamp(),
+            visible_duplicates=seen_north[0] - 1 + seen_south[0] - 1,
+        )

@@ -2,7 +2,8 @@
 tests): each room gets each stage once, from the member on duty; a member
 SIGKILLed before an instant is covered by the other within grace; restarted, it
 looks before sending and re-sends nothing, and is on duty again for the next
-stage; an !abort with one member down reaches every room.
+stage; an !abort with one member down reaches every room; a !hold with one
+member down is kept by the survivor, and !resume releases the stage once.
 
 Both bots run as ``python -m bot run`` processes (tests/bot_harness.py), with
 ``crew.heartbeat_seconds: 1`` (down 3 s after the last beat) and
@@ -26,6 +27,7 @@ from typing import Any
 import pytest
 import yaml
 from bot_harness import BotEnv, iso_z
+from figures import pytest_command, record
 from matrix_helpers import ClientPool, content_of, create_room, room_messages, send_text
 
 from bot import DISPATCH_KEY
@@ -170,6 +172,45 @@ async def settled(env: BotEnv, stage: str, timeout: float = 40) -> dict[str, tup
         await asyncio.sleep(0.3)
 
 
+def db_rows(env: BotEnv, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    with contextlib.closing(sqlite3.connect(env.storage_dir / "blossom.db")) as db:
+        return db.execute(sql, params).fetchall()
+
+
+async def event_ts(client: Any, room: str, event_id: str) -> float:
+    """The origin_server_ts (in s) of ``event_id`` in ``room``."""
+    for e in await room_messages(client, room):
+        if getattr(e, "event_id", None) == event_id:
+            return float(e.server_timestamp) / 1000
+    raise AssertionError(f"{event_id} not in {room}")
+
+
+def duplicates(seen: list[tuple[str, str, float]]) -> int:
+    """Dispatch texts in a room beyond the first of each stage."""
+    return len(seen) - len({s for s, _, _ in seen})
+
+
+def record_crew(test: str, row: str, what: str, *, lost: dict[str, int],
+                covered: int, last_covered_s: float, visible_duplicates: int) -> None:
+    """A "Crew failover" row: what was lost (kills, outages, by kind), how many rooms
+    another member covered, and how long after the instant the last covered room had
+    it (from the events' origin_server_ts, the server's stamps)."""
+    record(
+        f"crew/{row}",
+        section="Crew failover",
+        what=what,
+        tried=sum(lost.values()),
+        unit="kills and outages",
+        command=pytest_command(test),
+        by_kind=lost,
+        measured={
+            "rooms covered by failover": covered,
+            "instant to last covered room (s)": round(last_covered_s, 2),
+            "duplicates left visible": visible_duplicates,
+        },
+    )
+
+
 def log_of(env: BotEnv) -> str:
     return env.log_path.read_text(errors="replace") if env.log_path.exists() else ""
 
@@ -219,6 +260,17 @@ async def test_each_room_once_from_the_member_on_duty_and_failover_after_sigkill
         assert [(s, who) for s, who, _ in await sightings(pair.org, south)] == [
             ("one", b), ("two", b), ("three", b)
         ]
+        left = sum([duplicates(await sightings(pair.org, room)) for room in pair.rooms])
+        record_crew(
+            "tests/test_crew_send_live.py::"
+            "test_each_room_once_from_the_member_on_duty_and_failover_after_sigkill",
+            "sigkill-one-server",
+            "Two members on one Synapse; the member on duty SIGKILLed 1.5 s before an "
+            "instant (grace 2 s): the other covers its room, once; restarted, it looks "
+            "first and re-sends nothing, and is on duty for the next stage",
+            lost={"member SIGKILLed": 1}, covered=1, last_covered_s=arrived - two.timestamp(),
+            visible_duplicates=left,
+        )
 
 
 async def test_abort_with_one_member_down_reaches_every_room(
@@ -239,11 +291,76 @@ async def test_abort_with_one_member_down_reaches_every_room(
         pair.a.kill()
         # No reply is awaited: a, the speaker, is gone and b does not count it
         # down (and speak) for another few seconds; b acts on the command at once.
-        await send_text(pair.org, pair.b.control_room, "!abort ca")
+        command = await send_text(pair.org, pair.b.control_room, "!abort ca")
+        arrived = {}
         for room in pair.rooms:
-            await wait_for(pair.org, room, ABORT_STAGE, timeout=GRACE_S + 10)
+            arrived[room] = await wait_for(pair.org, room, ABORT_STAGE, timeout=GRACE_S + 10)
         await asyncio.sleep(GRACE_S + 1)
         b = pair.b.bot_user.user_id
         for room in pair.rooms:
             stops = [who for s, who, _ in await sightings(pair.org, room) if s == ABORT_STAGE]
             assert stops == [b], (room, stops)
+        # The stop message's "instant" is the command's, as the server stamped it.
+        sent_at = await event_ts(pair.org, pair.b.control_room, command)
+        record_crew(
+            "tests/test_crew_send_live.py::test_abort_with_one_member_down_reaches_every_room",
+            "abort-member-down",
+            "Two members on one Synapse; one SIGKILLed just before !abort: the survivor "
+            "acts on it and its stop message reaches every room once, the dead member's "
+            "room as standby after grace (2 s), timed from the command",
+            lost={"member SIGKILLed": 1}, covered=1,
+            last_covered_s=arrived[pair.rooms[0]] - sent_at,
+            visible_duplicates=sum(
+                [duplicates(await sightings(pair.org, room)) for room in pair.rooms]
+            ),
+        )
+
+
+async def test_hold_with_one_member_down_is_kept_and_resume_sends_once(
+    homeserver: EmbeddedHomeserver, tmp_path: Path, clients: ClientPool
+) -> None:
+    async with crew_pair(homeserver, tmp_path, clients, "hold") as pair:
+        north, south = pair.rooms
+        a, b = pair.a.bot_user.user_id, pair.b.bot_user.user_id
+        pair.write(crew_scenario(pair, "ch", [
+            {"id": "one", "at": "0s", "text": "One"},
+            {"id": "two", "at": "+10s", "text": "Two"},
+            {"id": "three", "at": "+10m", "text": "Three"},  # keeps the run armed
+        ]))
+        await start_both(pair)
+        t0 = datetime.now(UTC) + timedelta(seconds=5)
+        assert "Armed ch" in await pair.b.command(f"!arm ch at {iso_z(t0)}")
+        for room in pair.rooms:
+            await wait_for(pair.org, room, "one")
+        # a, on duty for north, dies; north's stage two is then b's to send, at
+        # the instant or as standby after grace, unless b keeps the hold.
+        pair.a.kill()
+        await send_text(pair.org, pair.b.control_room, "!hold ch north")
+        deadline = time.monotonic() + 10
+        while db_rows(pair.b, "SELECT city_id FROM holds") != [("north",)]:
+            assert time.monotonic() < deadline, "b did not record the hold"
+            await asyncio.sleep(0.2)
+        two = t0 + timedelta(seconds=10)
+        assert datetime.now(UTC) < two - timedelta(seconds=1), "the hold came too late to test"
+        # South is not held: stage two was due, and b was sending.
+        await wait_for(pair.org, south, "two", timeout=20)
+        await asyncio.sleep(max(0.0, (two - datetime.now(UTC)).total_seconds() + COVER_WITHIN_S))
+        assert [(s, who) for s, who, _ in await sightings(pair.org, north)] == [("one", a)]
+        assert db_rows(
+            pair.b, "SELECT state FROM dispatches WHERE city_id = 'north' AND stage_id = 'two'"
+        ) == [("held",)]
+        assert db_rows(
+            pair.b, "SELECT state FROM deliveries WHERE room_id = ? AND stage_id = 'two' "
+            "AND state = 'sent'", (north,)
+        ) == []
+        # a has been down for longer than 3 heartbeats: b is the speaker and answers.
+        assert "north" in (await pair.b.command("!resume ch north")).lower()
+        await wait_for(pair.org, north, "two", timeout=20)
+        await asyncio.sleep(GRACE_S + 1.5)
+        assert [(s, who) for s, who, _ in await sightings(pair.org, north)] == [
+            ("one", a), ("two", b)
+        ], log_of(pair.b)[-3000:]
+        assert [(s, who) for s, who, _ in await sightings(pair.org, south)] == [
+            ("one", b), ("two", b)
+        ]
+        assert await settled(pair.b, "two") == {north: ("sent", ""), south: ("sent", "")}
