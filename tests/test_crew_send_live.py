@@ -355,7 +355,7 @@ async def test_hold_with_one_member_down_is_kept_and_resume_sends_once(
         ) == []
         # a has been down for longer than 3 heartbeats: b is the speaker and answers.
         assert "north" in (await pair.b.command("!resume ch north")).lower()
-        await wait_for(pair.org, north, "two", timeout=20)
+        arrived = await wait_for(pair.org, north, "two", timeout=20)
         await asyncio.sleep(GRACE_S + 1.5)
         assert [(s, who) for s, who, _ in await sightings(pair.org, north)] == [
             ("one", a), ("two", b)
@@ -364,3 +364,19 @@ async def test_hold_with_one_member_down_is_kept_and_resume_sends_once(
             ("one", b), ("two", b)
         ]
         assert await settled(pair.b, "two") == {north: ("sent", ""), south: ("sent", "")}
+        resumed = [e for e in await room_messages(pair.org, pair.b.control_room)
+                   if content_of(e).get("body") == "!resume ch north"]
+        record_crew(
+            "tests/test_crew_send_live.py::"
+            "test_hold_with_one_member_down_is_kept_and_resume_sends_once",
+            "hold-member-down",
+            "Two members on one Synapse; the member on duty for a city SIGKILLed, then "
+            "!hold of that city: the survivor keeps it (the stage reaches none of its "
+            "rooms, neither at the instant nor after grace); !resume sends it once, from "
+            "the survivor, timed from the !resume",
+            lost={"member SIGKILLed": 1}, covered=1,
+            last_covered_s=arrived - resumed[-1].server_timestamp / 1000,
+            visible_duplicates=sum(
+                [duplicates(await sightings(pair.org, room)) for room in pair.rooms]
+            ),
+        )
