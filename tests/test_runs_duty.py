@@ -16,8 +16,9 @@ from fakes import BOT, CONTROL, T0, kit, scenario
 
 from bot import DISPATCH_KEY
 from bot.crew.duty import CrewView
-from bot.crew.gate import GATE_KEY
+from bot.crew.gate import GATE_KEY, checkin_token
 from bot.crew.members import Crew, Member
+from bot.crew.shares import CHECKINS_KEY, share_contents
 from bot.delivery import Message, Release
 from bot.ids import ABORT_STAGE
 from bot.ledger import DeliveryState, DispatchState, Part
@@ -393,3 +394,67 @@ async def test_without_a_published_decision_a_member_decides_at_instant_plus_gra
             await asyncio.sleep(0.01)
         assert [e.content[GATE_KEY]["action"] for e in k.hs.in_room(CONTROL)
                 if GATE_KEY in e.content] == ["hold"]
+
+
+# -- gates: check-ins shared across the crew, once per person ----------------------------
+
+P1, P2 = "@p1:fake", "@p2:fake"
+
+
+def share_notice(run: str, users: Sequence[str], sender: str = OTHER) -> dict[str, object]:
+    (body,) = share_contents(run, "town", "call", users)
+    return {"type": "m.room.message", "event_id": "$share", "sender": sender,
+            "origin_server_ts": 1, "content": {"msgtype": "m.notice", "body": "check-ins",
+                                               CHECKINS_KEY: body}}
+
+
+async def _gate_with_shared(k: object, shared: Sequence[str], sender: str = OTHER) -> int:
+    """Arm, release "call", check P1 in with this member, let ``sender`` share
+    ``shared``, then the gate of "go" (this member on duty); the run's id."""
+    k.write(gated_scenario([BOT, OTHER]))  # type: ignore[attr-defined]
+    out = await k.arm("cg")  # type: ignore[attr-defined]
+    await k.at(T0)  # type: ignore[attr-defined]
+    await k.store.participants.add_checkin(  # type: ignore[attr-defined]
+        out.run_id, "town", "call", P1, now=T0, via="here"
+    )
+    notices = [share_notice(k.keys[-1], shared, sender)] if shared else []  # type: ignore[attr-defined]
+    k.crew.copies[CONTROL] = notices  # type: ignore[attr-defined]
+    await k.at(GO)  # type: ignore[attr-defined]
+    return int(out.run_id)
+
+
+def _published(k: object) -> list[dict[str, object]]:
+    return [e.content[GATE_KEY] for e in k.hs.in_room(CONTROL)  # type: ignore[attr-defined]
+            if GATE_KEY in e.content]
+
+
+async def test_the_gate_counts_check_ins_another_member_took(tmp_path: Path) -> None:
+    async with kit(tmp_path, opted_in=[R1], crew=lambda hs: FakeCrew(hs)) as k:
+        run_id = await _gate_with_shared(k, [P2])
+        await k.idle()
+        assert await _state(k, run_id) is DispatchState.RELEASED
+        assert [(d["action"], d["checkins"]) for d in _published(k)] == [("release", 2)]
+
+
+async def test_a_person_checked_in_with_two_members_counts_once(tmp_path: Path) -> None:
+    async with kit(tmp_path, opted_in=[R1], crew=lambda hs: FakeCrew(hs)) as k:
+        run_id = await _gate_with_shared(k, [P1])
+        assert await _state(k, run_id) is DispatchState.HELD
+        assert [(d["action"], d["checkins"]) for d in _published(k)] == [("hold", 1)]
+
+
+async def test_check_ins_shared_by_someone_outside_the_crew_do_not_count(tmp_path: Path) -> None:
+    async with kit(tmp_path, opted_in=[R1], crew=lambda hs: FakeCrew(hs)) as k:
+        run_id = await _gate_with_shared(k, [P2], sender="@stranger:fake")
+        assert await _state(k, run_id) is DispatchState.HELD
+
+
+async def test_each_member_shares_its_check_ins_as_tokens_before_a_gate(tmp_path: Path) -> None:
+    async with kit(tmp_path, opted_in=[R1], crew=lambda hs: FakeCrew(hs)) as k:
+        await _gate_with_shared(k, [])
+        await k.idle()
+        (notice,) = [e for e in k.hs.in_room(CONTROL) if CHECKINS_KEY in e.content]
+        assert notice.content[CHECKINS_KEY] == {"run": k.keys[-1], "city": "town",
+                                                "stage": "call",
+                                                "tokens": [checkin_token(k.keys[-1], P1)]}
+        assert P1 not in str(notice.content)

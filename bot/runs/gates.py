@@ -29,6 +29,13 @@ from bot.crew.gate import (
     gate_step,
     parse_gate_decision,
 )
+from bot.crew.shares import (
+    CHECKINS_KEY,
+    CheckinShare,
+    parse_checkin_share,
+    share_contents,
+    shared_count,
+)
 from bot.delivery import Release
 from bot.ids import report_txn_id
 from bot.ledger import DispatchState
@@ -76,9 +83,7 @@ async def await_decisions(
     pending = list(waiting)
     while pending:
         events = await crew.recent(armed.run.control_room) or []
-        decisions = [
-            d for e in events if (d := parse_gate_decision(e, members=crew.crew.members))
-        ]
+        decisions = [d for e in events if (d := parse_gate_decision(e, members=crew.crew.members))]
         now = armed.clock.now()
         still = []
         for rel in pending:
@@ -171,3 +176,76 @@ async def publish(ctx: RunContext, armed: ArmedRun, decisions: Sequence[GateDeci
             await ctx.sender.send(armed.run.control_room, "m.room.message", content, txn)
         except SendFailed as err:
             log.warning("could not publish the gate of %s/%s: %s", d.city, d.stage, err)
+
+
+def _counted_stage(armed: ArmedRun, stage: str) -> str:
+    """The stage a gate's check-ins are recorded against: the previous one ("" first)."""
+    ids = [s.id for s in armed.scenario.stages]
+    index = ids.index(stage)
+    return ids[index - 1] if index > 0 else ""
+
+
+async def share_checkins(ctx: RunContext, armed: ArmedRun, prepared: Sequence[Release]) -> None:
+    """Publish this member's check-in tokens for each gated release, at the
+    instant - prepare, so whoever decides the city's gate has them by the instant."""
+    users = await ctx.store.participants.checkin_users(armed.run.id)
+    for rel in prepared:
+        if not gated(armed, rel):
+            continue
+        stage = _counted_stage(armed, rel.stage_id)
+        chunks = share_contents(
+            armed.run_key, rel.city_id, stage, users.get((rel.city_id, stage), ())
+        )
+        for n, body in enumerate(chunks):
+            content: dict[str, Any] = {
+                "msgtype": "m.notice",
+                "body": f"Check-ins {armed.scenario_id} in {rel.city_id}: "
+                f"{len(body['tokens'])} (for the gate of {rel.stage_id}).",
+                CHECKINS_KEY: body,
+            }
+            txn = report_txn_id(
+                armed.run.id,
+                armed.scenario_id,
+                armed.run.armed_at,
+                "checkins",
+                rel.city_id,
+                rel.stage_id,
+                str(n),
+            )
+            try:
+                await ctx.sender.send(armed.run.control_room, "m.room.message", content, txn)
+            except SendFailed as err:
+                log.warning("could not share the check-ins of %s/%s: %s", rel.city_id, stage, err)
+
+
+async def read_shares(crew: CrewSide, armed: ArmedRun) -> list[CheckinShare]:
+    """The check-in tokens other members published in the run's control room."""
+    events = await crew.recent(armed.run.control_room) or []
+    return [s for e in events if (s := parse_checkin_share(e, members=crew.crew.members))]
+
+
+async def with_shared(
+    ctx: RunContext,
+    crew: CrewSide,
+    armed: ArmedRun,
+    checkins: Mapping[tuple[str, str], int],
+    shares: Sequence[CheckinShare],
+) -> dict[tuple[str, str], int]:
+    """Check-in counts with each shared (city, stage) counted once per person
+    across the crew: this member's own united with the others' tokens."""
+    counts = dict(checkins)
+    keys = {(s.city, s.stage) for s in shares if s.run == armed.run_key and s.member != crew.me}
+    if not keys:
+        return counts
+    users = await ctx.store.participants.checkin_users(armed.run.id)
+    for city, stage in keys:
+        counts[(city, stage)] = shared_count(
+            run=armed.run_key,
+            city=city,
+            stage=stage,
+            own=users.get((city, stage), ()),
+            shares=shares,
+            me=crew.me,
+            crew=crew.crew.members,
+        )
+    return counts

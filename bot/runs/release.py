@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 
 from bot.crew.gate import GateDecision
+from bot.crew.shares import CheckinShare
 from bot.dispatch import Message, Outcome, Release
 from bot.i18n import Translator
 from bot.i18n import messages as say
@@ -141,6 +142,11 @@ class ReleaseShell:
         if ctx.crew is not None and armed.drill_room is None:
             # Who else is in each room decides duty: known before the instant.
             await ctx.crew.learn_members([room for r in prepared for room in r.rooms])
+            if any(gates.gated(armed, r) for r in prepared):
+                # Whoever decides a gate counts our check-ins too (by the instant).
+                ctx.supervisor.spawn(
+                    gates.share_checkins(ctx, armed, prepared), run_id, "check-ins"
+                )
         await armed.clock.sleep_until(due_at)
         if ctx.armed.get(run_id) is not armed:
             return  # disarmed while we prepared
@@ -167,8 +173,18 @@ class ReleaseShell:
             if waiting:
                 self._ctx.supervisor.spawn(self._follow(armed, waiting), run_id, "gate")
                 prepared = [r for r in prepared if r not in waiting]
+        shares: list[CheckinShare] = []
+        if (
+            crew is not None
+            and cause is Cause.TIMER
+            and any(gates.gated(armed, r) for r in prepared)
+        ):
+            # Read before the lock: the others' check-ins, for the gates we decide.
+            shares = await gates.read_shares(crew, armed)
         async with self._locks[run_id]:
-            plan, fanout = await self._decide_and_start(armed, prepared, cause, followed or {})
+            plan, fanout = await self._decide_and_start(
+                armed, prepared, cause, followed or {}, shares
+            )
         keys = [(r.city_id, r.stage_id) for r in plan.release]
         try:
             outcomes: list[Outcome] = []
@@ -199,6 +215,7 @@ class ReleaseShell:
         prepared: Sequence[Release],
         cause: Cause,
         followed: Mapping[tuple[str, str], GateDecision],
+        shares: Sequence[CheckinShare] = (),
     ) -> tuple[InstantPlan, asyncio.Future[list[Outcome]] | None]:
         ctx, run_id = self._ctx, armed.run.id
         claimed = self._claimed[run_id]
@@ -211,6 +228,8 @@ class ReleaseShell:
         )
         now = armed.clock.now()
         checkins = await ctx.store.participants.checkin_counts(run_id) if gated else {}
+        if shares and ctx.crew is not None:
+            checkins = await gates.with_shared(ctx, ctx.crew, armed, checkins, shares)
         checkins = gates.with_followed(armed, checkins, followed)
         plan = plan_instant(
             scenario=armed.scenario,
@@ -267,9 +286,7 @@ class ReleaseShell:
         ctx, crew = self._ctx, self._ctx.crew
         if crew is None or armed.drill_room is not None:
             return ctx.dispatcher.release(releases, priority=priority, started=started)
-        plan = covering.split(
-            ctx, crew, armed, releases, now=now, instant=now if by_hand else None
-        )
+        plan = covering.split(ctx, crew, armed, releases, now=now, instant=now if by_hand else None)
         return covering.fan_out(
             ctx, crew, armed, releases, plan, started=started, priority=priority
         )
@@ -406,9 +423,7 @@ class ReleaseShell:
         await self.maybe_finish(armed)
 
 
-def _stop_message(
-    armed: ArmedRun, city_id: str, message: str | None, t: Translator
-) -> Message:
+def _stop_message(armed: ArmedRun, city_id: str, message: str | None, t: Translator) -> Message:
     city = armed.scenario.city(city_id)
     label = f"[DRILL] {armed.scenario_id} · {city.name}" if armed.drill_room is not None else None
     template = message or armed.scenario.abort_text

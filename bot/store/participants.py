@@ -33,6 +33,16 @@ class Participants:
         )
         return {(str(r["city_id"]), str(r["stage_id"])): int(r["n"]) for r in rows}
 
+    async def checkin_users(self, run_id: int) -> dict[tuple[str, str], set[str]]:
+        """Who checked in, per (city, stage): for sharing as tokens in a crew."""
+        rows = await self._db.fetch(
+            "SELECT city_id, stage_id, user_id FROM checkins WHERE run_id = ?", (run_id,)
+        )
+        out: dict[tuple[str, str], set[str]] = {}
+        for r in rows:
+            out.setdefault((str(r["city_id"]), str(r["stage_id"])), set()).add(str(r["user_id"]))
+        return out
+
     # -- private (direct message) participants ---------------------------------------------
 
     async def add_direct(
