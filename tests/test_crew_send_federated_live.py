@@ -120,6 +120,15 @@ async def test_federated_crew_covers_a_stopped_homeserver(
             await mod.room_invite(room, first.bot_user.user_id)
             for env in (env_a, env_b):
                 await env.wait_joined(room, by=mod, timeout=40)
+        # Arm only once the members see each other across the federation: until a
+        # heartbeat has crossed, each counts the other down and both would speak.
+        for _ in range(60):
+            crew = await env_a.command("!crew", timeout=30)
+            if b in crew and "ago" in crew and "(down)" not in crew:
+                break
+            await asyncio.sleep(0.5)
+        else:
+            raise AssertionError(f"the members never saw each other up: {crew}")
         t0 = datetime.now(UTC) + timedelta(seconds=6)
         assert "Armed cf" in await env_a.command(f"!arm cf at {iso_z(t0)}", timeout=30)
         # All alive: once each, from the member on duty (a north, b south).
