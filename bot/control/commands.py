@@ -251,12 +251,4 @@ class CoreCommands:
     )
     async def disarm(self, ctx: Context, args: Args) -> Reply:
         armed, say = self._controller.pick(args)
-        reply = Reply(say(await disarm(self._runs, self._store, self._clock, armed)))
-        if self._controller.crew is not None:
-            self._controller.crew.nudge()  # the heartbeat no longer lists its digest
-        return reply
-
-
-async def disarm(runs: RunManager, store: Store, clock: Clock, armed: ArmedRun) -> str:
-    """Disarm exactly this run (a drill can always be ended on its own)."""
-    return await runs.disarm(armed)
+        return Reply(say(await self._runs.disarm(armed)))

@@ -133,9 +133,6 @@ class CrewControl:
     def command_read(self) -> None:
         self.roster.command_read()
 
-    def nudge(self) -> None:
-        self.roster.nudge()
-
     def heard(self) -> None:
         """Heartbeats were ingested: wake whoever waits for an answer."""
         self._heard.set()

@@ -271,6 +271,7 @@ class Arming:
         run = next(r for r in await ctx.store.runs.armed() if r.id == run_id)
         armed = ArmedRun(run, loaded, run_clock)
         ctx.armed[run_id] = armed
+        ctx.armed_changed()
         self._shell.schedule(armed, await ctx.store.ledger.dispatches(run_id))
         log.info("armed %s as run %d by %s", scenario_id, run_id, sender)
         return ArmOutcome(preview_text(p, run_id), table, run_id)
@@ -310,6 +311,7 @@ class Arming:
             )
             await ctx.store.runs.end(run_id, RunState.DISARMED, ctx.clock.now())
         del ctx.armed[run_id]
+        ctx.armed_changed()
         return f"Disarmed {armed.label()} (run {run_id}): nothing more will be sent."
 
     # -- restart -------------------------------------------------------------------------

@@ -49,6 +49,12 @@ class RunContext:
     def __post_init__(self) -> None:
         self.supervisor = Supervisor(self.notifier, self.ready, self.control_room_of)
 
+    def armed_changed(self) -> None:
+        """A run was armed, disarmed or finished: the crew's heartbeat lists the
+        armed files' digests, so it beats now rather than at its next turn."""
+        if self.crew is not None:
+            self.crew.nudge()
+
     def translator(self, armed: ArmedRun, city_id: str) -> Translator:
         """How the bot's own words reach this city's participants."""
         language = armed.scenario.city(city_id).language

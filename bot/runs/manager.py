@@ -13,7 +13,7 @@ from bot.library import LibraryError, ScenarioLibrary
 from bot.matrix.rooms import RoomRegistry
 from bot.matrix.sender import Sender
 from bot.notify import Notifier
-from bot.runs.arming import Arming, ArmOutcome
+from bot.runs.arming import Arming
 from bot.runs.context import RunContext
 from bot.runs.duty import CrewSide
 from bot.runs.model import ArmedRun, ArmError, ArmPreview
@@ -70,6 +70,7 @@ class RunManager:
         self.redirect = self._steering.redirect
         self.abort = self._steering.abort
         self.restore = self._arming.restore
+        self.arm = self._arming.arm
         self.disarm = self._arming.disarm
         self.wait_idle = self._ctx.supervisor.wait_idle
 
@@ -158,36 +159,6 @@ class RunManager:
     ) -> ArmPreview:
         """What ``!arm`` would do, without side effects."""
         return await self._arming.preview(scenario_id, start_at=start_at, resend_past=resend_past)
-
-    async def arm(
-        self,
-        scenario_id: str,
-        *,
-        sender: str,
-        control_room: str,
-        run_key: str,
-        start_at: datetime | None = None,
-        resend_past: bool = False,
-        confirmed: bool = False,
-        drill_room: str | None = None,
-        drill_speed: float | None = None,
-        drill_lead: timedelta = timedelta(seconds=3),
-    ) -> ArmOutcome:
-        outcome = await self._arming.arm(
-            scenario_id,
-            sender=sender,
-            control_room=control_room,
-            run_key=run_key,
-            start_at=start_at,
-            resend_past=resend_past,
-            confirmed=confirmed,
-            drill_room=drill_room,
-            drill_speed=drill_speed,
-            drill_lead=drill_lead,
-        )
-        if self._ctx.crew is not None and outcome.run_id is not None:
-            self._ctx.crew.nudge()  # the heartbeat now lists the file's digest
-        return outcome
 
     async def cancel_city(self, armed: ArmedRun, city_id: str, reason: str) -> int:
         return await self._shell.cancel_city(armed, city_id, reason)

@@ -339,6 +339,7 @@ class ReleaseShell:
         ctx = self._ctx
         if ctx.armed.pop(armed.run.id, None) is None:
             return
+        ctx.armed_changed()
         self._forget(armed.run.id)
         aborted = any(
             d.stage_id == ABORT_STAGE for d in await ctx.store.ledger.dispatches(armed.run.id)
