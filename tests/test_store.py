@@ -336,9 +336,10 @@ async def test_purge_is_all_or_nothing(store: Store) -> None:
     await store.audit.record(
         now=T0, room_id="!c:x", sender="@u:x", command="!arm demo", result="ok"
     )
-    with failing_write(store.db, at=3) as seen, pytest.raises(StoreError, match="injected"):
+    await store.participants.pod_key("demo", b"k" * 32, now=T0)
+    with failing_write(store.db, at=4) as seen, pytest.raises(StoreError, match="injected"):
         await store.purge("demo")
-    assert "DELETE FROM audit" in seen[2]
+    assert "DELETE FROM audit" in seen[3]
     assert [r.id for r in await store.runs.of_scenario("demo")] == [old]
     assert await store.participants.direct_rooms("demo", "a") == ["!dm:x"]
     assert len(await audit_log(store)) == 1
@@ -346,6 +347,36 @@ async def test_purge_is_all_or_nothing(store: Store) -> None:
     assert await store.runs.of_scenario("demo") == []
     assert await store.participants.direct_rooms("demo", "a") == []
     assert await audit_log(store) == []
+    assert await count(store, "pod_keys") == 0
+
+
+async def test_private_participants_keep_pod_and_role(store: Store) -> None:
+    """The pod assigned at !join and the role picked with !role stay with the row;
+    joining again from another chat moves only the chat; the key is kept once."""
+    p = store.participants
+    await p.add_direct("demo", "hk", "@a:x", "!dm1:x", now=T0, pod_id="mongkok")
+    await p.add_direct("demo", "hk", "@b:x", "!dm2:x", now=T0, pod_id="causeway")
+    await p.add_direct("demo", "hk", "@c:x", "!dm3:x", now=T0, pod_id="mongkok")
+    assert await p.set_role("demo", "hk", "@a:x", "front")
+    assert not await p.set_role("demo", "hk", "@nobody:x", "front")
+    await p.add_direct("demo", "hk", "@a:x", "!dm9:x", now=T0, pod_id="causeway")
+    a = await p.direct_member("demo", "hk", "@a:x")
+    assert a is not None and (a.room_id, a.pod_id, a.role_id) == ("!dm9:x", "mongkok", "front")
+    assert await p.pod_sizes("demo", "hk") == {"mongkok": 2, "causeway": 1}
+    assert [m.user_id for m in await p.direct_members("demo", "hk")] == ["@a:x", "@b:x", "@c:x"]
+    first = await p.pod_key("demo", b"1" * 32, now=T0)
+    assert first == b"1" * 32 and await p.pod_key("demo", b"2" * 32, now=T0) == first
+    run_id = await make_run(store)
+    await p.add_checkin(
+        run_id, "hk", "go", "@a:x", now=T0, via="here", pod_id="mongkok", role_id="front"
+    )
+    await p.add_checkin(run_id, "hk", "go", "@b:x", now=T0, via="here", pod_id="causeway")
+    await p.add_checkin(run_id, "hk", "go", "@c:x", now=T0, via="here", pod_id="mongkok")
+    assert (await p.checkin_counts_by_lane(run_id))[("hk", "go")] == {
+        ("mongkok", "front"): 1,
+        ("causeway", None): 1,
+        ("mongkok", None): 1,
+    }
 
 
 async def test_purge_cascades_but_keeps_armed(store: Store) -> None:

@@ -185,4 +185,21 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX runs_by_key ON runs (run_key) WHERE run_key != '';
     ALTER TABLE deliveries ADD COLUMN run_key TEXT NOT NULL DEFAULT '';
     """,
+    # 6: pods and roles (issue 14). A private participant's pod is assigned by the
+    # bot at !join and kept with the row (a !stop deletes the row: no list of who
+    # left); their role is what they picked with !role. A check-in records the pod
+    # and role it counts for, so gates per pod or role count each person once.
+    # pod_keys: the per-scenario secret of the assignment's level order
+    # (bot.scenario.assign), deleted by !purge with the scenario's participants.
+    """
+    ALTER TABLE direct_participants ADD COLUMN pod_id TEXT;
+    ALTER TABLE direct_participants ADD COLUMN role_id TEXT;
+    ALTER TABLE checkins ADD COLUMN pod_id TEXT;
+    ALTER TABLE checkins ADD COLUMN role_id TEXT;
+    CREATE TABLE pod_keys (
+        scenario_id TEXT PRIMARY KEY,
+        secret BLOB NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    """,
 )
