@@ -49,7 +49,9 @@ class FakeParticipants:
     async def direct_rooms(self, scenario_id: str, city_id: str) -> list[str]:
         return [r for s, c, _u, r in self.direct if (s, c) == (scenario_id, city_id)]
 
-    async def add_direct(self, s: str, c: str, u: str, r: str, *, now: datetime) -> None:
+    async def add_direct(
+        self, s: str, c: str, u: str, r: str, *, now: datetime, pod_id: str | None = None
+    ) -> None:
         self.direct.append((s, c, u, r))
 
     async def remove_direct_room(self, room_id: str) -> int:

@@ -18,6 +18,7 @@ without ``language`` reads exactly as before languages existed).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from bot.clock import Clock
 from bot.control.args import CITY_ARG, SCENARIO, TEXT_ARG, Arg
 from bot.control.checkins import counted_by_next_gate, latest_released
+from bot.control.lanes import pick_pod
 from bot.control.parse import MAX_COMMAND_CHARS, UsageError, parse
 from bot.control.registry import Args, CommandDef, Context, Reply, Table, Who, command
 from bot.dispatch import Dispatcher
@@ -36,6 +38,7 @@ from bot.matrix.actions import MatrixActions
 from bot.notify import Notifier
 from bot.runs import ArmedRun, RunManager
 from bot.scenario import City
+from bot.scenario.assign import AssignmentKey
 from bot.store import Store
 
 log = logging.getLogger(__name__)
@@ -117,6 +120,7 @@ class Participants:
         self._clock = clock
         self._catalogs = catalogs
         self._acked: dict[str, None] = {}
+        self._joining = asyncio.Lock()
         self.table = Table(Who.PARTICIPANT)
         self.table.add(self)
 
@@ -305,16 +309,44 @@ class Participants:
         mine = [s for s in await self._store.participants.direct_of_room(room_id) if s[2] == sender]
         if city.direct_limit is not None and len(current) >= city.direct_limit and not mine:
             return _reply(say.city_full(t, city_name=city.name))
-        await self._store.participants.add_direct(
-            scenario_id, city.id, sender, room_id, now=self._clock.now()
-        )
+        # Pods as the run sends by (an armed run's), else the file's.
+        lanes_city = self._speaking(scenario_id, city.id) or city
+        async with self._joining:  # sizes read and the row written as one step
+            pod_id = await self._pod_for(scenario_id, lanes_city, sender)
+            if lanes_city.pods and pod_id is None:
+                return _reply(say.city_full(t, city_name=city.name))
+            await self._store.participants.add_direct(
+                scenario_id, city.id, sender, room_id, now=self._clock.now(), pod_id=pod_id
+            )
         self._dispatcher.remember_room(room_id)
         underway = False
         for armed in list(self._runs.armed.values()):
             if armed.scenario_id == scenario_id and armed.drill_room is None:
                 rows = await self._store.ledger.dispatches(armed.run.id)
                 underway = underway or bool(latest_released(armed.scenario, rows, city.id))
-        return _reply(say.joined(t, city_name=city.name, underway=underway))
+        return _reply(
+            say.joined(t, city_name=city.name, underway=underway, pod=bool(lanes_city.pods))
+        )
+
+    async def _pod_for(self, scenario_id: str, city: City, sender: str) -> str | None:
+        """The pod ``sender`` is in or joins: the one they have (joining again keeps
+        it), else the assignment's (None: every pod is full, or no pods)."""
+        if not city.pods:
+            return None
+        member = await self._store.participants.direct_member(scenario_id, city.id, sender)
+        if member is not None and member.pod_id is not None:
+            return member.pod_id
+        # The scenario's secret, made on its first join and kept until !purge: the
+        # level order is the same across restarts (bot.scenario.assign).
+        fresh = AssignmentKey.generate().secret
+        key = AssignmentKey(
+            await self._store.participants.pod_key(scenario_id, fresh, now=self._clock.now())
+        )
+        sizes = await self._store.participants.pod_sizes(scenario_id, city.id)
+        pod_id = pick_pod(key, city, sizes)
+        if pod_id is not None:
+            log.info("private participant assigned to pod %s/%s", city.id, pod_id)
+        return pod_id
 
     @command(
         "stop",

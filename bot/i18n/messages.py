@@ -154,9 +154,11 @@ def city_full(t: Translator, *, city_name: str) -> Reply:
     return t.reply(t.line(template, city=city_name))
 
 
-def joined(t: Translator, *, city_name: str, underway: bool = False) -> Reply:
+def joined(t: Translator, *, city_name: str, underway: bool = False, pod: bool = False) -> Reply:
     """``!join`` accepted. ``underway``: a stage of the city has been released already
-    (late joiners get the stages from the next one on: docs/participants.md)."""
+    (late joiners get the stages from the next one on: docs/participants.md).
+    ``pod``: the city has pods and the bot has put the person in one (which one is
+    not said: the stages tell them where it meets, when they are released)."""
     # TRANSLATORS: %(city)s is the city's name; %(here)s and %(stop)s are the
     # commands !here and !stop.
     template = t.gettext(
@@ -175,7 +177,15 @@ def joined(t: Translator, *, city_name: str, underway: bool = False) -> Reply:
         # One paragraph, as the English always was; CJK sentences follow without a space.
         sep = "" if line.plain.endswith(("。", "！", "？")) else " "
         line = Line(plain=f"{line.plain}{sep}{late.plain}", html=f"{line.html}{sep}{late.html}")
-    return t.reply(line)
+    if not pod:
+        return t.reply(line)
+    # TRANSLATORS: follows "You're in for …" in a city split into small groups
+    # (pods); the bot chose the group, not the person.
+    grouped = t.gettext(
+        "The bot has put you in one of the city's small groups, so that no spot is "
+        "crowded; the stages will tell you where yours meets."
+    )
+    return t.reply(line, t.line(grouped))
 
 
 def joined_late(t: Translator, *, released: int, latest_at: datetime, zone: tzinfo) -> Reply:

@@ -1,0 +1,64 @@
+"""Pods and roles as participants meet them: which pod a newcomer gets, which
+pod and role a room or person counts for, and until when a role may change. Pure.
+
+The assignment rule itself is :mod:`bot.scenario.assign`; this module feeds it
+the city's pods and their sizes. A room's pod and role come from the scenario's
+room listing (a pod room belongs to its pod; ``{room: …, role: …}`` gives it a
+role). A private participant counts for the pod the bot assigned and the role
+they picked with ``!role``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from bot.ledger import DispatchState
+from bot.scenario import City, Scenario
+from bot.scenario.assign import AssignmentKey, PodLoad, assign_pod
+from bot.scenario.audience import role_matters
+from bot.store import DispatchRow
+
+_OUT = (DispatchState.RELEASED, DispatchState.RELEASING)
+
+
+@dataclass(frozen=True)
+class Lane:
+    """The pod and role a check-in counts for (None: the whole city / no role)."""
+
+    pod_id: str | None = None
+    role_id: str | None = None
+
+
+NO_LANE = Lane()
+
+
+def pod_loads(city: City, sizes: Mapping[str, int]) -> list[PodLoad]:
+    """Every pod of ``city`` with its private participants now (``sizes``, from
+    the store; a pod nobody is in is absent there) and its capacity."""
+    return [PodLoad(p.id, sizes.get(p.id, 0), p.capacity) for p in city.all_pods]
+
+
+def pick_pod(key: AssignmentKey, city: City, sizes: Mapping[str, int]) -> str | None:
+    """The pod a newcomer to ``city`` joins; None when every pod is full."""
+    return assign_pod(key, city.id, pod_loads(city, sizes))
+
+
+def room_lane(city: City, room_id: str) -> Lane:
+    """The pod and role a listed room of ``city`` counts for: a pod room's pod
+    and the role it is listed with; a city room's role (no pod)."""
+    for pod in city.all_pods:
+        if room_id in pod.rooms:
+            return Lane(pod.id, pod.room_roles.get(room_id))
+    return Lane(None, city.room_roles.get(room_id))
+
+
+def role_locked(scenario: Scenario, rows: Iterable[DispatchRow], city_id: str) -> bool:
+    """Whether a participant of ``city_id`` may no longer change role: a stage
+    whose sending depends on the role (:func:`role_matters`) has been released
+    (or is being released) for the city. A skipped one does not lock: the role
+    still matters for the next."""
+    mattering = {s.id for s in scenario.stages if role_matters(scenario, s)}
+    return any(
+        d.city_id == city_id and d.stage_id in mattering and d.state in _OUT for d in rows
+    )
