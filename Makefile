@@ -45,9 +45,11 @@ catalog: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/blossom demo
 
-# The whole benchmark (about 80 min on 2 cores; run it on a quiet machine), written to
+# The whole benchmark (about 80 min on 2 cores, then the crew's scale-out on two federating
+# Synapses, roughly 30 min more at 1,000 rooms; run it on a quiet machine), written to
 # benchmarks/results/latest.json, then docs/performance.md and the README's headline
-# regenerated from that file. BENCH_ARGS passes flags (see --help).
+# regenerated from that file. BENCH_ARGS passes flags (see --help; --no-scaleout leaves the
+# scale-out out, --only-scaleout measures it alone).
 bench: $(STAMP)
 	$(PY) -m benchmarks.fanout $(BENCH_ARGS)
 	$(PY) -m benchmarks.report --write

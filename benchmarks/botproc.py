@@ -11,7 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -59,7 +59,9 @@ def write_config(
     max_in_flight: int | None = None,
     prepare_seconds: float | None = None,
     sync_hold_seconds: float | None = None,
+    crew: Mapping[str, Any] | None = None,
 ) -> None:
+    """The bot's config; ``crew``: its ``crew`` section (a member of a crew)."""
     dispatch: dict[str, Any] = {}
     if max_in_flight is not None:
         dispatch["max_in_flight"] = max_in_flight
@@ -75,6 +77,8 @@ def write_config(
     }
     if dispatch:
         config["dispatch"] = dispatch
+    if crew is not None:
+        config["crew"] = dict(crew)
     (path.parent / "scenarios").mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config))
 

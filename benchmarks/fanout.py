@@ -1,8 +1,9 @@
 """Fan-out benchmark: Blossom against the homeserver's ceiling and a typical bot.
 
     python -m benchmarks.fanout          # make bench: everything docs/performance.md shows
-    python -m benchmarks.fanout --quick  # 50 and 200 rooms, 3 pairs, no extras
+    python -m benchmarks.fanout --quick  # 50 and 200 rooms, 3 pairs, no extras; scale-out at 100
     python -m benchmarks.fanout --smoke  # 3 rooms, 2 cities: the code path only
+    python -m benchmarks.fanout --only-scaleout [--quick]  # the crew's scale-out alone
 
 It starts its own Synapse (relaxed rate limits, every sender exempt), creates the
 rooms once and, for each room count, measures on the same rooms with the same
@@ -11,7 +12,8 @@ at the best concurrency of a sweep), then Blossom (``python -m bot run`` in a ch
 process releasing one stage of an armed scenario), then the ceiling again, and so
 on; and a typical matrix-nio bot sending room after room. Then the in-flight
 trade-off (fan-out time and a mid-fan-out ``!abort`` at each ``max_in_flight``),
-encrypted rooms, direct messages and presence. Everything goes to one file,
+encrypted rooms, direct messages and presence; then, that server stopped, the
+crew's scale-out on two federating Synapses (benchmarks/scaleout.py). Everything goes to one file,
 ``benchmarks/results/latest.json``, with the commit, the machine, the versions and
 the load; ``python -m benchmarks.report`` turns it into docs/performance.md's
 tables. See docs/performance.md.
@@ -23,21 +25,19 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from benchmarks import scaleout
 from benchmarks.inflight import measure_in_flight
 from benchmarks.load import process_cpu_s, wait_quiet
 from benchmarks.measure import (
@@ -47,7 +47,8 @@ from benchmarks.measure import (
     measure_typical,
     sweep,
 )
-from benchmarks.report import FORMAT, render
+from benchmarks.report import FORMAT, render, render_scaleout
+from benchmarks.runinfo import load_now, machine, source_version
 from benchmarks.summary import memory_model, pair_record, summarise_size
 from benchmarks.world import BotAccount, StageContent, World, build_world, log
 from bot.config import DispatchConfig
@@ -143,7 +144,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     _add_bot(p)
     _add_machine(p)
     _add_extras(p)
-    p.add_argument("--quick", action="store_true", help="50 and 200 rooms, 3 pairs, no extras")
+    scaleout.add_arguments(p)
+    p.add_argument(
+        "--only-scaleout",
+        action="store_true",
+        help="the crew's scale-out alone (no single-server fan-out; the report shows only it)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="50 and 200 rooms, 3 pairs, no extras; scale-out at 100 rooms, 2 pairs",
+    )
     p.add_argument("--smoke", action="store_true", help="3 rooms, 1 pair, the code path only")
     p.add_argument("--profile", type=Path, default=None, help="py-spy the bot and Synapse into DIR")
     p.add_argument("--workdir", type=Path, default=None, help="keep the homeserver and bots here")
@@ -154,6 +165,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.sweep, args.sweep_rooms = [1, 4, 16, 32, 64], 200
         args.in_flight, args.in_flight_rooms, args.in_flight_repeats = [16, 32, 64], 200, 1
         args.encrypted = args.presence = args.direct = False
+        args.scaleout_rooms, args.scaleout_pairs, args.scaleout_grace = 100, 2, 10.0
     if args.smoke:
         args.rooms, args.pairs, args.cities = [3], 1, 2
         args.sweep, args.sweep_rooms = [1, 2], 3
@@ -161,8 +173,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.lead, args.prepare, args.quiet_wait = 5.0, 1.0, 0.0
         args.abort_after = 0.0
         args.encrypted = args.presence = args.direct = False
+        args.scaleout_rooms, args.scaleout_pairs, args.scaleout_grace = 4, 1, 2.0
+        args.scaleout_heartbeat = 1.0
+    if args.only_scaleout:
+        args.scaleout = True
     if args.pairs < 1 or args.in_flight_repeats < 1 or args.typical_runs < 0:
         p.error("--pairs and --in-flight-repeats must be at least 1")
+    if args.scaleout and (args.scaleout_pairs < 1 or args.scaleout_rooms < 2):
+        p.error("--scaleout-pairs must be at least 1 and --scaleout-rooms at least 2")
+    if args.scaleout and not 2 <= args.scaleout_grace <= 600:
+        p.error("--scaleout-grace must be between 2 and 600 s (what failover.grace allows)")
     return args
 
 
@@ -255,56 +275,6 @@ async def measure_size(
     return summarise_size(rooms_n, best, rates, pairs, typicals)
 
 
-def _git(*argv: str) -> str:
-    return subprocess.run(
-        ["git", *argv],
-        cwd=Path(__file__).parent,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=10,
-    ).stdout.strip()
-
-
-def source_version() -> dict[str, Any]:
-    """The commit measured, and whether bot/ or benchmarks/ had uncommitted changes."""
-    try:
-        return {
-            "commit": _git("rev-parse", "--short=12", "HEAD"),
-            "dirty": bool(_git("status", "--porcelain", "--", "bot", "benchmarks")),
-            "bot_last_changed": _git("log", "-1", "--format=%h", "--", "bot"),
-        }
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None, "bot_last_changed": None}
-
-
-def load_now() -> dict[str, float]:
-    one, five, fifteen = os.getloadavg()
-    return {
-        "loadavg_1m": round(one, 2),
-        "loadavg_5m": round(five, 2),
-        "loadavg_15m": round(fifteen, 2),
-    }
-
-
-def machine() -> dict[str, Any]:
-    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    versions: dict[str, str | None] = {}
-    for dist in ("matrix-synapse", "matrix-nio", "aiohttp", "aiosqlite", "APScheduler"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
-    return {
-        "cores": os.cpu_count(),
-        "memory_gib": round(mem_gib, 1),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": versions,
-        "homeserver": "Synapse, SQLite, on loopback; bot and benchmark on the same machine",
-    }
-
-
 async def _phase(report: dict[str, Any], name: str, work: Callable[[], Awaitable[Any]]) -> None:
     """Run one part of the benchmark, keeping its result and how long it took."""
     t0 = time.monotonic()
@@ -375,12 +345,20 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "settings": _settings(args),
         "phase_s": {},
     }
-    hs = EmbeddedHomeserver(workdir / "homeserver", rate_limits="relaxed")
-    await hs.start()
-    try:
-        await measure_world(hs, args, workdir, report)
-    finally:
-        await hs.stop()
+    if not args.only_scaleout:
+        hs = EmbeddedHomeserver(workdir / "homeserver", rate_limits="relaxed")
+        await hs.start()
+        try:
+            await measure_world(hs, args, workdir, report)
+        finally:
+            await hs.stop()
+    if args.scaleout:
+        # After the single server has stopped: the pair has the machine to itself.
+        await _phase(
+            report,
+            "scaleout",
+            lambda: scaleout.measure_scaleout(args, workdir, new_blossom, quiet),
+        )
     report["load"]["end"] = load_now()
     report["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     return report
@@ -406,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["wall_s"] = round(time.monotonic() - t0, 1)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(render(report))
+    print(render(report) + "\n\n" + render_scaleout(report))
     print(f"\nWrote {args.output} ({report['wall_s']:.0f} s).")
     return 0
 

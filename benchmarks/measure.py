@@ -170,6 +170,46 @@ async def measure_typical(
 # -- 3. Blossom ----------------------------------------------------------------------
 
 
+async def command(
+    org: RawClient,
+    control: str,
+    text: str,
+    timeout: float = 60,  # noqa: ASYNC109
+) -> tuple[str, dict[str, Any]]:
+    """Send a control-room command as ``org``; (its event id, the first reply to it)."""
+    command = await org.send(control, {"msgtype": "m.text", "body": text})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for ev in await org.messages(control, 50):
+            content = ev.get("content", {})
+            reply_to = (content.get("m.relates_to") or {}).get("m.in_reply_to", {})
+            if reply_to.get("event_id") == command:
+                return command, ev
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"no reply to {text}")
+
+
+async def arm(
+    org: RawClient,
+    control: str,
+    scenario_id: str,
+    timeout: float = 60,  # noqa: ASYNC109
+    *,
+    confirm: bool = False,
+) -> int:
+    """``!arm``; the run id it answers. ``confirm``: send ``!arm … confirm`` when the
+    bot asks for it (a crew member not joined to the rooms another serves does)."""
+    _, reply = await command(org, control, f"!arm {scenario_id}", timeout)
+    body = str(reply.get("content", {}).get("body", ""))
+    if confirm and not body.startswith("Armed") and f"!arm {scenario_id} confirm" in body:
+        _, reply = await command(org, control, f"!arm {scenario_id} confirm", timeout)
+        body = str(reply.get("content", {}).get("body", ""))
+    match = re.search(r"\(run (\d+)\)", body)
+    if not body.startswith("Armed") or match is None:
+        raise RuntimeError(f"!arm {scenario_id} refused: {body}")
+    return int(match.group(1))
+
+
 @dataclass(frozen=True)
 class BlossomRun:
     fanout: Fanout
@@ -222,25 +262,10 @@ class Blossom:
 
     async def command(self, text: str, timeout: float = 60) -> tuple[str, dict[str, Any]]:  # noqa: ASYNC109
         """Send a control-room command as the organiser; (its event id, the bot's reply)."""
-        org, control = self.world.org, self.account.control_room
-        command = await org.send(control, {"msgtype": "m.text", "body": text})
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for ev in await org.messages(control, 50):
-                content = ev.get("content", {})
-                reply_to = (content.get("m.relates_to") or {}).get("m.in_reply_to", {})
-                if reply_to.get("event_id") == command:
-                    return command, ev
-            await asyncio.sleep(0.2)
-        raise TimeoutError(f"no reply to {text}")
+        return await command(self.world.org, self.account.control_room, text, timeout)
 
     async def arm(self, scenario_id: str, timeout: float = 60) -> int:  # noqa: ASYNC109
-        _, reply = await self.command(f"!arm {scenario_id}", timeout)
-        body = str(reply.get("content", {}).get("body", ""))
-        match = re.search(r"\(run (\d+)\)", body)
-        if not body.startswith("Armed") or match is None:
-            raise RuntimeError(f"!arm {scenario_id} refused: {body}")
-        return int(match.group(1))
+        return await arm(self.world.org, self.account.control_room, scenario_id, timeout)
 
     async def seed(self) -> None:
         """Record the control room and the rooms as opted in (once per bot store)."""

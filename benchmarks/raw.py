@@ -89,12 +89,15 @@ class RawClient:
         encrypted: bool = False,
         public: bool = False,
         direct: bool = False,
+        power_users: Mapping[str, int] | None = None,
     ) -> str:
         body: dict[str, Any] = {
             "name": name,
             "preset": "public_chat" if public else "private_chat",
             "invite": list(invite),
         }
+        if power_users:
+            body["power_level_content_override"] = {"users": dict(power_users)}
         if direct:
             body["is_direct"] = True
             body["preset"] = "trusted_private_chat"

@@ -136,3 +136,67 @@ def memory_model(rows: Sequence[Mapping[str, Any]]) -> dict[str, float] | None:
         return None
     fit = statistics.linear_regression([x for x, _ in points], [y for _, y in points])
     return {"base_mb": round(fit.intercept, 1), "mb_per_room": round(fit.slope, 4)}
+
+
+def summarise_layout(
+    layout: str,
+    solos: Sequence[Any],
+    crews: Sequence[Mapping[str, Any]],
+    grace_s: float,
+) -> dict[str, Any]:
+    """One layout of the crew's scale-out: its pairs (one bot's ``BlossomRun``, the
+    crew's release as a dict), the last room of each side from the instant."""
+    one = [float(s.last_lateness_ms) for s in solos]
+    crew = [float(c["last_ms"]) for c in crews]
+    out: dict[str, Any] = {
+        "layout": layout,
+        "pairs": min(len(one), len(crew)),
+        "one_bot_last_ms": spread(one, 0),
+        "crew_last_ms": spread(crew, 0),
+        "ratio": spread([c / o for c, o in zip(crew, one, strict=False) if o > 0]),
+        "ratio_of_medians": ratio_of_medians(crew, one),
+        "one_bot_first_ms": spread([float(s.first_lateness_ms) for s in solos], 1),
+        "crew_first_ms": spread([float(c["first_ms"]) for c in crews], 1),
+        "one_bot_synapse_cpu_s": spread([float(s.synapse_cpu_s) for s in solos], 2),
+        "crew_synapse_cpu_s": {
+            side: spread([float(c["synapse_cpu_s"][side]) for c in crews], 2) for side in "ab"
+        },
+        "background_cores": spread(
+            [
+                *(float(s.background_cores) for s in solos),
+                *(float(c["background_cores"]) for c in crews),
+            ],
+            2,
+        ),
+        "failed": sum(int(s.failed) for s in solos) + sum(int(c["failed"]) for c in crews),
+        "duplicates": sum(int(c.get("duplicates", 0)) for c in crews),
+        "one_bot_runs": [asdict(s) for s in solos],
+        "crew_runs": list(crews),
+    }
+    if layout == "failover":
+        covered = [float(c["covered_ms"]) for c in crews if c["covered_ms"] is not None]
+        out["covered_ms"] = spread(covered, 0)
+        out["covered_after_grace_ms"] = spread([c - grace_s * 1000 for c in covered], 0)
+        out["covered_rooms"] = spread([float(c["covered"]) for c in crews], 0)
+        out["before_kill_rooms"] = spread([float(c["before_kill"]) for c in crews], 0)
+    return out
+
+
+def summarise_scaleout(
+    *,
+    rooms: int,
+    split: Sequence[int],
+    grace_s: float,
+    heartbeat_s: float,
+    setup_s: Mapping[str, float],
+    rounds: Sequence[tuple[str, Sequence[Any], Sequence[Mapping[str, Any]]]],
+) -> dict[str, Any]:
+    """The scale-out section of the results file: each layout's pairs."""
+    return {
+        "rooms": rooms,
+        "split": list(split),
+        "grace_s": grace_s,
+        "heartbeat_s": heartbeat_s,
+        "setup_s": dict(setup_s),
+        "layouts": [summarise_layout(lay, s, c, grace_s) for lay, s, c in rounds],
+    }

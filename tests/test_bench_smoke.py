@@ -1,5 +1,7 @@
 """The fan-out benchmark's code path at toy size, so it cannot rot. No timing
-assertions: only that it runs end to end and writes the result fields."""
+assertions: only that it runs end to end and writes the result fields. The
+crew's scale-out (two federating Synapses) is its own test, so each stays
+within its budget."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.report import render
+from benchmarks.report import NOT_MEASURED, render, render_scaleout
 
 pytestmark = pytest.mark.homeserver
 
@@ -40,7 +42,7 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
     out = tmp_path / "latest.json"
     proc = subprocess.run(
         [
-            *(sys.executable, "-m", "benchmarks.fanout", "--smoke"),
+            *(sys.executable, "-m", "benchmarks.fanout", "--smoke", "--no-scaleout"),
             *("--output", str(out), "--workdir", str(tmp_path / "work")),
         ],
         cwd=REPO,
@@ -67,3 +69,41 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
     # The report renders what the run wrote, targets and trade-off included.
     text = render(report)
     assert "#### Targets" in text and "#### In flight: fan-out against abort" in text
+
+
+@pytest.mark.timeout(150)
+def test_scaleout_smoke(tmp_path: Path) -> None:
+    """The crew's scale-out at 4 rooms (2 per server), one pair per layout: every
+    room gets the stage in each layout, the killed member's rooms are covered."""
+    out = tmp_path / "latest.json"
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "benchmarks.fanout", "--smoke", "--only-scaleout"),
+            *("--output", str(out), "--workdir", str(tmp_path / "work")),
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=140,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert "results" not in report and report["source"]["commit"]  # --only-scaleout
+    assert set(report["load"]) == {"start", "end"} and "scaleout" in report["phase_s"]
+    s = report["scaleout"]
+    assert s["rooms"] == 4 and s["split"] == [2, 2] and s["grace_s"] == 2.0
+    layouts = {lay["layout"]: lay for lay in s["layouts"]}
+    assert set(layouts) == {"sharded", "replicated", "failover"}
+    for lay in layouts.values():
+        (run,) = lay["crew_runs"]
+        assert lay["failed"] == 0 and run["rooms"] == 4 and run["last_ms"] > 0, lay["layout"]
+        assert lay["one_bot_last_ms"]["n"] == 1 and lay["ratio"]["n"] == 1
+    for layout in ("sharded", "replicated"):  # each member sent its own server's rooms
+        assert layouts[layout]["crew_runs"][0]["sent"] == {"a": 2, "b": 2}, layout
+    (killed,) = layouts["failover"]["crew_runs"]
+    assert killed["covered"] + killed["before_kill"] == 2  # b's half, every room
+    assert killed["covered"] == 0 or killed["covered_ms"] >= 2000  # not before the grace
+    text = render_scaleout(report)
+    assert "| failover: b's member SIGKILLed at the instant | 1 |" in text
+    assert render(report) == NOT_MEASURED

@@ -12,7 +12,12 @@ import pytest
 from benchmarks import report as bench_report
 from benchmarks.measure import AbortRun, BlossomRun, Fanout
 from benchmarks.stats import pairs_needed, spread, verdict
-from benchmarks.summary import pair_record, summarise_level, summarise_size
+from benchmarks.summary import (
+    pair_record,
+    summarise_level,
+    summarise_scaleout,
+    summarise_size,
+)
 from benchmarks.targets import judge
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,7 +95,29 @@ def _report() -> dict[str, Any]:
         "memory": None,
         "in_flight": {"rooms": 1000, "abort_after_s": 1.0, "repeats": 3, "levels": [
             summarise_level(32, fanouts, aborts), summarise_level(64, fanouts, aborts)]},
+        "scaleout": _scaleout(),
     }
+
+
+def _crew(layout: str, last: float, covered: float | None = None) -> dict[str, Any]:
+    return {"layout": layout, "rooms": 1000, "first_ms": 12.0, "last_ms": last,
+            "sent": {"a": 500, "b": 500}, "failed": 0, "covered": 500 if covered else 0,
+            "covered_ms": covered, "before_kill": 0, "background_cores": 0.1,
+            "synapse_cpu_s": {"a": 9.0, "b": 8.0}, "duplicates": 0}
+
+
+def _scaleout() -> dict[str, Any]:
+    """Made-up pairs: one bot at 20 s; sharded 18-19 s; replicated 25 s; failover
+    covered 33-35 s after the instant, with a 20 s grace."""
+    one = [_blossom(50, 1000, 9.0)] * 3  # last stamp 19000 ms
+    return summarise_scaleout(
+        rooms=1000, split=[500, 500], grace_s=20.0, heartbeat_s=5.0, setup_s={"rooms_s": 300},
+        rounds=[
+            ("sharded", one, [_crew("sharded", ms) for ms in (18000, 19000, 18500)]),
+            ("replicated", one, [_crew("replicated", 25000)] * 3),
+            ("failover", one, [_crew("failover", ms, ms) for ms in (33000, 34000, 35000)]),
+        ],
+    )
 
 
 def test_targets_are_judged_per_size_from_the_pairs() -> None:
@@ -128,3 +155,29 @@ def test_an_old_results_file_is_refused(tmp_path: Path) -> None:
     old = tmp_path / "latest.json"
     old.write_text(json.dumps({"benchmark": "fanout", "results": []}))
     assert bench_report.main([str(old)]) == 2
+
+
+def test_the_scaleout_block_shows_each_layout_against_one_bot() -> None:
+    rep = _report()
+    text = bench_report.render_scaleout(rep)
+    assert "1000 rooms (500 on server a, 500 on b)" in text and "Grace 20 s" in text
+    assert (
+        "| sharded: one member per server, standbys not joined | 3 | 19000 | "
+        "18500 (18000–19000) | 0.97 (0.95–1.00) | 0.97 | 9 / 12 | 17.0 / 9.0 + 8.0 |" in text
+    )
+    assert (
+        "| replicated: each member also joined to every room as standby | 3 | 19000 | 25000 | "
+        "1.32 | 1.32 |" in text
+    )
+    assert "covered the last of them 34000 (33000–35000) ms after the instant" in text
+    assert "that is 14000 (13000–15000) ms after the grace" in text
+    # A results file without the section: the block says so, the fan-out's stays.
+    del rep["scaleout"]
+    assert bench_report.render_scaleout(rep) == bench_report.SCALEOUT_NOT_MEASURED
+    assert "#### Targets" in bench_report.render(rep)
+    # ...and one with only the section (--only-scaleout): the other way round.
+    only = {k: v for k, v in _report().items() if k not in ("results", "in_flight")}
+    assert bench_report.render(only) == bench_report.NOT_MEASURED
+    assert "| failover: b's member SIGKILLed at the instant | 3 |" in (
+        bench_report.render_scaleout(only)
+    )
