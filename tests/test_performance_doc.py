@@ -4,7 +4,9 @@ the benchmark's verdicts follow the documented sign-test rule. No server: millis
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -181,3 +183,22 @@ def test_the_scaleout_block_shows_each_layout_against_one_bot() -> None:
     assert "| failover: b's member SIGKILLed at the instant | 3 |" in (
         bench_report.render_scaleout(only)
     )
+
+
+def test_the_crew_scenario_puts_each_member_first_for_its_own_servers_rooms() -> None:
+    import yaml
+
+    from benchmarks.scaleout import crew_scenario
+    from bot.scenario import load_scenario_text
+
+    a, b = "@crew-a:127.0.0.1:8481", "@crew-b:127.0.0.1:8482"
+    a1, a2, b1, b2 = (f"!{x}:127.0.0.1:8481" for x in ("a1", "a2", "b1", "b2"))
+    members = [
+        SimpleNamespace(label="a", user_id=a, account=SimpleNamespace(rooms=[a1, a2])),
+        SimpleNamespace(label="b", user_id=b, account=SimpleNamespace(rooms=[b1, b2])),
+    ]
+    data = crew_scenario("crew-x", members, 4, datetime(2030, 1, 1, tzinfo=UTC), 20.0)
+    scenario = load_scenario_text(yaml.safe_dump(data))  # valid as the bots will load it
+    assert data["failover"] == {"grace": "20s"}
+    orders = {tuple(c.rooms): list(c.crew or []) for c in scenario.cities}
+    assert orders == {(a1,): [a, b], (a2,): [a, b], (b1,): [b, a], (b2,): [b, a]}
