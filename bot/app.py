@@ -18,6 +18,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from nio import AsyncClient
 
@@ -35,6 +36,7 @@ from bot.library import ScenarioLibrary
 from bot.matrix.actions import MatrixActions
 from bot.matrix.crew_state import MatrixCrewState
 from bot.matrix.crosssign import ensure_cross_signing
+from bot.matrix.delayed import DelayedEvents, encrypt_for_room
 from bot.matrix.events import (
     BotJoined,
     BotRemoved,
@@ -65,6 +67,10 @@ DB_FILE = "blossom.db"
 # A clean stop must end well inside systemd's TimeoutStopSec (30 s, docs/operators.md).
 SHUTDOWN_GRACE_S = 5.0
 TASK_STOP_S = 3.0
+# The switch's periodic pass, and how old an answer about the feature may be.
+FAILSAFE_EVERY_S = 20.0
+FAILSAFE_FRESH_S = 5.0
+SealedEvent = tuple[str, dict[str, Any]]
 # Command event ids remembered against a second reading (watch, then sync).
 _TAKEN_KEPT = 4096
 
@@ -119,6 +125,7 @@ class Bot:
         self.timers = Timers()
         self.catalogs = Catalogs()  # participants' languages, read once (bot/i18n)
         self.runs = self._run_manager()
+        self._attach_failsafe()
         if config.crew is not None:
             self.crew = self._crew_control(config.crew)
         self.controller, self.participants = self._commands_and_participants()
@@ -155,6 +162,31 @@ class Bot:
             rate_burst=config.dispatch.rate_burst,
             catalogs=self.catalogs,
         )
+
+    def _attach_failsafe(self) -> None:
+        """The dead-man's switch (docs/crew.md): delayed events on this bot's own
+        homeserver, encrypted by the bot for encrypted rooms."""
+        client, lock = self.client, self.sender.keys_lock
+
+        async def seal(room: str, event_type: str, content: dict[str, Any]) -> SealedEvent:
+            return await encrypt_for_room(client, room, event_type, content, keys_lock=lock)
+
+        # The flag is asked again if the last answer is over 5 s old (FRESH_FOR_S).
+        self.runs.attach_failsafe(DelayedEvents(client, fresh_for_s=FAILSAFE_FRESH_S), seal)
+
+    async def _failsafe_pass(self) -> None:
+        """At start (after the first sync) and every FAILSAFE_EVERY_S: schedule
+        what is due, cancel what may no longer fire, and at start orphans."""
+        switch = self.runs.failsafe
+        if switch is None:
+            return
+        await self.sync.ready.wait()
+        while True:
+            try:
+                await switch.tick()
+            except Exception:
+                log.exception("the failsafe's pass failed")  # ids only; retried
+            await asyncio.sleep(FAILSAFE_EVERY_S)
 
     def _crew_control(self, crew: CrewConfig) -> CrewControl:
         control = CrewControl(
@@ -325,6 +357,7 @@ class Bot:
         self.timers.start()
         await self.runs.restore()
         crew_start = asyncio.create_task(self._start_crew(), name="crew start")
+        failsafe = asyncio.create_task(self._failsafe_pass(), name="failsafe")
         tasks = [
             asyncio.create_task(self.sync.run(), name="sync"),
             asyncio.create_task(self._work(self._inbox), name="inbox"),
@@ -347,7 +380,7 @@ class Bot:
             await self.crew.roster.stopping()
         self.timers.shutdown()
         await self.notifier.close()
-        stuck = await cancel_and_wait(*tasks, stopper, crew_start, within_s=TASK_STOP_S)
+        stuck = await cancel_and_wait(*tasks, stopper, crew_start, failsafe, within_s=TASK_STOP_S)
         for t in stuck:
             log.error("task %s did not stop within %.0fs", t.get_name(), TASK_STOP_S)
 

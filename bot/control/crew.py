@@ -268,6 +268,10 @@ class CrewControl:
 
     # -- !crew ---------------------------------------------------------------------------
 
+    async def failsafe_line(self) -> str | None:
+        """This member's delayed events per armed run (counts; docs/crew.md)."""
+        return await self._runs.failsafe_line(list(self._runs.armed.values()))
+
     def _scenarios(self) -> list[tuple[Scenario, str | None]]:
         armed: list[tuple[Scenario, str | None]] = [
             (a.scenario, a.loaded.sha256) for a in self._runs.armed.values()
@@ -384,5 +388,7 @@ class CrewCommands:
     )
     async def crew(self, ctx: Context, args: Args) -> Reply:
         speaker = self._crew.speaker()
-        return Reply(f"Crew of {len(self._crew.crew.members)}; speaker {speaker}:",
-                     await self._crew.crew_table())
+        head = f"Crew of {len(self._crew.crew.members)}; speaker {speaker}:"
+        # This member's own delayed events (the others' are on their homeservers).
+        failsafe = await self._crew.failsafe_line()
+        return Reply(head + (f"\n{failsafe}" if failsafe else ""), await self._crew.crew_table())

@@ -66,6 +66,9 @@ class StatusCommands:
         duty = await crew.duty_line(runs) if crew is not None else None
         if duty is not None:
             lines.append(duty)  # in a crew: who sends to each city's rooms now
+        failsafe = await self._runs.failsafe_line(runs)
+        if failsafe is not None:
+            lines.append(failsafe)
         lines.append(text.as_of(self._clock.to_wall(self._clock.now())))
         return Reply("\n".join(lines), text_table(table))
 

@@ -202,5 +202,11 @@ class Steering:
                 result="asked to confirm",
                 ask=True,
             )
+        # First: a delayed event whose id is deleted could never be cancelled.
+        if await self._runs.failsafe_purge(scenario_id):
+            raise ArmError(
+                f"{scenario_id}: some of its delayed events on the homeserver could not be "
+                "cancelled yet; nothing was purged. Try again in a minute."
+            )
         deleted = await self._store.purge(scenario_id)
         return Reply(text.purged(scenario_id, deleted))

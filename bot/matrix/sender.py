@@ -65,6 +65,11 @@ class MatrixSender:
         # One device-key query and one-time-key claim at a time (see prepare).
         self._keys_lock = asyncio.Lock()
 
+    @property
+    def keys_lock(self) -> asyncio.Lock:
+        """Held around key queries and claims (the switch's encryption shares it)."""
+        return self._keys_lock
+
     async def send(
         self, room_id: str, event_type: str, content: Mapping[str, Any], txn_id: str
     ) -> str:

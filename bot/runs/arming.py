@@ -19,16 +19,18 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from bot.clock import Clock, ScaledClock
+from bot.failsafe import Steer
 from bot.ids import job_prefix
 from bot.ledger import DISPATCH_DONE, DISPATCH_PENDING, DispatchState, RunState
 from bot.library import LibraryError, LoadedScenario, load_file
+from bot.matrix.delayed import DelayedEventsError
 from bot.preflight import fanout_warnings
 from bot.report import PlanLine, plan_table
 from bot.runs.context import RunContext
 from bot.runs.model import ArmedRun, ArmError, ArmPreview
 from bot.runs.release import ReleaseShell
 from bot.scenario import Dispatch, Place, build_timeline, render_stage
-from bot.store import PlannedDispatch, RunRow
+from bot.store import PlannedDispatch, RunRow, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,10 @@ def _loaded(loaded: LoadedScenario, start: datetime | None) -> tuple[LoadedScena
     return LoadedScenario(
         loaded.path, loaded.sha256, scenario
     ), f"{loaded.sha256}@{start.isoformat()}"
+
+
+def _with(text: str, lines: list[str]) -> str:
+    return "\n".join([text, *lines])
 
 
 def preview_text(p: ArmPreview, run_id: int | None) -> str:
@@ -254,8 +260,11 @@ class Arming:
                 f"nothing to send. To run it again at a new time: !arm {scenario_id} at "
                 f"<instant>; to send the past stages again: !arm {scenario_id} resend"
             )
+        switch = await self._failsafe_check(loaded, p, drill)
         if p.needs_confirm and not confirmed:
-            return ArmOutcome(preview_text(p, None), table, result="asked to confirm")
+            return ArmOutcome(
+                _with(preview_text(p, None), switch), table, result="asked to confirm"
+            )
         run_id = await ctx.store.runs.create(
             scenario_id=loaded.scenario.id,
             source_path=str(loaded.path),
@@ -274,7 +283,43 @@ class Arming:
         ctx.armed_changed()
         self._shell.schedule(armed, await ctx.store.ledger.dispatches(run_id))
         log.info("armed %s as run %d by %s", scenario_id, run_id, sender)
-        return ArmOutcome(preview_text(p, run_id), table, run_id)
+        if switch:
+            switch.append(await self._failsafe_arm(armed, p))
+        return ArmOutcome(_with(preview_text(p, run_id), switch), table, run_id)
+
+    # -- the dead-man's switch (bot/runs/failsafe.py) ------------------------------------
+
+    async def _failsafe_check(
+        self, loaded: LoadedScenario, p: ArmPreview, drill: bool
+    ) -> list[str]:
+        """The ``!arm`` lines of a scenario with ``failsafe.server`` (empty
+        without); ArmError when the switch is refused: nothing is armed, since a
+        run the organisers believe covered must not go ahead uncovered."""
+        if not loaded.scenario.failsafe.server:
+            return []
+        if drill:
+            return ["failsafe: not used in a drill (nothing is scheduled on the homeserver)"]
+        switch = self._ctx.failsafe
+        if switch is None:
+            ok, lines = False, ["failsafe refused: this bot has no delayed events wired"]
+        else:
+            ok, lines = await switch.check(loaded, p)
+        if not ok:
+            raise ArmError(
+                "\n".join(lines) + f"\nNothing was armed. Fix the homeserver, or remove "
+                f"failsafe.server from {loaded.scenario.id} to arm without the switch."
+            )
+        return lines
+
+    async def _failsafe_arm(self, armed: ArmedRun, p: ArmPreview) -> str:
+        switch = self._ctx.failsafe
+        assert switch is not None
+        try:
+            return await switch.armed(armed, p.withheld)
+        except (DelayedEventsError, StoreError) as err:
+            # Armed already (its timers are set): the bot still sends; say so.
+            log.error("run %d: failsafe not scheduled: %s", armed.run.id, err)
+            return f"⚠️ failsafe NOT scheduled ({err}); the bot sends as usual"
 
     @staticmethod
     def _planned(loaded: LoadedScenario, withheld: set[tuple[str, str]]) -> list[PlannedDispatch]:
@@ -297,6 +342,8 @@ class Arming:
         ctx, run_id = self._ctx, armed.run.id
         if ctx.armed.get(run_id) is not armed:
             raise ArmError(f"{armed.label()} (run {run_id}) is not armed")
+        if ctx.failsafe is not None:
+            await ctx.failsafe.steer(armed, Steer.DISARM)  # first: the server must not send
         ctx.timers.cancel_prefix(job_prefix(run_id))
         ctx.dispatcher.cancel(run_id, [c.id for c in armed.scenario.cities])
         # One transaction: never a run left armed with its stages half cancelled.

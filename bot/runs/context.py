@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from bot.clock import Clock
 from bot.content import stage_messages
@@ -22,6 +23,9 @@ from bot.runs.supervisor import Supervisor
 from bot.scenario import render_stage
 from bot.schedule import Timers
 from bot.store import DispatchRow, Store
+
+if TYPE_CHECKING:
+    from bot.runs.failsafe import Switch
 
 
 @dataclass
@@ -43,6 +47,9 @@ class RunContext:
     # The crew this bot belongs to (bot/crew/link.py); None: a bot alone, which
     # sends every room at the instant, exactly as before crews.
     crew: CrewSide | None = None
+    # The dead-man's switch (bot/runs/failsafe.py); None: not wired (a scenario
+    # with failsafe.server is then refused at !arm).
+    failsafe: Switch | None = None
     armed: dict[int, ArmedRun] = field(default_factory=dict)
     supervisor: Supervisor = field(init=False)
 

@@ -4,18 +4,21 @@ from the parts in this package (arming, the instant's shell, steering)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from bot.clock import Clock
 from bot.dispatch import Dispatcher, Release
 from bot.i18n import Catalogs
 from bot.library import LibraryError, ScenarioLibrary
+from bot.matrix.delayed import DelayedEvents
 from bot.matrix.rooms import RoomRegistry
 from bot.matrix.sender import Sender
 from bot.notify import Notifier
 from bot.runs.arming import Arming
 from bot.runs.context import RunContext
 from bot.runs.duty import CrewSide
+from bot.runs.failsafe import Seal, Switch, counts_line
 from bot.runs.model import ArmedRun, ArmError, ArmPreview
 from bot.runs.options import ArmOptions, parse_arm_options
 from bot.runs.release import ReleaseShell
@@ -78,6 +81,26 @@ class RunManager:
         """Send by the crew's duty from now on (docs/crew.md); before any run is
         restored. For the app, whose crew control needs this run manager."""
         self._ctx.crew = crew
+
+    def attach_failsafe(self, server: DelayedEvents, seal: Seal) -> Switch:
+        """Wire the dead-man's switch (docs/crew.md, "The switch"): delayed events
+        through ``server``, content sealed by ``seal`` for encrypted rooms."""
+        self._ctx.failsafe = Switch(self._ctx, server, seal)
+        return self._ctx.failsafe
+
+    @property
+    def failsafe(self) -> Switch | None:
+        return self._ctx.failsafe
+
+    async def failsafe_line(self, runs: Sequence[ArmedRun]) -> str | None:
+        """The switch's counts for ``!status`` and ``!crew`` (never ids)."""
+        return await counts_line(self._ctx.store.delayed, runs)
+
+    async def failsafe_purge(self, scenario_id: str) -> int:
+        """Before ``!purge``: cancel the scenario's delayed events that may still
+        fire; how many could not be (the purge must then wait)."""
+        switch = self._ctx.failsafe
+        return await switch.purge(scenario_id) if switch is not None else 0
 
     @property
     def armed(self) -> dict[int, ArmedRun]:

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from bot.crew.gate import GateDecision
 from bot.crew.shares import CheckinShare
 from bot.dispatch import Message, Outcome, Release
+from bot.failsafe import Steer
 from bot.i18n import Translator
 from bot.i18n import messages as say
 from bot.ids import ABORT_STAGE, SYNTHETIC_INDEX, job_id, report_txn_id
@@ -150,6 +151,9 @@ class ReleaseShell:
         await armed.clock.sleep_until(due_at)
         if ctx.armed.get(run_id) is not armed:
             return  # disarmed while we prepared
+        if ctx.failsafe is not None:
+            # Late (a restart): what the server already sent is not sent again.
+            await ctx.failsafe.before_late(armed, prepared)
         await self.release_at_instant(armed, prepared)
 
     async def release_at_instant(
@@ -186,6 +190,9 @@ class ReleaseShell:
                 armed, prepared, cause, followed or {}, shares
             )
         keys = [(r.city_id, r.stage_id) for r in plan.release]
+        if self._ctx.failsafe is not None and plan.verdicts:
+            # Stages a gate held or skipped: their delayed events must not fire.
+            self._ctx.supervisor.spawn(self._ctx.failsafe.settle(armed), run_id, "failsafe")
         try:
             outcomes: list[Outcome] = []
             try:
@@ -301,6 +308,9 @@ class ReleaseShell:
         late_reason: Mapping[str, LateReason] | None = None,
     ) -> None:
         ctx = self._ctx
+        if ctx.failsafe is not None:
+            # The rooms now holding their dispatch: cancel their delayed events.
+            await ctx.failsafe.settle(armed)
         if ctx.dispatcher.stopping:
             return  # pending rows resume on restart; no half-true report
         by_stage: dict[str, list[Outcome]] = defaultdict(list)
@@ -380,6 +390,9 @@ class ReleaseShell:
         how many pending stages were cancelled; the sending goes on in the
         background."""
         ctx, run_id = self._ctx, armed.run.id
+        if ctx.failsafe is not None:
+            # First: the server must never release an aborted stage.
+            await ctx.failsafe.steer(armed, Steer.ABORT, cities)
         now = armed.clock.now()
         cancelled = 0
         releases: list[Release] = []

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from bot.dispatch import Message, Release
+from bot.failsafe import DelayedRow, Steer
 from bot.ids import SYNTHETIC_INDEX, edit_txn_id, fix_stage_id, job_prefix
 from bot.ledger import DISPATCH_PENDING, DeliveryState, DispatchState, Part
 from bot.matrix.sender import SendFailed
@@ -29,7 +30,26 @@ class Steering:
         self._ctx = ctx
         self._shell = shell
 
+    async def _switch_first(
+        self,
+        armed: ArmedRun,
+        action: Steer,
+        cities: Sequence[str],
+        shift: timedelta = timedelta(0),
+    ) -> tuple[DelayedRow, ...]:
+        """The dead-man's switch, before the command changes anything: cancel the
+        affected delayed events; the replacements to schedule after it."""
+        switch = self._ctx.failsafe
+        if switch is None:
+            return ()
+        return await switch.steer(armed, action, cities, shift=shift)
+
+    async def _switch_after(self, armed: ArmedRun, rows: Sequence[DelayedRow]) -> None:
+        if rows and self._ctx.failsafe is not None:
+            await self._ctx.failsafe.replan(armed, rows)
+
     async def hold(self, armed: ArmedRun, cities: Sequence[str]) -> str:
+        await self._switch_first(armed, Steer.HOLD, cities)
         for city in cities:
             await self._ctx.store.steering.set_hold(armed.run.id, city, True)
             armed.held_cities.add(city)
@@ -53,6 +73,8 @@ class Steering:
         await ctx.store.ledger.set_dispatch_states(
             armed.run.id, [(d.city_id, d.stage_id, DispatchState.SCHEDULED, None) for d in held]
         )
+        if ctx.failsafe is not None:
+            await ctx.failsafe.resumed(armed, cities)  # the stages still to come
         text = f"Resumed {armed.label()} in {', '.join(cities)}."
         if held:
             releases = [await ctx.build_release(armed, d) for d in held]
@@ -79,6 +101,7 @@ class Steering:
             raise ArmError(f"{armed.scenario_id} has no pending stage in {', '.join(cities)}")
         if any(d.due_at + by <= now for d in rows):
             raise ArmError("that would move a pending stage into the past; nothing was changed")
+        moved = await self._switch_first(armed, Steer.DELAY, cities, by)
         # Due times and the recorded delay in one transaction ({time} renders from it).
         await ctx.store.steering.delay(
             armed.run.id,
@@ -90,6 +113,7 @@ class Steering:
             armed.delays[city] = armed.delays.get(city, timedelta(0)) + by
         ctx.timers.cancel_prefix(job_prefix(armed.run.id))
         self._shell.schedule(armed, await ctx.store.ledger.dispatches(armed.run.id))
+        await self._switch_after(armed, moved)
         nxt = min(d.due_at + by for d in rows)
         return (
             f"Delayed {armed.label()} by {format_duration(by)} in {', '.join(cities)}: "
@@ -146,8 +170,11 @@ class Steering:
         new_place = Place(id=place_id, name=name, geo=geo, note=None)
         overrides = {**armed.place_overrides.get(city_id, {}), place_id: new_place}
         self._check_renders(armed, city_id, place_id, overrides)
+        # Every delayed event of the city: its content renders the place anew.
+        renewed = await self._switch_first(armed, Steer.REDIRECT, [city_id])
         revision = await ctx.store.steering.set_redirect(armed.run.id, city_id, place_id, name, geo)
         armed.place_overrides[city_id] = overrides
+        await self._switch_after(armed, renewed)
         revealed: list[DispatchRow] = []
         for stage in armed.scenario.stages:
             if not mentions_place(stage, place_id):

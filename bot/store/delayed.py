@@ -271,3 +271,11 @@ class DelayedStore:
             (scenario_id,),
         )
         return [_stored(r) for r in rows]
+
+    async def live(self) -> list[StoredDelayed]:
+        """Every row that may still fire, of any run (for the bot's periodic pass)."""
+        rows = await self._fetch(
+            f"SELECT {_COLUMNS}{_FROM} WHERE d.state IN ('pending', 'scheduling', 'scheduled')"
+            " ORDER BY d.due_at, d.city_id, d.stage_id, d.room_id, d.part"
+        )
+        return [_stored(r) for r in rows]
