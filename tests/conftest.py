@@ -45,6 +45,33 @@ async def homeserver(
         await hs.stop()
 
 
+# The per-user cap of delayed events on the failsafe homeserver: small, so the
+# cap's refusals are quick to reach (each test has its own users).
+DELAYED_CAP = 8
+
+
+@pytest_asyncio.fixture(scope="session")
+async def delayed_homeserver(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[EmbeddedHomeserver]:
+    """The session's Synapse with delayed events (MSC4140) on: a maximum delay of
+    1 h and a cap of ``DELAYED_CAP`` per user (the switch's tests, issue 13).
+    Started on first use, so a session without those tests never starts it;
+    the plain ``homeserver`` is the one without the feature."""
+    _require_synapse()
+    hs = EmbeddedHomeserver(
+        tmp_path_factory.mktemp("delayed-hs"),
+        enable_delayed_events=True,
+        max_event_delay="1h",
+        max_delayed_events_per_user=DELAYED_CAP,
+    )
+    await hs.start()
+    try:
+        yield hs
+    finally:
+        await hs.stop()
+
+
 @pytest_asyncio.fixture(scope="session")
 async def _federated_pair_session(
     tmp_path_factory: pytest.TempPathFactory,

@@ -36,7 +36,14 @@ from bot.devtools.reliability import DIRTY, GitUnavailable, bot_fingerprint
 ROOT = Path(__file__).resolve().parent.parent
 
 # The sections of the table, in order (a row names one).
-SECTIONS = ("Faults", "Bad input", "Hostile users", "Leaks", "Crew failover")
+SECTIONS = (
+    "Faults",
+    "Bad input",
+    "Hostile users",
+    "Leaks",
+    "Crew failover",
+    "Dead-man's switch",
+)
 
 
 def results_path() -> Path | None:

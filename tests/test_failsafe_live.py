@@ -5,8 +5,9 @@ the list shows what is pending; a homeserver without the feature is refused befo
 anything is sent; the per-user cap and the maximum delay are clear refusals; the
 delay id never reaches a log line or an exception.
 
-One Synapse for this file with ``max_event_delay_duration`` set (1 h) and a cap
-of 5 delayed events per user; every test has its own users and rooms. The
+One Synapse per session with ``max_event_delay_duration`` set (1 h) and a small
+cap of delayed events per user (tests/conftest.py, ``delayed_homeserver``);
+every test has its own users and rooms. The
 shared session homeserver (delayed events off) is the "without the feature" one.
 """
 
@@ -23,6 +24,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from conftest import DELAYED_CAP
 from matrix_helpers import (
     ClientPool,
     collect_messages,
@@ -59,23 +61,16 @@ from bot.store import PlannedDispatch, Store
 
 pytestmark = pytest.mark.homeserver
 
-CAP = 5
+CAP = DELAYED_CAP
 DELAY_MS = 2500
 
 
-@pytest_asyncio.fixture(scope="module")
-async def delayed_hs(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EmbeddedHomeserver]:
-    hs = EmbeddedHomeserver(
-        tmp_path_factory.mktemp("delayed-hs"),
-        enable_delayed_events=True,
-        max_event_delay="1h",
-        max_delayed_events_per_user=CAP,
-    )
-    await hs.start()
-    try:
-        yield hs
-    finally:
-        await hs.stop()
+@pytest_asyncio.fixture
+async def delayed_hs(delayed_homeserver: EmbeddedHomeserver) -> EmbeddedHomeserver:
+    # The session's failsafe homeserver (tests/conftest.py), shared with the bot's
+    # switch tests (tests/test_failsafe_bot_live.py).
+    assert delayed_homeserver.max_delayed_events_per_user == CAP
+    return delayed_homeserver
 
 
 @pytest_asyncio.fixture

@@ -1,0 +1,350 @@
+"""The dead-man's switch in the running bot (issue 13), on a real Synapse with
+``max_event_delay_duration`` set (tests/conftest.py, ``delayed_homeserver``):
+
+- the only bot SIGKILLed before the instant and kept down: every room gets
+  every stage from the homeserver at instant + after, once, with the text, the
+  pin and the tag; a participant in an encrypted room decrypts it;
+- the bot alive: each room gets the stage at the instant and nothing at
+  instant + after; the server's list of delayed events is emptied as each
+  stage goes out;
+- ``!hold`` and ``!abort`` before the instant, then the bot killed: the server
+  sends nothing (the stop message is the bot's own);
+- a homeserver without the feature: ``!arm`` refuses, nothing is scheduled or
+  sent;
+- over the per-user cap: ``!arm`` counts what it needs and refuses.
+
+The bot runs as ``python -m bot run`` (tests/bot_harness.py). ``after`` is the
+scenario's minimum, 10 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from bot_harness import BotEnv, bot_env, iso_z
+from conftest import DELAYED_CAP
+from figures import pytest_command, record
+from matrix_helpers import ClientPool, content_of, join, room_messages, sync_until
+from nio import AsyncClient
+
+from bot import DISPATCH_KEY
+from bot.devtools.homeserver import EmbeddedHomeserver
+from bot.ids import ABORT_STAGE
+from bot.matrix.delayed import DelayedEvents
+
+pytestmark = pytest.mark.homeserver
+
+AFTER_S = 10.0
+# The server fires within about a second of the due time (its own timer), and
+# each later part in a room is due a second after the one before.
+FIRE_WITHIN_S = 4.0
+
+
+@pytest_asyncio.fixture
+async def pool(delayed_homeserver: EmbeddedHomeserver, tmp_path: Path) -> AsyncIterator[ClientPool]:
+    async with ClientPool(delayed_homeserver, tmp_path / "stores") as clients:
+        yield clients
+
+
+def scenario(sid: str, start: datetime, cities: dict[str, str], stages: list[dict[str, Any]],
+             *, failsafe: bool = True) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "id": sid,
+        "title": sid,
+        "start": iso_z(start),
+        "failsafe": {"server": failsafe, "after": f"{AFTER_S:g}s"},
+        "cities": [
+            {
+                "id": cid,
+                "name": cid.title(),
+                "timezone": "Europe/Berlin",
+                "rooms": [room],
+                "places": {"sq": {"name": f"Square of {cid}", "geo": "52.52,13.405"}},
+            }
+            for cid, room in cities.items()
+        ],
+        "stages": stages,
+    }
+
+
+def db_rows(env: BotEnv, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    with contextlib.closing(sqlite3.connect(env.storage_dir / "blossom.db")) as db:
+        return db.execute(sql, params).fetchall()
+
+
+async def until_scheduled(env: BotEnv, n: int, timeout: float = 20) -> None:
+    """Until the bot's table holds ``n`` delayed events the server has taken."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(sqlite3.OperationalError):  # the table mid-write
+            rows = db_rows(env, "SELECT state FROM delayed_events")
+            if sum(state == "scheduled" for (state,) in rows) == n:
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not {n} delayed events scheduled: {rows}")
+        await asyncio.sleep(0.2)
+
+
+async def dispatches(client: AsyncClient, room: str) -> list[tuple[str, str, Any]]:
+    """(stage, part, event) of every dispatch in the room, oldest first."""
+    await sync_until(client, lambda: True)
+    out = []
+    for e in await room_messages(client, room):
+        tag = content_of(e).get(DISPATCH_KEY)
+        if isinstance(tag, dict):
+            out.append((str(tag["stage"]), str(tag["part"]), e))
+    return out
+
+
+async def server_list(bot_view: AsyncClient) -> list[str]:
+    """Room ids of the bot account's delayed events on the server (every device)."""
+    return [e.room_id for e in await DelayedEvents(bot_view).scheduled()]
+
+
+async def rooms_with_participant(
+    env: BotEnv, pool: ClientPool, hs: EmbeddedHomeserver, names: dict[str, bool]
+) -> tuple[AsyncClient, dict[str, str]]:
+    """One room per name (encrypted or not), opted in by the organiser, with the
+    participant alice joined and known to the bot before anything is armed."""
+    alice = await pool.participant(await hs.register(f"alice-{env.dir.name[-8:]}"))
+    rooms = {}
+    for name, encrypted in names.items():
+        room = await env.city_room(env.org, name=name, encrypted=encrypted,
+                                   members=[alice.user_id])
+        await join(alice, room)
+        await env.opt_in(env.org, room)
+        rooms[name] = room
+    return alice, rooms
+
+
+async def test_the_server_sends_every_stage_when_the_only_bot_is_killed(
+    delayed_homeserver: EmbeddedHomeserver, tmp_path: Path, pool: ClientPool
+) -> None:
+    hs = delayed_homeserver
+    async with bot_env(hs, tmp_path, pool, "fskill") as env:
+        env.spawn()
+        await env.wait_joined(env.control_room, timeout=30)
+        alice, rooms = await rooms_with_participant(
+            env, pool, hs, {"north": False, "south": True}
+        )
+        t0 = datetime.now(UTC) + timedelta(seconds=12)
+        env.write_scenario(scenario("fsk", t0, rooms, [
+            {"id": "go", "at": "0s", "text": "Go to {sq} in {city}", "place": "sq"},
+            {"id": "two", "at": "+3s", "text": "Two in {city}"},
+        ]))
+        reply = await env.command("!arm fsk", timeout=30)
+        assert "Armed fsk" in reply, reply
+        # Per room: go's text and pin, two's text; counted before arming.
+        assert "failsafe: needs 6 delayed events (6 at once)" in reply, reply
+        assert "failsafe: 6 delayed events scheduled on the homeserver" in reply, reply
+        await until_scheduled(env, 6)
+        assert datetime.now(UTC) < t0 - timedelta(seconds=1), "too slow to kill before the instant"
+        env.kill()
+        # Nothing early: the bot is gone and the server holds everything until t0 + after.
+        await asyncio.sleep(max(0.0, (t0 - datetime.now(UTC)).total_seconds() + 1))
+        for room in rooms.values():
+            assert await dispatches(alice, room) == []
+        deadline = time.monotonic() + (t0 - datetime.now(UTC)).total_seconds() + AFTER_S + 3 + 15
+        want = [("go", "text"), ("go", "location"), ("two", "text")]
+        lateness: list[float] = []
+        for city, room in rooms.items():
+            while True:
+                got = await dispatches(alice, room)
+                if len(got) >= 3 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.3)
+            assert [(s, p) for s, p, _ in got] == want, (city, got)
+            for stage, part, event in got:
+                instant = t0 + timedelta(seconds=3 if stage == "two" else 0)
+                due = instant + timedelta(seconds=AFTER_S)
+                sent = datetime.fromtimestamp(event.server_timestamp / 1000, UTC)
+                assert sent >= due - timedelta(milliseconds=5), (city, stage, part)
+                assert sent <= due + timedelta(seconds=FIRE_WITHIN_S), (city, stage, part)
+                lateness.append((sent - due).total_seconds())
+                assert event.sender == env.bot_user.user_id
+                content = content_of(event)
+                tag = content[DISPATCH_KEY]
+                assert (tag["city"], tag["stage"], tag["part"]) == (city, stage, part)
+                assert tag["run"] == db_rows(env, "SELECT run_key FROM runs")[0][0]
+                if part == "location":
+                    assert content["msgtype"] == "m.location"
+                    assert content["geo_uri"].startswith("geo:52.52,13.405")
+                elif stage == "go":
+                    assert content["body"] == f"Go to Square of {city} in {city.title()}"
+                else:
+                    assert content["body"] == f"Two in {city.title()}"
+                if city == "south":  # encrypted: alice decrypted what the server sent
+                    assert event.source.get("type") == "m.room.message"
+                    assert getattr(event, "decrypted", False), event
+        # Once: nothing more arrives, and the server's list is empty.
+        await asyncio.sleep(1.5)
+        for room in rooms.values():
+            assert len(await dispatches(alice, room)) == 3
+        bot_view = await pool.participant(env.bot_user)
+        assert await server_list(bot_view) == []
+        record(
+            "failsafe/only-bot-killed",
+            section="Dead-man's switch",
+            what=(
+                "The only bot SIGKILLed before the instant and kept down (failsafe after "
+                f"{AFTER_S:g} s): the homeserver sends every stage to every room at "
+                "instant + after, once, one room encrypted and decrypted by a participant"
+            ),
+            tried=1,
+            unit="kills",
+            command=pytest_command(
+                "tests/test_failsafe_bot_live.py::"
+                "test_the_server_sends_every_stage_when_the_only_bot_is_killed"
+            ),
+            by_kind={"bot SIGKILLed": 1},
+            measured={
+                "deliveries released by the server": len(lateness),
+                "worst lateness against instant + after (s)": round(max(lateness), 2),
+                "early releases": 0,
+                "duplicates": 0,
+            },
+        )
+
+
+async def test_the_bot_alive_sends_at_the_instant_and_the_server_sends_nothing(
+    delayed_homeserver: EmbeddedHomeserver, tmp_path: Path, pool: ClientPool
+) -> None:
+    hs = delayed_homeserver
+    async with bot_env(hs, tmp_path, pool, "fsalive") as env:
+        env.spawn()
+        await env.wait_joined(env.control_room, timeout=30)
+        alice, rooms = await rooms_with_participant(env, pool, hs, {"north": False, "south": True})
+        bot_view = await pool.participant(env.bot_user)
+        t0 = datetime.now(UTC) + timedelta(seconds=10)
+        env.write_scenario(scenario("fsa", t0, rooms, [
+            {"id": "one", "at": "0s", "text": "One in {city}"},
+            {"id": "two", "at": "+5s", "text": "Two in {city}"},
+        ]))
+        reply = await env.command("!arm fsa", timeout=30)
+        assert "failsafe: 4 delayed events scheduled" in reply, reply
+        assert sorted(await server_list(bot_view)) == sorted([*rooms.values()] * 2)
+        status = await env.command("!status fsa")
+        assert "Failsafe, delayed events on this bot's homeserver: fsa: 4" in status, status
+        assert "north/one 1" in status and "south/two 1" in status, status
+        for n, stage in enumerate(("one", "two")):
+            instant = t0 + timedelta(seconds=5 * n)
+            for room in rooms.values():
+                deadline = time.monotonic() + 20
+                while not any(s == stage for s, _, _ in await dispatches(alice, room)):
+                    assert time.monotonic() < deadline, f"{stage} did not arrive"
+                    await asyncio.sleep(0.2)
+                (event,) = [e for s, _, e in await dispatches(alice, room) if s == stage]
+                sent = datetime.fromtimestamp(event.server_timestamp / 1000, UTC)
+                assert sent < instant + timedelta(seconds=3), (stage, sent, instant)
+            # Every delayed event of the stage is cancelled once it is in the rooms.
+            deadline = time.monotonic() + 5
+            left = len(rooms) * (1 - n)
+            while len(await server_list(bot_view)) != left:
+                assert time.monotonic() < deadline, await server_list(bot_view)
+                await asyncio.sleep(0.2)
+        # Past instant + after for both stages: still one copy of each, nothing from the server.
+        wait = (t0 + timedelta(seconds=5 + AFTER_S + 2) - datetime.now(UTC)).total_seconds()
+        await asyncio.sleep(max(0.0, wait))
+        for room in rooms.values():
+            assert [s for s, _, _ in await dispatches(alice, room)] == ["one", "two"]
+        assert await server_list(bot_view) == []
+        states = {s for (s,) in db_rows(env, "SELECT state FROM delayed_events")}
+        assert states == {"cancelled"}
+        assert db_rows(env, "SELECT COUNT(*) FROM delayed_events WHERE delay_id IS NOT NULL") == [
+            (0,)
+        ]
+        # No delay id in the bot's log or replies (the ids are gone; the log had them never).
+        assert "syd_" not in env.log_path.read_text(errors="replace")
+        assert "syd_" not in reply + status
+
+
+async def test_hold_and_abort_before_the_instant_then_the_bot_killed_nothing_from_the_server(
+    delayed_homeserver: EmbeddedHomeserver, tmp_path: Path, pool: ClientPool
+) -> None:
+    hs = delayed_homeserver
+    async with bot_env(hs, tmp_path, pool, "fssteer") as env:
+        env.spawn()
+        await env.wait_joined(env.control_room, timeout=30)
+        alice, rooms = await rooms_with_participant(
+            env, pool, hs, {"north": False, "south": False}
+        )
+        bot_view = await pool.participant(env.bot_user)
+        t0 = datetime.now(UTC) + timedelta(seconds=10)
+        env.write_scenario(scenario("fss", t0, rooms, [
+            {"id": "go", "at": "0s", "text": "Go in {city}"},
+        ]))
+        assert "failsafe: 2 delayed events scheduled" in await env.command("!arm fss", timeout=30)
+        assert len(await server_list(bot_view)) == 2
+        assert "Holding fss in north" in await env.command("!hold fss north")
+        # Cancelled before the reply: the held city's event is gone from the server.
+        assert await server_list(bot_view) == [rooms["south"]]
+        assert "Aborting fss in south" in await env.command("!abort fss south")
+        assert await server_list(bot_view) == []
+        # The stop message reaches south (the bot's own), then the bot is killed.
+        deadline = time.monotonic() + 15
+        while not await dispatches(alice, rooms["south"]):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+        env.kill()
+        await asyncio.sleep(max(0.0, (t0 - datetime.now(UTC)).total_seconds() + AFTER_S + 3))
+        assert await dispatches(alice, rooms["north"]) == []
+        assert [s for s, _, _ in await dispatches(alice, rooms["south"])] == [ABORT_STAGE]
+        assert await server_list(bot_view) == []
+
+
+async def test_a_homeserver_without_the_feature_refuses_at_arm(
+    homeserver: EmbeddedHomeserver, tmp_path: Path
+) -> None:
+    async with ClientPool(homeserver, tmp_path / "stores") as plain, bot_env(
+        homeserver, tmp_path, plain, "fsoff"
+    ) as env:
+        await env.start()
+        alice, rooms = await rooms_with_participant(env, plain, homeserver, {"north": False})
+        t0 = datetime.now(UTC) + timedelta(seconds=4)
+        env.write_scenario(scenario("fso", t0, rooms, [
+            {"id": "go", "at": "0s", "text": "Go in {city}"},
+        ]))
+        reply = await env.command("!arm fso")
+        assert "failsafe refused: the homeserver does not advertise delayed events" in reply
+        assert "Nothing was armed" in reply, reply
+        assert "Nothing is armed" in await env.command("!status")
+        db = env.storage_dir / "blossom.db"
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM runs").fetchone() == (0,)
+            assert conn.execute("SELECT COUNT(*) FROM delayed_events").fetchone() == (0,)
+        await asyncio.sleep(max(0.0, (t0 - datetime.now(UTC)).total_seconds() + 1))
+        assert await dispatches(alice, rooms["north"]) == []
+
+
+async def test_arm_counts_what_it_needs_and_refuses_over_the_cap(
+    delayed_homeserver: EmbeddedHomeserver, tmp_path: Path, pool: ClientPool
+) -> None:
+    hs = delayed_homeserver
+    async with bot_env(hs, tmp_path, pool, "fscap") as env:
+        await env.start()
+        _alice, rooms = await rooms_with_participant(
+            env, pool, hs, {"north": False, "south": False}
+        )
+        t0 = datetime.now(UTC) + timedelta(minutes=10)
+        stages = [{"id": f"s{n}", "at": f"+{n}m", "text": "Go"} for n in range(5)]
+        env.write_scenario(scenario("fsc", t0, rooms, stages))
+        reply = await env.command("!arm fsc")
+        need = 2 * 5
+        assert (
+            f"failsafe: needs {need} delayed events ({need} at once); this server allows "
+            f"{DELAYED_CAP} per user"
+        ) in reply, reply
+        assert f"{need} delayed events at once is over the cap of {DELAYED_CAP}" in reply, reply
+        assert "Nothing was armed" in reply, reply
+        bot_view = await pool.participant(env.bot_user)
+        assert await server_list(bot_view) == []
