@@ -3,7 +3,8 @@
 
 - the only bot SIGKILLed before the instant and kept down: every room gets
   every stage from the homeserver at instant + after, once, with the text, the
-  pin and the tag; a participant in an encrypted room decrypts it;
+  pin and the tag; a participant in an encrypted room decrypts it; the bot
+  back after that sends nothing again;
 - the bot alive: each room gets the stage at the instant and nothing at
   instant + after; the server's list of delayed events is emptied as each
   stage goes out;
@@ -95,6 +96,19 @@ async def until_scheduled(env: BotEnv, n: int, timeout: float = 20) -> None:
         await asyncio.sleep(0.2)
 
 
+async def settled(env: BotEnv, n: int, timeout: float = 30) -> None:
+    """Until the bot's ledger holds ``n`` deliveries, none pending or sending."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(sqlite3.OperationalError):
+            rows = db_rows(env, "SELECT state FROM deliveries")
+            if len(rows) == n and all(s not in ("pending", "sending") for (s,) in rows):
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"deliveries not settled: {rows}")
+        await asyncio.sleep(0.3)
+
+
 async def dispatches(client: AsyncClient, room: str) -> list[tuple[str, str, Any]]:
     """(stage, part, event) of every dispatch in the room, oldest first."""
     await sync_until(client, lambda: True)
@@ -127,7 +141,7 @@ async def rooms_with_participant(
     return alice, rooms
 
 
-async def test_the_server_sends_every_stage_when_the_only_bot_is_killed(
+async def test_the_server_sends_every_stage_when_the_only_bot_is_killed_once(
     delayed_homeserver: EmbeddedHomeserver, tmp_path: Path, pool: ClientPool
 ) -> None:
     hs = delayed_homeserver
@@ -192,6 +206,15 @@ async def test_the_server_sends_every_stage_when_the_only_bot_is_killed(
             assert len(await dispatches(alice, room)) == 3
         bot_view = await pool.participant(env.bot_user)
         assert await server_list(bot_view) == []
+        # The bot back after the server sent (late policy: send anyway): it cancels
+        # first, finds each event gone, and sends nothing again.
+        env.spawn()
+        await settled(env, 6)
+        for room in rooms.values():
+            assert len(await dispatches(alice, room)) == 3
+        assert {r for (r,) in db_rows(env, "SELECT last_error FROM deliveries")} == {
+            "delivered by the homeserver (failsafe)"
+        }
         record(
             "failsafe/only-bot-killed",
             section="Dead-man's switch",
@@ -204,7 +227,7 @@ async def test_the_server_sends_every_stage_when_the_only_bot_is_killed(
             unit="kills",
             command=pytest_command(
                 "tests/test_failsafe_bot_live.py::"
-                "test_the_server_sends_every_stage_when_the_only_bot_is_killed"
+                "test_the_server_sends_every_stage_when_the_only_bot_is_killed_once"
             ),
             by_kind={"bot SIGKILLed": 1},
             measured={
