@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from bot_harness import BotEnv, bot_env, iso_z
@@ -40,7 +41,7 @@ from nio import AsyncClient
 from bot import DISPATCH_KEY
 from bot.devtools.homeserver import EmbeddedHomeserver
 from bot.ids import ABORT_STAGE
-from bot.matrix.delayed import DelayedEvents
+from bot.matrix.delayed import DELAYED_EVENTS_PATH, DelayedEvents
 
 pytestmark = pytest.mark.homeserver
 
@@ -371,3 +372,62 @@ async def test_arm_counts_what_it_needs_and_refuses_over_the_cap(
         assert "Nothing was armed" in reply, reply
         bot_view = await pool.participant(env.bot_user)
         assert await server_list(bot_view) == []
+
+
+async def raw_list(bot_view: AsyncClient) -> list[dict[str, Any]]:
+    """The server's list as it stands (content included: these rooms are plain)."""
+    await sync_until(bot_view, lambda: True)
+    url = f"{bot_view.homeserver}{DELAYED_EVENTS_PATH}"
+    headers = {"Authorization": f"Bearer {bot_view.access_token}"}
+    async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as resp:
+        assert resp.status == 200
+        body = await resp.json()
+    return list(body["delayed_events"])
+
+
+def due_s(entry: dict[str, Any]) -> float:
+    return (entry["delayed_since_ts"] + entry["delay_ms"]) / 1000
+
+
+async def test_delay_redirect_resume_and_disarm_replace_or_cancel_first(
+    delayed_homeserver: EmbeddedHomeserver, tmp_path: Path, pool: ClientPool
+) -> None:
+    hs = delayed_homeserver
+    async with bot_env(hs, tmp_path, pool, "fsmove") as env:
+        await env.start()
+        _alice, rooms = await rooms_with_participant(
+            env, pool, hs, {"north": False, "south": False}
+        )
+        bot_view = await pool.participant(env.bot_user)
+        t0 = datetime.now(UTC) + timedelta(minutes=5)
+        env.write_scenario(scenario("fsm", t0, rooms, [
+            {"id": "go", "at": "0s", "text": "Go to {sq}"},
+        ]))
+        assert "failsafe: 2 delayed events scheduled" in await env.command("!arm fsm")
+        due = t0.timestamp() + AFTER_S
+        assert [round(due_s(e) - due) for e in await raw_list(bot_view)] == [0, 0]
+        # !delay: the old ones cancelled, new ones due 2 min later.
+        assert "Delayed fsm by 2m00s in north" in await env.command("!delay fsm +2m north")
+        listed = {e["room_id"]: e for e in await raw_list(bot_view)}
+        assert sorted(listed) == sorted(rooms.values())
+        assert round(due_s(listed[rooms["north"]]) - due) == 120
+        assert round(due_s(listed[rooms["south"]]) - due) == 0
+        # !redirect: north's event now carries the new place, due as before.
+        reply = await env.command("!redirect fsm north sq Harbour Gate 52.0,13.0")
+        assert "Redirected sq in north" in reply, reply
+        listed = {e["room_id"]: e for e in await raw_list(bot_view)}
+        north = listed[rooms["north"]]
+        assert north["content"]["body"] == "Go to Harbour Gate"
+        assert round(due_s(north) - due) == 120
+        assert listed[rooms["south"]]["content"]["body"] == "Go to Square of south"
+        # !hold cancels, !resume schedules them again.
+        await env.command("!hold fsm south")
+        assert [e["room_id"] for e in await raw_list(bot_view)] == [rooms["north"]]
+        assert "Resumed fsm in south" in await env.command("!resume fsm south")
+        assert sorted(e["room_id"] for e in await raw_list(bot_view)) == sorted(rooms.values())
+        # !disarm cancels everything; !purge deletes the rows.
+        assert "Disarmed fsm" in await env.command("!disarm fsm")
+        assert await raw_list(bot_view) == []
+        assert "confirm" in await env.command("!purge fsm")
+        assert "Purged fsm" in await env.command("!purge fsm confirm")
+        assert db_rows(env, "SELECT COUNT(*) FROM delayed_events") == [(0,)]
