@@ -317,7 +317,9 @@ class Switch:
         try:
             outcome = await self._schedule()
             if not self._started:
-                orphans = await cancel_orphans(self._table, self._server)
+                # A server without the feature holds none (and has no list to ask).
+                usable = (await self._server.probe()).usable
+                orphans = await cancel_orphans(self._table, self._server) if usable else 0
                 self._started = True
                 if orphans:
                     log.warning(

@@ -1,0 +1,160 @@
+"""The switch as the run manager drives it, over fakes (milliseconds): what is
+scheduled at !arm (with a crew: only the rooms this member is on duty for),
+what the instant cancels (rooms that hold the dispatch, a stage a gate held),
+and a cancel that failed is told and retried by the bot's pass. The live
+tests are tests/test_failsafe_bot_live.py."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from fakes import BOT, T0, kit, scenario
+
+from bot.crew.duty import CrewView
+from bot.crew.members import Crew, Member
+from bot.failsafe.secret import DelayId
+from bot.matrix.delayed import DelayedRequestFailed, ScheduledEvent, Support
+from bot.retry import SendFailure
+
+OTHER = "@other:fake"
+R1, R2 = "!r1:fake", "!r2:fake"
+
+
+class FakeDelayed:
+    """bot.matrix.delayed.DelayedEvents over a dict: id -> (room, content, delay)."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, tuple[str, dict[str, Any], int]] = {}
+        self.by_txn: dict[str, str] = {}
+        self.fail_cancels = False
+
+    async def probe(self) -> Support:
+        return Support(True, 3_600_000 * 24, 100, 0.0)
+
+    ensure_supported = probe
+
+    async def scheduled(self) -> list[ScheduledEvent]:
+        return [ScheduledEvent(DelayId(i), r, "m.room.message", d, 0) for i, (r, _, d) in
+                self.held.items()]
+
+    async def schedule(self, room_id: str, event_type: str, content: Mapping[str, Any], *,
+                       txn_id: str, delay_ms: int) -> DelayId:
+        if txn_id not in self.by_txn:
+            self.by_txn[txn_id] = f"syd_{len(self.by_txn)}"
+            self.held[self.by_txn[txn_id]] = (room_id, dict(content), delay_ms)
+        return DelayId(self.by_txn[txn_id])
+
+    async def cancel(self, delay_id: DelayId) -> bool:
+        if self.fail_cancels:
+            raise DelayedRequestFailed("cancel", SendFailure(None, message="timed out"))
+        return self.held.pop(delay_id.reveal(), None) is not None
+
+    def rooms(self) -> list[str]:
+        return sorted(r for r, _, _ in self.held.values())
+
+
+async def seal(room: str, event_type: str, content: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return event_type, content
+
+
+@dataclass
+class Duty:
+    """The little of CrewSide the switch uses at arming: OTHER is up and first
+    for the cities that name it first."""
+
+    hs: object
+    crew: Crew = field(default_factory=lambda: Crew((BOT, OTHER), timedelta(seconds=30)))
+    me: str = BOT
+    other_up: bool = True
+
+    def view(self) -> CrewView:
+        members = {OTHER: Member(OTHER, seen_at=T0, armed=frozenset())} if self.other_up else {}
+        return _AnyDigest(self.crew, members, me=self.me)
+
+    def missed(self, at: Any) -> bool:
+        return False
+
+    def heard_since(self, at: Any) -> bool:
+        return True
+
+    def joined(self, room_id: str) -> frozenset[str]:
+        return frozenset({BOT, OTHER})
+
+    async def learn_members(self, room_ids: Sequence[str]) -> None:
+        return None
+
+    async def recent(self, room_id: str) -> list[object] | None:
+        return []
+
+    def nudge(self) -> None:
+        return None
+
+
+class _AnyDigest(CrewView):
+    def ready(self, user_id: str, at: Any, digest: str | None = None) -> bool:
+        return super().ready(user_id, at, None)
+
+
+def switched(data: dict[str, Any], after: str = "2m") -> dict[str, Any]:
+    return {**data, "failsafe": {"server": True, "after": after}}
+
+
+async def test_with_a_crew_only_the_rooms_this_member_is_on_duty_for(tmp_path: Path) -> None:
+    for other_up, expected in ((True, [R1]), (False, [R1, R2])):
+        run_dir = tmp_path / str(other_up)
+        async with kit(run_dir, opted_in=[R1, R2], now=T0 - timedelta(minutes=10),
+                       crew=lambda hs, up=other_up: Duty(hs, other_up=up)) as k:
+            server = FakeDelayed()
+            k.runs.attach_failsafe(server, seal)  # type: ignore[arg-type]
+            data = switched(scenario("cw", {"north": [R1], "south": [R2]},
+                                     [{"id": "one", "at": "0s", "text": "go"}]))
+            data["failover"] = {"grace": "5s"}
+            data["cities"][0]["crew"] = [BOT, OTHER]
+            data["cities"][1]["crew"] = [OTHER, BOT]  # OTHER's, while it is up
+            k.write(data)
+            out = await k.arm("cw")
+            assert out.run_id is not None, out.text
+            assert server.rooms() == expected, other_up
+
+
+async def test_the_instant_cancels_what_is_in_the_rooms_and_what_a_gate_held(
+    tmp_path: Path,
+) -> None:
+    async with kit(tmp_path, opted_in=[R1, R2], now=T0 - timedelta(minutes=10)) as k:
+        server = FakeDelayed()
+        k.runs.attach_failsafe(server, seal)  # type: ignore[arg-type]
+        k.write(switched(scenario("ci", {"north": [R1], "south": [R2]}, [
+            {"id": "one", "at": "0s", "text": "go"},
+            {"id": "two", "at": "+1m", "text": "gated", "require": {"checkins": 5}},
+        ])))
+        out = await k.arm("ci")
+        assert "failsafe: needs 4 delayed events (4 at once)" in out.text, out.text
+        assert server.rooms() == [R1, R1, R2, R2]
+        contents = [c for _, c, _ in server.held.values()]
+        assert {c["org.blossom.dispatch"]["stage"] for c in contents} == {"one", "two"}
+        await k.at(T0)
+        assert server.rooms() == [R1, R2]  # one's are cancelled once sent
+        await k.at(T0 + timedelta(minutes=1))  # two: held by its gate (no check-ins)
+        assert server.rooms() == []
+
+
+async def test_a_cancel_that_failed_is_told_and_retried_by_the_pass(tmp_path: Path) -> None:
+    async with kit(tmp_path, opted_in=[R1], now=T0 - timedelta(minutes=10)) as k:
+        server = FakeDelayed()
+        switch = k.runs.attach_failsafe(server, seal)  # type: ignore[arg-type]
+        k.write(switched(scenario("cr", {"north": [R1]}, [{"id": "one", "at": "0s",
+                                                           "text": "go"}])))
+        await k.arm("cr")
+        server.fail_cancels = True
+        armed = k.runs.get("cr")
+        await k.runs.hold(armed, ["north"])
+        assert server.rooms() == [R1]
+        assert any("failed and are retried" in n for n in k.hs.notices()), k.hs.notices()
+        assert "syd_" not in " ".join(k.hs.notices())
+        server.fail_cancels = False
+        await switch.tick()
+        assert server.rooms() == []
