@@ -1,7 +1,8 @@
 """The switch as the run manager drives it, over fakes (milliseconds): what is
 scheduled at !arm (with a crew: only the rooms this member is on duty for),
 what the instant cancels (rooms that hold the dispatch, a stage a gate held),
-and a cancel that failed is told and retried by the bot's pass. The live
+a cancel that failed is told and retried by the bot's pass, and a server that
+sends a "delayed" event at once is asked no more. The live
 tests are tests/test_failsafe_bot_live.py."""
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fakes import BOT, T0, kit, scenario
 
 from bot.crew.duty import CrewView
 from bot.crew.members import Crew, Member
 from bot.failsafe.secret import DelayId
-from bot.matrix.delayed import DelayedRequestFailed, ScheduledEvent, Support
+from bot.matrix.delayed import DelayedRequestFailed, ScheduledEvent, SentAtOnce, Support
 from bot.retry import SendFailure
+from bot.runs.model import ArmError
 
 OTHER = "@other:fake"
 R1, R2 = "!r1:fake", "!r2:fake"
@@ -158,3 +161,27 @@ async def test_a_cancel_that_failed_is_told_and_retried_by_the_pass(tmp_path: Pa
         server.fail_cancels = False
         await switch.tick()
         assert server.rooms() == []
+
+
+async def test_a_server_that_sends_at_once_switches_the_failsafe_off(tmp_path: Path) -> None:
+    async with kit(tmp_path, opted_in=[R1, R2], now=T0 - timedelta(minutes=10)) as k:
+        server = FakeDelayed()
+        asked: list[str] = []
+
+        async def at_once(room_id: str, *_: Any, **__: Any) -> DelayId:
+            asked.append(room_id)
+            raise SentAtOnce("$early:fake")
+
+        server.schedule = at_once  # type: ignore[method-assign]
+        switch = k.runs.attach_failsafe(server, seal)  # type: ignore[arg-type]
+        k.write(switched(scenario("sa", {"north": [R1], "south": [R2]},
+                                  [{"id": "one", "at": "0s", "text": "go"}])))
+        out = await k.arm("sa")
+        assert "sent 1 delayed events AT ONCE" in out.text, out.text
+        assert asked == [R1]  # the batch stopped at the first
+        await switch.tick()
+        assert asked == [R1]  # and the pass asks no more
+        k.write(switched(scenario("sb", {"north": [R1]}, [{"id": "one", "at": "0s",
+                                                           "text": "go"}])))
+        with pytest.raises(ArmError, match="sent a delayed event at once earlier"):
+            await k.arm("sb")

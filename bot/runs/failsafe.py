@@ -24,6 +24,7 @@ Replies and logs carry counts and delivery ids, never delay ids or content.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
@@ -66,6 +67,8 @@ Seal = Callable[[str, str, dict[str, Any]], Awaitable[tuple[str, dict[str, Any]]
 MIN_LEAD = timedelta(seconds=5)
 # Why the bot skips a part the homeserver sent (the crew's "covered" form).
 BY_SERVER = f"{COVERED} the homeserver (failsafe)"
+# Cancel requests in flight at once (steering waits on them).
+_CANCEL_AT_ONCE = 8
 _NOT_TO_FIRE = frozenset({DispatchState.HELD, DispatchState.SKIPPED, DispatchState.CANCELLED})
 
 
@@ -83,6 +86,8 @@ class Switch:
         self._seal = seal
         self._min_lead = min_lead
         self._started = False
+        # The server answered a delayed send by sending it: no more requests.
+        self._broken = False
 
     @property
     def _table(self) -> DelayedStore:
@@ -98,6 +103,11 @@ class Switch:
         """Whether this scenario may be armed with its failsafe here, and what
         ``!arm`` says about it (counts only). Nothing is scheduled."""
         after = loaded.scenario.failsafe.after
+        if self._broken:
+            return False, [
+                "failsafe refused: this homeserver sent a delayed event at once earlier; "
+                "check its delayed events (MSC4140) and restart the bot"
+            ]
         try:
             support = await self._server.probe()
         except DelayedEventsError as err:
@@ -199,7 +209,7 @@ class Switch:
         skipped."""
         stale = await self._stale_rows(armed.run.id)
         if stale:
-            await self._tell(armed, await cancel(self._table, self._server, stale, self._now))
+            await self._tell(armed, await self._cancel(stale))
 
     async def _in_room(self, key: DeliveryKey) -> bool:
         row = await self._ctx.store.ledger.delivery(key)
@@ -225,7 +235,7 @@ class Switch:
             for s in await self._table.rows(armed.run.id)
             if s.row.state in LIVE and (s.row.key.city_id, s.row.key.stage_id) in late
         ]
-        result = await cancel(self._table, self._server, rows, self._now)
+        result = await self._cancel(rows)
         for key in result.gone:
             # The server sent it when it fell due: the room holds the dispatch.
             row = await self._ctx.store.ledger.delivery(key)
@@ -258,7 +268,7 @@ class Switch:
         rows = [s.row for s in await self._table.rows(armed.run.id)]
         plan = steer(rows, action, cities=cities, shift=shift)
         if plan.cancel:
-            result = await cancel(self._table, self._server, plan.cancel, self._now)
+            result = await self._cancel(plan.cancel)
             log.info(
                 "run %d: %s cancelled %d delayed events first (%d to retry)",
                 armed.run.id,
@@ -305,7 +315,7 @@ class Switch:
         rows = [s.row for s in await self._table.live_of_scenario(scenario_id)]
         if not rows:
             return 0
-        result = await cancel(self._table, self._server, rows, self._now)
+        result = await self._cancel(rows)
         return len(result.retry)
 
     # -- the periodic pass -----------------------------------------------------------
@@ -327,7 +337,7 @@ class Switch:
                     )
             stale = await self._stale_rows()
             if stale:
-                await cancel(self._table, self._server, stale, self._now)
+                await self._cancel(stale)
         except DelayedEventsError as err:
             log.warning("failsafe pass: %s", err)
             return
@@ -356,6 +366,21 @@ class Switch:
                 stale.append(row)
         return stale
 
+    async def _cancel(self, rows: Sequence[DelayedRow]) -> SwitchOutcome:
+        """Cancel ``rows``, a few requests at once: steering waits on this before
+        it acts (an abort's stop message too), so a thousand rows must not take
+        a thousand round trips in a row."""
+        groups = [rows[i::_CANCEL_AT_ONCE] for i in range(_CANCEL_AT_ONCE)]
+        results = await asyncio.gather(
+            *(cancel(self._table, self._server, g, self._now) for g in groups if g)
+        )
+        merged = SwitchOutcome()
+        for r in results:
+            merged.done += r.done
+            merged.retry += r.retry
+            merged.gone += r.gone
+        return merged
+
     async def _schedule(self) -> SwitchOutcome:
         async def content_for(key: DeliveryKey) -> tuple[str, dict[str, Any]]:
             armed = self._ctx.armed.get(key.run_id)
@@ -369,7 +394,15 @@ class Switch:
             content = delayed_content(message.content, key)
             return await self._seal(key.room_id, message.event_type, content)
 
-        return await schedule_due(self._table, self._server, content_for, self._now)
+        if self._broken:
+            return SwitchOutcome()
+        outcome = await schedule_due(self._table, self._server, content_for, self._now)
+        if outcome.sent_at_once:
+            # An early release: never ask this server again until the bot restarts
+            # (the rows left stay PENDING, and the pass cancels nothing it sent).
+            self._broken = True
+            log.error("failsafe: the homeserver sent a delayed event at once; switched off")
+        return outcome
 
     async def _tell(self, armed: ArmedRun, outcome: SwitchOutcome) -> None:
         trouble = self._trouble(outcome)
