@@ -324,6 +324,23 @@ async def test_hold_and_abort_before_the_instant_then_the_bot_killed_nothing_fro
         assert await dispatches(alice, rooms["north"]) == []
         assert [s for s, _, _ in await dispatches(alice, rooms["south"])] == [ABORT_STAGE]
         assert await server_list(bot_view) == []
+        record(
+            "failsafe/hold-abort-then-killed",
+            section="Dead-man's switch",
+            what=(
+                "!hold of one city and !abort of the other before the instant, then the "
+                "only bot SIGKILLed and kept down: the homeserver sends nothing (the "
+                "delayed events were cancelled before each command's reply)"
+            ),
+            tried=1,
+            unit="kills",
+            command=pytest_command(
+                "tests/test_failsafe_bot_live.py::"
+                "test_hold_and_abort_before_the_instant_then_the_bot_killed_nothing_from_the_server"
+            ),
+            by_kind={"bot SIGKILLed": 1},
+            measured={"stages released by the server": 0, "early releases": 0},
+        )
 
 
 async def test_a_homeserver_without_the_feature_refuses_at_arm(

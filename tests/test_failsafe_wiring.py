@@ -7,6 +7,7 @@ tests are tests/test_failsafe_bot_live.py."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -52,6 +53,8 @@ class FakeDelayed:
         return DelayId(self.by_txn[txn_id])
 
     async def cancel(self, delay_id: DelayId) -> bool:
+        for _ in range(3):  # a round trip: other tasks run meanwhile
+            await asyncio.sleep(0)
         if self.fail_cancels:
             raise DelayedRequestFailed("cancel", SendFailure(None, message="timed out"))
         return self.held.pop(delay_id.reveal(), None) is not None
@@ -185,3 +188,53 @@ async def test_a_server_that_sends_at_once_switches_the_failsafe_off(tmp_path: P
                                                            "text": "go"}])))
         with pytest.raises(ArmError, match="sent a delayed event at once earlier"):
             await k.arm("sb")
+
+
+async def test_back_after_the_server_sent_two_timers_at_once_send_nothing_again(
+    tmp_path: Path,
+) -> None:
+    """A restart long after two instants: both timers fire together and both
+    take the first stage (a timer takes every earlier one still waiting); the
+    server had sent everything, so nothing goes out and each part is recorded
+    as delivered by the homeserver."""
+    async with kit(tmp_path, opted_in=[R1, R2], now=T0 - timedelta(minutes=10)) as k:
+        server = FakeDelayed()
+        k.runs.attach_failsafe(server, seal)  # type: ignore[arg-type]
+        k.write(switched(scenario("bk", {"north": [R1], "south": [R2]}, [
+            {"id": "one", "at": "0s", "text": "go"},
+            {"id": "two", "at": "+3s", "text": "two"},
+        ]), after="10s"))
+        await k.arm("bk")
+        assert len(server.held) == 4
+        server.held.clear()  # the bot was down; the server sent them all
+        await k.at(T0 + timedelta(seconds=30))
+        assert k.hs.in_room(R1) == [] and k.hs.in_room(R2) == []
+        rows = await k.store.ledger.deliveries(1)
+        assert len(rows) == 4
+        assert {(r.state.value, r.last_error) for r in rows} == {
+            ("skipped", "delivered by the homeserver (failsafe)")
+        }
+
+
+async def test_two_late_sends_of_one_stage_at_once_agree(tmp_path: Path) -> None:
+    """Two paths cancelling the same rows at once (two timers taking one stage):
+    one moves each row, the other finds it moved, and neither fails."""
+    async with kit(tmp_path, opted_in=[R1, R2], now=T0 - timedelta(minutes=10)) as k:
+        server = FakeDelayed()
+        switch = k.runs.attach_failsafe(server, seal)  # type: ignore[arg-type]
+        k.write(switched(scenario("tw", {"north": [R1], "south": [R2]}, [
+            {"id": "one", "at": "0s", "text": "go"},
+        ]), after="10s"))
+        await k.arm("tw")
+        server.held.clear()  # the server sent them while the bot was down
+        k.clock.set(T0 + timedelta(seconds=30))
+        armed = k.runs.get("tw")
+        releases = [await k.runs.build_release(armed, d)
+                    for d in await k.store.ledger.dispatches(armed.run.id)]
+        await k.dispatcher.prepare(releases)
+        await asyncio.gather(switch.before_late(armed, releases),
+                             switch.before_late(armed, releases))
+        rows = await k.store.ledger.deliveries(armed.run.id)
+        assert {(r.state.value, r.last_error) for r in rows} == {
+            ("skipped", "delivered by the homeserver (failsafe)")
+        }

@@ -88,6 +88,7 @@ class Switch:
         self._started = False
         # The server answered a delayed send by sending it: no more requests.
         self._broken = False
+        self._cancelling = asyncio.Lock()
 
     @property
     def _table(self) -> DelayedStore:
@@ -236,12 +237,18 @@ class Switch:
             if s.row.state in LIVE and (s.row.key.city_id, s.row.key.stage_id) in late
         ]
         result = await self._cancel(rows)
-        for key in result.gone:
-            # The server sent it when it fell due: the room holds the dispatch.
-            row = await self._ctx.store.ledger.delivery(key)
-            if row is not None and row.state is DeliveryState.PENDING:
-                await self._ctx.store.ledger.transition(
-                    key, DeliveryState.SKIPPED, now=self._ctx.clock.now(), error=BY_SERVER
+        # Every row the server sent (found gone now, or by an earlier call that
+        # stopped before this step): the room holds the dispatch. ``advance`` is
+        # guarded (WHERE state = pending): two timers taking one stage agree.
+        for stored in await self._table.rows(armed.run.id):
+            key = stored.row.key
+            if stored.row.state is DelayedState.SENT and (key.city_id, key.stage_id) in late:
+                await self._ctx.store.ledger.advance(
+                    key,
+                    DeliveryState.PENDING,
+                    DeliveryState.SKIPPED,
+                    now=self._ctx.clock.now(),
+                    error=BY_SERVER,
                 )
         log.info(
             "run %d: late send; failsafe cancelled %d, %d already sent by the homeserver",
@@ -371,9 +378,12 @@ class Switch:
         it acts (an abort's stop message too), so a thousand rows must not take
         a thousand round trips in a row."""
         groups = [rows[i::_CANCEL_AT_ONCE] for i in range(_CANCEL_AT_ONCE)]
-        results = await asyncio.gather(
-            *(cancel(self._table, self._server, g, self._now) for g in groups if g)
-        )
+        # One batch at a time: two paths (two timers, steering and the pass) may
+        # name the same row, and only one may move it.
+        async with self._cancelling:
+            results = await asyncio.gather(
+                *(cancel(self._table, self._server, g, self._now) for g in groups if g)
+            )
         merged = SwitchOutcome()
         for r in results:
             merged.done += r.done
