@@ -238,3 +238,32 @@ async def test_two_late_sends_of_one_stage_at_once_agree(tmp_path: Path) -> None
         assert {(r.state.value, r.last_error) for r in rows} == {
             ("skipped", "delivered by the homeserver (failsafe)")
         }
+
+
+async def test_two_scheduling_batches_at_once_leave_every_event_scheduled(
+    tmp_path: Path,
+) -> None:
+    """The pass and !arm (or a replacement) scheduling at once must not take the
+    same row twice: the second would find it scheduled and cancel it."""
+    async with kit(tmp_path, opted_in=[R1], now=T0 - timedelta(minutes=10)) as k:
+        server = FakeDelayed()
+        plain = server.schedule
+
+        passes: list[asyncio.Future[None]] = []
+
+        async def slow(*args: Any, **kw: Any) -> DelayId:
+            if not passes:  # the pass comes while !arm's request is in flight
+                passes.append(asyncio.ensure_future(switch.tick()))
+            for _ in range(5):
+                await asyncio.sleep(0)
+            return await plain(*args, **kw)
+
+        server.schedule = slow  # type: ignore[method-assign]
+        switch = k.runs.attach_failsafe(server, seal)  # type: ignore[arg-type]
+        k.write(switched(scenario("sc", {"north": [R1]}, [{"id": "one", "at": "0s",
+                                                           "text": "go"}])))
+        await k.arm("sc")
+        await asyncio.gather(*passes)
+        assert server.rooms() == [R1]
+        states = [s.row.state.value for s in await k.store.delayed.rows(1)]
+        assert states == ["scheduled"]

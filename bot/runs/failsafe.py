@@ -89,6 +89,7 @@ class Switch:
         # The server answered a delayed send by sending it: no more requests.
         self._broken = False
         self._cancelling = asyncio.Lock()
+        self._scheduling = asyncio.Lock()
 
     @property
     def _table(self) -> DelayedStore:
@@ -404,9 +405,13 @@ class Switch:
             content = delayed_content(message.content, key)
             return await self._seal(key.room_id, message.event_type, content)
 
-        if self._broken:
-            return SwitchOutcome()
-        outcome = await schedule_due(self._table, self._server, content_for, self._now)
+        # One batch at a time: two batches taking one row would both ask, and the
+        # second, finding it scheduled, would cancel it as if steering had. Not
+        # shared with cancels: steering must not wait behind a long batch.
+        async with self._scheduling:
+            if self._broken:
+                return SwitchOutcome()
+            outcome = await schedule_due(self._table, self._server, content_for, self._now)
         if outcome.sent_at_once:
             # An early release: never ask this server again until the bot restarts
             # (the rows left stay PENDING, and the pass cancels nothing it sent).
