@@ -12,7 +12,8 @@
   sends nothing (the stop message is the bot's own);
 - a homeserver without the feature: ``!arm`` refuses, nothing is scheduled or
   sent;
-- over the per-user cap: ``!arm`` counts what it needs and refuses.
+- over the per-user cap: ``!arm`` counts what it needs and refuses;
+- the admin rate-limit override lifts Synapse's limit on cancelling them.
 
 The bot runs as ``python -m bot run`` (tests/bot_harness.py). ``after`` is the
 scenario's minimum, 10 s.
@@ -33,7 +34,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from bot_harness import BotEnv, bot_env, iso_z
-from conftest import DELAYED_CAP
+from conftest import DELAYED_CAP, FreshHomeserver
 from figures import pytest_command, record
 from matrix_helpers import ClientPool, content_of, join, room_messages, sync_until
 from nio import AsyncClient
@@ -41,7 +42,7 @@ from nio import AsyncClient
 from bot import DISPATCH_KEY
 from bot.devtools.homeserver import EmbeddedHomeserver
 from bot.ids import ABORT_STAGE
-from bot.matrix.delayed import DELAYED_EVENTS_PATH, DelayedEvents
+from bot.matrix.delayed import DELAYED_EVENTS_PATH, DelayedEvents, DelayedRequestFailed
 
 pytestmark = pytest.mark.homeserver
 
@@ -448,3 +449,39 @@ async def test_delay_redirect_resume_and_disarm_replace_or_cancel_first(
         assert "confirm" in await env.command("!purge fsm")
         assert "Purged fsm" in await env.command("!purge fsm confirm")
         assert db_rows(env, "SELECT COUNT(*) FROM delayed_events") == [(0,)]
+
+
+async def test_the_rate_limit_override_covers_cancelling_delayed_events(
+    fresh_homeserver: FreshHomeserver, tmp_path: Path
+) -> None:
+    """Synapse's default rc_delayed_event_mgmt (1 a second, a burst of 5) throttles
+    a bot cancelling a stage's delayed events room after room; the admin
+    override docs/operators.md asks for (messages_per_second 0) lifts it too."""
+    hs = await fresh_homeserver(
+        rate_limits="default", enable_delayed_events=True, max_event_delay="1h"
+    )
+    n = 6  # one over the burst
+    async with ClientPool(hs, tmp_path / "stores") as clients:
+        refused = {}
+        for exempt in (False, True):
+            user = await hs.register(f"bot-{'exempt' if exempt else 'plain'}")
+            if exempt:
+                await hs.exempt_from_rate_limits(user.user_id)
+            client = await clients.participant(user)
+            resp = await client.room_create(name="r")
+            room = resp.room_id  # type: ignore[union-attr]
+            delayed = DelayedEvents(client)
+            ids = [
+                await delayed.schedule(room, "m.room.message", {"body": "x", "msgtype": "m.text"},
+                                       txn_id=f"t{i}", delay_ms=600_000)
+                for i in range(n)
+            ]
+            refused[exempt] = 0
+            for delay_id in ids:
+                try:
+                    assert await delayed.cancel(delay_id)
+                except DelayedRequestFailed as err:
+                    assert err.failure.http_status == 429
+                    refused[exempt] += 1
+        assert refused[False] >= 1  # the default limit bites without the override
+        assert refused[True] == 0

@@ -421,7 +421,9 @@ class EmbeddedHomeserver:
         """Lift every per-user rate limit for ``user_id``, as an operator would for a bot.
 
         Synapse's override with ``messages_per_second: 0`` disables rc_message and also
-        the joins, invites and room-creation limiters for that user.
+        the joins, invites and room-creation limiters for that user, and (for requests
+        with its token) rc_delayed_event_mgmt, which the dead-man's switch's cancels
+        meet (tests/test_failsafe_bot_live.py checks it).
         """
         await self._checked(
             "POST",
