@@ -13,7 +13,8 @@
 - a homeserver without the feature: ``!arm`` refuses, nothing is scheduled or
   sent;
 - over the per-user cap: ``!arm`` counts what it needs and refuses;
-- the admin rate-limit override lifts Synapse's limit on cancelling them.
+- the admin rate-limit override lifts Synapse's limit on cancelling them;
+- in a crew, each member schedules only the rooms it is on duty for.
 
 The bot runs as ``python -m bot run`` (tests/bot_harness.py). ``after`` is the
 scenario's minimum, 10 s.
@@ -35,6 +36,7 @@ import pytest
 import pytest_asyncio
 from bot_harness import BotEnv, bot_env, iso_z
 from conftest import DELAYED_CAP, FreshHomeserver
+from crew_harness import crew_env
 from figures import pytest_command, record
 from matrix_helpers import ClientPool, content_of, join, room_messages, sync_until
 from nio import AsyncClient
@@ -485,3 +487,51 @@ async def test_the_rate_limit_override_covers_cancelling_delayed_events(
                     refused[exempt] += 1
         assert refused[False] >= 1  # the default limit bites without the override
         assert refused[True] == 0
+
+
+async def test_a_crew_member_schedules_only_the_rooms_it_is_on_duty_for(
+    delayed_homeserver: EmbeddedHomeserver, tmp_path: Path, pool: ClientPool
+) -> None:
+    """Two members on one homeserver, each first for its own city: each holds
+    delayed events only for its own city's room, cancels them once it has sent,
+    and neither room gets a copy from the server."""
+    hs = delayed_homeserver
+    async with crew_env([hs, hs], tmp_path, pool, "fscrew") as crew:
+        await crew.start()
+        a, b = crew.bots
+        alice = await pool.participant(await hs.register(f"alice-fscrew-{tmp_path.name[-6:]}"))
+        rooms = {}
+        for city in ("north", "south"):
+            room = await a.city_room(crew.org, name=city, members=[alice.user_id])
+            await join(alice, room)
+            for bot in (a, b):
+                await bot.opt_in(crew.org, room)
+            rooms[city] = room
+        t0 = datetime.now(UTC) + timedelta(seconds=12)
+        data = scenario("fcw", t0, rooms, [{"id": "go", "at": "0s", "text": "Go in {city}"}])
+        data["failover"] = {"grace": "2s"}
+        data["cities"][0]["crew"] = crew.ids
+        data["cities"][1]["crew"] = crew.ids[::-1]
+        for bot in (a, b):
+            bot.write_scenario(data)
+        replies = await crew.replies("!arm fcw", wait=30, until=1)
+        assert replies and "Armed fcw" in replies[0][1], replies
+        views = {bot.bot_user.user_id: await pool.participant(bot.bot_user) for bot in (a, b)}
+        for bot, city in ((a, "north"), (b, "south")):
+            await until_scheduled(bot, 1)
+            assert db_rows(bot, "SELECT room_id FROM delayed_events") == [(rooms[city],)]
+            assert await server_list(views[bot.bot_user.user_id]) == [rooms[city]]
+        # Still there just before the instant (nothing cancelled them early).
+        await asyncio.sleep(max(0.0, (t0 - datetime.now(UTC)).total_seconds() - 1.5))
+        for bot, city in ((a, "north"), (b, "south")):
+            assert await server_list(views[bot.bot_user.user_id]) == [rooms[city]]
+        for room in rooms.values():
+            deadline = time.monotonic() + 20
+            while not await dispatches(alice, room):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.2)
+        await asyncio.sleep(max(0.0, (t0 - datetime.now(UTC)).total_seconds() + AFTER_S + 2))
+        for bot, city in ((a, "north"), (b, "south")):
+            assert await server_list(views[bot.bot_user.user_id]) == []
+            (event,) = [e for _, _, e in await dispatches(alice, rooms[city])]
+            assert event.sender == bot.bot_user.user_id
