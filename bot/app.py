@@ -69,7 +69,7 @@ SHUTDOWN_GRACE_S = 5.0
 TASK_STOP_S = 3.0
 # The switch's periodic pass, and how old an answer about the feature may be.
 FAILSAFE_EVERY_S = 20.0
-FAILSAFE_FRESH_S = 5.0
+FAILSAFE_FRESH_S = 0.0
 SealedEvent = tuple[str, dict[str, Any]]
 # Command event ids remembered against a second reading (watch, then sync).
 _TAKEN_KEPT = 4096
@@ -171,7 +171,8 @@ class Bot:
         async def seal(room: str, event_type: str, content: dict[str, Any]) -> SealedEvent:
             return await encrypt_for_room(client, room, event_type, content, keys_lock=lock)
 
-        # The flag is asked again if the last answer is over 5 s old (FRESH_FOR_S).
+        # The flag is asked before every scheduling request (a server without it
+        # would send at once): FAILSAFE_FRESH_S = 0.
         self.runs.attach_failsafe(DelayedEvents(client, fresh_for_s=FAILSAFE_FRESH_S), seal)
 
     async def _failsafe_pass(self) -> None:
