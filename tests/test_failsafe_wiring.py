@@ -267,3 +267,17 @@ async def test_two_scheduling_batches_at_once_leave_every_event_scheduled(
         assert server.rooms() == [R1]
         states = [s.row.state.value for s in await k.store.delayed.rows(1)]
         assert states == ["scheduled"]
+
+
+async def test_private_participants_joined_before_arming_are_covered(tmp_path: Path) -> None:
+    dm = "!dm:fake"
+    async with kit(tmp_path, opted_in=[R1, dm], now=T0 - timedelta(minutes=10)) as k:
+        server = FakeDelayed()
+        k.runs.attach_failsafe(server, seal)  # type: ignore[arg-type]
+        data = switched(scenario("pd", {"north": [R1]}, [{"id": "one", "at": "0s",
+                                                          "text": "go"}]))
+        data["cities"][0]["direct"] = True
+        k.write(data)
+        await k.store.participants.add_direct("pd", "north", "@p:fake", dm, now=k.clock.now())
+        await k.arm("pd")
+        assert server.rooms() == sorted([R1, dm])

@@ -166,9 +166,13 @@ class Switch:
         now = clock.now()
         rooms: dict[str, list[str]] = {}
         for city in scenario.cities:
-            rooms[city.id] = await self._on_duty(
-                loaded, city.id, await ctx.rooms.served_rooms(city.rooms, refresh=False), now
-            )
+            served = await ctx.rooms.served_rooms(city.rooms, refresh=False)
+            if city.direct:
+                # Private participants as the instant serves them (RunContext.served_rooms);
+                # one who joins after arming is not covered.
+                direct = await ctx.store.participants.direct_rooms(scenario.id, city.id)
+                served += [r for r in await ctx.rooms.served_rooms(direct) if r not in served]
+            rooms[city.id] = await self._on_duty(loaded, city.id, served, now)
         out: list[Target] = []
         for d in sorted(build_timeline(scenario), key=lambda d: (d.at, d.stage_index)):
             if d.at <= now or (d.city_id, d.stage_id) in withheld:
