@@ -281,3 +281,21 @@ async def test_private_participants_joined_before_arming_are_covered(tmp_path: P
         await k.store.participants.add_direct("pd", "north", "@p:fake", dm, now=k.clock.now())
         await k.arm("pd")
         assert server.rooms() == sorted([R1, dm])
+
+
+async def test_purge_cancels_what_may_still_fire_and_waits_while_it_cannot(
+    tmp_path: Path,
+) -> None:
+    async with kit(tmp_path, opted_in=[R1], now=T0 - timedelta(minutes=10)) as k:
+        server = FakeDelayed()
+        k.runs.attach_failsafe(server, seal)  # type: ignore[arg-type]
+        k.write(switched(scenario("pu", {"north": [R1]}, [{"id": "one", "at": "0s",
+                                                           "text": "go"}])))
+        await k.arm("pu")
+        server.fail_cancels = True
+        await k.runs.disarm(k.runs.get("pu"))  # its cancel fails: the event may fire
+        assert server.rooms() == [R1]
+        assert await k.runs.failsafe_purge("pu") == 1  # !purge must wait
+        server.fail_cancels = False
+        assert await k.runs.failsafe_purge("pu") == 0
+        assert server.rooms() == []
