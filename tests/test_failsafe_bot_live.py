@@ -521,6 +521,13 @@ async def test_a_crew_member_schedules_only_the_rooms_it_is_on_duty_for(
             await until_scheduled(bot, 1)
             assert db_rows(bot, "SELECT room_id FROM delayed_events") == [(rooms[city],)]
             assert await server_list(views[bot.bot_user.user_id]) == [rooms[city]]
+        # !crew (from the speaker, a) counts its own, never ids.
+        listing = await crew.replies("!crew", wait=10, until=1)
+        assert listing and listing[0][0] == a.bot_user.user_id, listing
+        assert "Failsafe, delayed events on this bot's homeserver: fcw: 1 (north/go 1)" in (
+            listing[0][1]
+        ), listing
+        assert "syd_" not in listing[0][1]
         # Still there just before the instant (nothing cancelled them early).
         await asyncio.sleep(max(0.0, (t0 - datetime.now(UTC)).total_seconds() - 1.5))
         for bot, city in ((a, "north"), (b, "south")):
