@@ -299,3 +299,29 @@ async def test_purge_cancels_what_may_still_fire_and_waits_while_it_cannot(
         server.fail_cancels = False
         assert await k.runs.failsafe_purge("pu") == 0
         assert server.rooms() == []
+
+
+async def test_a_stage_beyond_the_maximum_delay_is_scheduled_by_the_pass_once_allowed(
+    tmp_path: Path,
+) -> None:
+    async with kit(tmp_path, opted_in=[R1], now=T0 - timedelta(hours=2)) as k:
+        server = FakeDelayed()
+
+        async def one_hour() -> Support:
+            return Support(True, 3_600_000, 100, 0.0)
+
+        server.probe = server.ensure_supported = one_hour  # type: ignore[method-assign]
+        switch = k.runs.attach_failsafe(server, seal)  # type: ignore[arg-type]
+        k.write(switched(scenario("df", {"north": [R1]}, [{"id": "one", "at": "0s",
+                                                           "text": "go"}])))
+        out = await k.arm("df")
+        assert "1 are scheduled later (the server's maximum delay)" in out.text, out.text
+        assert server.rooms() == []
+        await switch.tick()
+        assert server.rooms() == []  # still beyond the maximum
+        # Due at T0 + 2m: allowed from T0 + 2m - 1h; scheduled a minute after that.
+        k.clock.set(T0 + timedelta(minutes=2) - timedelta(hours=1) + timedelta(minutes=1))
+        await switch.tick()
+        assert server.rooms() == [R1]
+        ((_, _, delay_ms),) = server.held.values()
+        assert delay_ms <= 3_600_000
