@@ -76,6 +76,7 @@ class Duty:
     crew: Crew = field(default_factory=lambda: Crew((BOT, OTHER), timedelta(seconds=30)))
     me: str = BOT
     other_up: bool = True
+    copies: dict[str, list[dict[str, object]]] = field(default_factory=dict)
 
     def view(self) -> CrewView:
         members = {OTHER: Member(OTHER, seen_at=T0, armed=frozenset())} if self.other_up else {}
@@ -94,7 +95,7 @@ class Duty:
         return None
 
     async def recent(self, room_id: str) -> list[object] | None:
-        return []
+        return list(self.copies.get(room_id, []))
 
     def nudge(self) -> None:
         return None
@@ -325,3 +326,38 @@ async def test_a_stage_beyond_the_maximum_delay_is_scheduled_by_the_pass_once_al
         assert server.rooms() == [R1]
         ((_, _, delay_ms),) = server.held.values()
         assert delay_ms <= 3_600_000
+
+
+async def test_a_member_back_before_the_instant_takes_duty_and_ours_is_cancelled(
+    tmp_path: Path,
+) -> None:
+    """OTHER, first for south, was down at arming: this member scheduled south
+    too. Back by the instant, OTHER sends; this member, now its standby, finds
+    the copy when it looks and cancels its delayed event."""
+    async with kit(tmp_path, opted_in=[R1, R2], now=T0 - timedelta(minutes=10),
+                   crew=lambda hs: Duty(hs, other_up=False)) as k:
+        server = FakeDelayed()
+        k.runs.attach_failsafe(server, seal)  # type: ignore[arg-type]
+        data = switched(scenario("bk", {"north": [R1], "south": [R2]},
+                                 [{"id": "one", "at": "0s", "text": "go"}]))
+        data["failover"] = {"grace": "5s"}
+        data["cities"][0]["crew"] = [BOT, OTHER]
+        data["cities"][1]["crew"] = [OTHER, BOT]
+        k.write(data)
+        await k.arm("bk")
+        assert server.rooms() == [R1, R2]
+        k.crew.other_up = True
+        tag = {"scenario": "bk", "city": "south", "stage": "one", "part": "text",
+               "run": k.keys[-1]}
+        k.crew.copies[R2] = [{"type": "m.room.message", "event_id": "$c", "sender": OTHER,
+                              "origin_server_ts": 1,
+                              "content": {"msgtype": "m.text", "body": "go",
+                                          "org.blossom.dispatch": tag}}]
+        k.clock.set(T0)
+        firing = asyncio.ensure_future(k.timers.fire_due())
+        await asyncio.sleep(0.2)
+        k.clock.set(T0 + timedelta(seconds=5))
+        await asyncio.wait_for(firing, 5)
+        await k.idle()
+        assert k.hs.stages(R1) == [("one", "text")] and k.hs.stages(R2) == []
+        assert server.rooms() == []

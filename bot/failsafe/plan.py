@@ -113,6 +113,12 @@ class Limits:
     max_delay: timedelta | None
     max_scheduled: int | None
 
+    @classmethod
+    def from_ms(cls, max_delay_ms: int | None, max_scheduled: int | None) -> Limits:
+        """From the server's ``/capabilities`` numbers (``bot.matrix.delayed.Support``)."""
+        delay = timedelta(milliseconds=max_delay_ms) if max_delay_ms is not None else None
+        return cls(delay, max_scheduled)
+
 
 @dataclass(frozen=True)
 class FailsafePlan:

@@ -55,6 +55,26 @@ class Outcome:
     sent_at_once: list[tuple[DeliveryKey, str]] = field(default_factory=list)
     refused: str | None = None
 
+    def trouble(self) -> str:
+        """What went wrong, in counts (never ids or content), each part starting
+        "; failsafe: "; empty if nothing did."""
+        said: list[str] = []
+        if self.sent_at_once:
+            said.append(
+                f"the homeserver sent {len(self.sent_at_once)} delayed events AT ONCE "
+                "instead of delaying them; the failsafe is off for this server"
+            )
+        if self.refused:
+            said.append(f"the homeserver refused the failsafe ({self.refused})")
+        if self.retry:
+            said.append(
+                f"{len(self.retry)} delayed event requests failed and are retried"
+                " (until then the server may still send those)"
+            )
+        if self.failed:
+            said.append(f"{len(self.failed)} delayed events could not be scheduled")
+        return "".join(f"; failsafe: {s}" for s in said)
+
 
 async def schedule_due(
     table: DelayedStore,

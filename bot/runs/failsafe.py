@@ -1,22 +1,18 @@
 """The dead-man's switch in a running bot (docs/crew.md, "The switch"): the
 hooks arming, the instant and steering call, and the bot's periodic pass.
 
-- ``!arm`` (a scenario with ``failsafe: {server: true}``): :meth:`Switch.check`
-  probes the homeserver and plans (counts only, in the reply; a refusal arms
-  nothing), then :meth:`Switch.armed` records the run's delayed events and
-  schedules them;
-- after a fan-out (:meth:`Switch.released`): each delivery now in its room
-  (sent by this bot, or found sent by another member) has its delayed event
-  cancelled;
-- a send later than half of ``after`` past its instant (a restart)
-  (:meth:`Switch.before_late`): cancel first; an event the server no longer
-  has was sent by it, so the bot does not send it again;
-- steering (:meth:`Switch.steer`) cancels first, then (``!delay``,
-  ``!redirect``, ``!resume``) :meth:`Switch.replan` schedules replacements;
+- ``!arm``: :meth:`Switch.check` probes and plans (counts in the reply; a
+  refusal arms nothing), :meth:`Switch.armed` records and schedules;
+- after an instant's decisions and its fan-out (:meth:`Switch.settle`): cancel
+  each part now in its room (sent by this bot, or a crew member's copy found by
+  its look as a standby) and each stage a gate held;
+- a send later than half of ``after`` past its instant (:meth:`Switch.before_late`):
+  cancel first; what the server no longer has it sent: not sent again;
+- steering (:meth:`Switch.steer`) cancels first, then :meth:`Switch.replan`
+  (``!delay``, ``!redirect``) or :meth:`Switch.resumed` schedule replacements;
 - ``!purge`` (:meth:`Switch.purge`) cancels before the ids are deleted;
-- :meth:`Switch.tick` (at start and about every 30 s): schedules deferred ones,
-  retries what failed, cancels whatever may no longer fire (the run ended, the
-  city held, the room holds the dispatch), and at start cancels orphans.
+- :meth:`Switch.tick` (at start, then every 20 s): schedules deferred ones,
+  retries, cancels whatever may no longer fire, and at start orphans.
 
 With a crew, each member schedules only the rooms it is on duty for at arming.
 Replies and logs carry counts and delivery ids, never delay ids or content.
@@ -125,7 +121,7 @@ class Switch:
         )
         if why is not None:
             return False, [f"failsafe refused: {why}"]
-        limits = _limits(support.max_delay_ms, support.max_scheduled)
+        limits = Limits.from_ms(support.max_delay_ms, support.max_scheduled)
         targets = await self._targets(loaded, 0, "", set(preview.withheld))
         plan = plan_failsafe(
             targets, after=after, now=self._now(), limits=limits, min_lead=self._min_lead
@@ -140,7 +136,7 @@ class Switch:
         """Record and schedule the run's delayed events (after the run is created);
         a line for the ``!arm`` reply (counts only)."""
         support = await self._server.ensure_supported()
-        limits = _limits(support.max_delay_ms, support.max_scheduled)
+        limits = Limits.from_ms(support.max_delay_ms, support.max_scheduled)
         targets = await self._targets(armed.loaded, armed.run.id, armed.run_key, set(withheld))
         plan = plan_failsafe(
             targets,
@@ -154,7 +150,7 @@ class Switch:
         line = f"failsafe: {len(outcome.done)} delayed events scheduled on the homeserver"
         if plan.later:
             line += f", {len(plan.later)} to be scheduled later"
-        return line + self._trouble(outcome)
+        return line + outcome.trouble()
 
     async def _targets(
         self, loaded: LoadedScenario, run_id: int, run_key: str, withheld: set[tuple[str, str]]
@@ -424,31 +420,11 @@ class Switch:
         return outcome
 
     async def _tell(self, armed: ArmedRun, outcome: SwitchOutcome) -> None:
-        trouble = self._trouble(outcome)
+        trouble = outcome.trouble()
         if trouble:
             await self._ctx.notifier.report(
                 armed.run.control_room, f"⚠️ {armed.label()}{trouble.replace('; ', ': ', 1)}"
             )
-
-    @staticmethod
-    def _trouble(outcome: SwitchOutcome) -> str:
-        """What went wrong, in counts (never ids or content); empty if nothing."""
-        said: list[str] = []
-        if outcome.sent_at_once:
-            said.append(
-                f"the homeserver sent {len(outcome.sent_at_once)} delayed events AT ONCE "
-                "instead of delaying them; the failsafe is off for this server"
-            )
-        if outcome.refused:
-            said.append(f"the homeserver refused the failsafe ({outcome.refused})")
-        if outcome.retry:
-            said.append(
-                f"{len(outcome.retry)} delayed event requests failed and are retried"
-                " (until then the server may still send those)"
-            )
-        if outcome.failed:
-            said.append(f"{len(outcome.failed)} delayed events could not be scheduled")
-        return "".join(f"; failsafe: {s}" for s in said)
 
 
 async def counts_line(table: DelayedStore, runs: Iterable[ArmedRun]) -> str | None:
@@ -465,10 +441,3 @@ async def counts_line(table: DelayedStore, runs: Iterable[ArmedRun]) -> str | No
     if not parts:
         return None
     return "Failsafe, delayed events on this bot's homeserver: " + "; ".join(parts)
-
-
-def _limits(max_delay_ms: int | None, max_scheduled: int | None) -> Limits:
-    return Limits(
-        timedelta(milliseconds=max_delay_ms) if max_delay_ms is not None else None,
-        max_scheduled,
-    )
