@@ -2,7 +2,8 @@
 
 Pure planning (:mod:`~bot.failsafe.plan`); the delayed events themselves are
 scheduled through :mod:`bot.matrix.delayed` and kept in
-:mod:`bot.store.delayed`. Not yet called by arming or steering (docs/crew.md).
+:mod:`bot.store.delayed`; the running bot drives it from :mod:`bot.runs.failsafe`
+(docs/crew.md, "The switch").
 """
 
 from bot.failsafe.plan import (
