@@ -84,7 +84,10 @@ async def schedule_due(
 ) -> Outcome:
     """Schedule every row that is due to be (PENDING and its time has come, or
     SCHEDULING after a crash), soonest due first. ``now`` is read before each
-    request (wall clock), so a long batch does not shift the due times."""
+    request (wall clock), so a long batch does not shift the due times. Never
+    two at once on one table (a row in flight is retried by the other, which
+    then cancels it as if steering had); nor two :func:`cancel` batches naming
+    one row. bot/runs/failsafe.py serialises each."""
     outcome = Outcome()
     for stored in await table.due_to_schedule(now()):
         key, row = stored.row.key, stored.row
