@@ -46,16 +46,6 @@ def load_file(path: Path) -> LoadedScenario:
         scenario = load_scenario_text(data, filename=path.name)
     except ScenarioError as err:
         raise LibraryError(f"{path.name} is not valid", err.diagnostics) from None
-    if uses_pods_or_roles(scenario):
-        # The format and its pure layer know pods and roles; the run manager does
-        # not act on them yet (it would send every pod the city's places, or
-        # nothing). Refused here, before anything is armed, joined or scheduled,
-        # until the runtime is wired to bot.scenario.audience/gates/assign.
-        raise LibraryError(
-            f"{path.name} uses pods or roles, which this bot cannot run yet "
-            "(blossom validate and blossom plan check them; running them comes with "
-            "the runtime wiring)"
-        )
     return LoadedScenario(path, digest, scenario)
 
 
@@ -110,5 +100,10 @@ class ScenarioLibrary:
         """For an invite, from one read of the directory: every room id or alias a
         valid scenario lists, and whether any city takes private (DM) participants."""
         valid = self.all_valid()
-        listed = {room for ls in valid for c in ls.scenario.cities for room in c.rooms}
+        listed = {
+            room
+            for ls in valid
+            for c in ls.scenario.cities
+            for room in (*c.rooms, *(r for pod in c.all_pods for r in pod.rooms))
+        }
         return listed, any(c.direct for ls in valid for c in ls.scenario.cities)

@@ -252,16 +252,21 @@ def test_plan_json_of_plain_scenarios_has_no_new_keys() -> None:
     )
 
 
-def test_the_bot_refuses_to_run_pods_or_roles_until_wired(tmp_path: Path) -> None:
-    # Nothing half-done: a scenario the run manager cannot yet honour is refused
-    # where the bot loads it, so it is never armed, joined or scheduled.
+def test_the_bot_loads_pods_and_roles_and_takes_invites_to_pod_rooms(tmp_path: Path) -> None:
+    # The run manager acts on pods and roles now (it refused them before it did):
+    # the library finds the scenario, and an invite to a pod's room is opted in.
     shutil.copy(EVERYWHERE, tmp_path / EVERYWHERE.name)
     shutil.copy(EXAMPLES / "quorum.yaml", tmp_path / "quorum.yaml")
     library = ScenarioLibrary(tmp_path)
-    with pytest.raises(LibraryError, match="cannot run yet"):
-        library.find("blossom-everywhere")
+    assert library.find("blossom-everywhere").scenario.id == "blossom-everywhere"
     assert library.find("silent-disco-quorum").scenario.id == "silent-disco-quorum"
-    assert [ls.scenario.id for ls in library.all_valid()] == ["silent-disco-quorum"]
+    assert {ls.scenario.id for ls in library.all_valid()} == {
+        "blossom-everywhere",
+        "silent-disco-quorum",
+    }
+    listed, direct = library.opt_in_facts()
+    assert {"!mongkok:example.org", "!mongkok-medics:example.org"} <= listed
+    assert direct
 
 
 def test_svg_draws_pods_as_sub_lanes_and_stays_masked() -> None:

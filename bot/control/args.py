@@ -42,10 +42,12 @@ def _slug(word: str) -> str:
 
 
 def _city(word: str) -> str:
-    # A city id in any case (`North` is `north`); which city it is, the handler
-    # decides against the armed scenario (bot.control.targets).
+    # A city id in any case (`North` is `north`), or a pod of it (`hk/mongkok`);
+    # which city or pod it is, the handler decides against the armed scenario
+    # (bot.control.targets).
     lowered = word.lower()
-    if not (word.isascii() and SLUG.match(lowered)):
+    city, slash, pod = lowered.partition("/")
+    if not (word.isascii() and SLUG.match(city) and (not slash or SLUG.match(pod))):
         raise BadValue("must be a city id")
     return lowered
 

@@ -38,6 +38,7 @@ from bot.matrix.events import Dispatched
 from bot.notify import Notifier
 from bot.report import text_table
 from bot.runs import ArmedRun, ArmError, RunManager
+from bot.runs.lanes import city_of
 from bot.scenario import Scenario
 from bot.text import crew as text
 
@@ -352,7 +353,7 @@ class CrewControl:
             return
         armed = next((a for a in self._runs.armed.values() if a.run_key == tag.run), None)
         armed = armed or self._known.get(tag.run)
-        city = armed.scenario.city(tag.city) if armed is not None else None
+        city = armed.scenario.city(city_of(tag.city)) if armed is not None else None
         order = self.crew.order_for(city) if city is not None else self.crew.members
         resolution = resolve(copies, order)
         for copy in resolution.for_member(self.me):

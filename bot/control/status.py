@@ -15,6 +15,7 @@ from bot.ledger import DeliveryState, DispatchState
 from bot.policy import format_duration
 from bot.report import text_table
 from bot.runs import ArmedRun, ArmError, RunManager
+from bot.runs.lanes import held, lanes_of
 from bot.store import Store
 from bot.text import control as text
 
@@ -78,18 +79,21 @@ class StatusCommands:
         # The run's own clock: a drill's columns are drill time, like its instants.
         run_now = armed.clock.now()
         out: list[tuple[str, ...]] = []
-        for city in armed.scenario.cities:
-            mine = [d for d in rows if d.city_id == city.id]
+        # One row per lane: a city, or each pod of it (``hk/mongkok``: ids only).
+        for city, lane in [
+            (c, lane) for c in armed.scenario.cities for lane in lanes_of(armed.scenario, c.id)
+        ]:
+            mine = [d for d in rows if d.city_id == lane]
             pending = [d for d in mine if d.state in _PENDING]
             done = sorted(
                 (d for d in mine if d.state is DispatchState.RELEASED), key=lambda d: d.stage_index
             )
-            deliveries = await self._store.ledger.deliveries(armed.run.id, city.id)
+            deliveries = await self._store.ledger.deliveries(armed.run.id, lane)
             # Rooms, not room x stage: a room with any failed delivery is failed.
             failed = {d.key.room_id for d in deliveries if d.state is DeliveryState.FAILED}
             ok = {d.key.room_id for d in deliveries if d.state is DeliveryState.SENT} - failed
             nxt = min(pending, key=lambda d: d.due_at) if pending else None
-            latest = latest_released(armed.scenario, rows, city.id)
+            latest = latest_released(armed.scenario, rows, lane)
             next_cells = ("-", "-", "-", "-")
             if nxt is not None:
                 next_cells = (
@@ -101,11 +105,11 @@ class StatusCommands:
             out.append(
                 (
                     armed.label(),
-                    city.id,
+                    lane,
                     *next_cells,
                     text.released_list([d.stage_id for d in done]),
                     f"{len(ok)}/{len(failed)}",
-                    "held" if city.id in armed.held_cities else "-",
+                    "held" if held(armed.held_cities, lane) else "-",
                     text.checkins_cell(counts.get((city.id, latest), 0), latest),
                 )
             )

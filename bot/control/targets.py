@@ -37,13 +37,28 @@ def _quotable(word: str) -> str | None:
     return lowered if SLUG.match(lowered) else None
 
 
+def match_target(armed: ArmedRun, word: str) -> str | None:
+    """The city (``hk``) or pod (``hk/mongkok``) a word names, or None. A pod is
+    named by its city and its id; the run manager reads a city as all its pods."""
+    city_word, slash, pod_word = word.partition("/")
+    found = match_city([c.id for c in armed.scenario.cities], city_word)
+    if found is None or not slash:
+        return found
+    pods = [p.id for p in armed.scenario.city(found).all_pods]
+    pod = match_city(pods, pod_word)
+    if pod is None:
+        raise ArmError(text.no_such_pod(armed.scenario_id, found, pods, _quotable(pod_word)))
+    return f"{found}/{pod}"
+
+
 def resolve_cities(armed: ArmedRun, word: str | None, *, allow_all: bool = True) -> list[str]:
     """The cities a city argument names: every city for none (or ``all``), else
-    the one it matches; ArmError naming the cities if it matches none."""
+    the one it matches (or the one pod: ``hk/mongkok``); ArmError naming the
+    cities (or the city's pods) if it matches none."""
     ids = [c.id for c in armed.scenario.cities]
     if word is None or (allow_all and word.lower() == ALL):
         return ids
-    found = match_city(ids, word)
+    found = match_target(armed, word)
     if found is None:
         raise ArmError(text.no_such_city(armed.scenario_id, ids, _quotable(word)))
     return [found]
@@ -57,7 +72,7 @@ def abort_cities(armed: ArmedRun, word: str | None, message: str | None, which: 
     if word is not None:
         if word.lower() == ALL:
             return ids
-        found = match_city(ids, word)
+        found = match_target(armed, word)
         if found is not None:
             return [found]
     raise ArmError(text.abort_needs_city(armed.scenario_id, ids, which))

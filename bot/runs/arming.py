@@ -27,6 +27,7 @@ from bot.matrix.delayed import DelayedEventsError
 from bot.preflight import fanout_warnings
 from bot.report import PlanLine, plan_table
 from bot.runs.context import RunContext
+from bot.runs.lanes import lanes_of
 from bot.runs.model import ArmedRun, ArmError, ArmPreview
 from bot.runs.release import ReleaseShell
 from bot.scenario import Dispatch, Place, build_timeline, render_stage
@@ -142,33 +143,42 @@ class Arming:
         timeline = build_timeline(scenario)
         drill = drill_room is not None
         now = (_clock or self._ctx.clock).now()
-        served: dict[str, list[str]] = {}
+        served: dict[tuple[str, str], int] = {}
         problems: list[str] = []
         for city in scenario.cities:
-            if drill:
-                served[city.id] = [drill_room or ""]
-                continue
-            served[city.id] = await self._ctx.rooms.served_rooms(city.rooms, refresh=True)
-            for room, why in (await self._ctx.rooms.missing_rooms(city.rooms)).items():
-                problems.append(f"{city.id}: {room}: {why}")
+            listed = [*city.rooms, *(r for pod in city.all_pods for r in pod.rooms)]
+            if not drill:
+                # Aliases resolved afresh once per city; the dispatches read them.
+                await self._ctx.rooms.served_rooms(listed, refresh=True)
+                for room, why in (await self._ctx.rooms.missing_rooms(listed)).items():
+                    problems.append(f"{city.id}: {room}: {why}")
+        for d in timeline:
+            # Listed rooms only: private participants are counted at the instant.
+            rooms = [drill_room or ""] if drill else await self._ctx.rooms.served_rooms(d.rooms)
+            served[(d.lane, d.unit)] = len(rooms)
         zones = {c.id: c.timezone for c in scenario.cities}
         lines = tuple(
             sorted(
                 (
-                    PlanLine(d.at, d.city_id, zones[d.city_id], d.stage_id, len(served[d.city_id]))
+                    PlanLine(d.at, d.lane, zones[d.city_id], d.unit, served[(d.lane, d.unit)])
                     for d in timeline
                 ),
                 key=lambda ln: (ln.at, ln.city_id),
             )
         )
         sent = set() if drill else await self._ctx.store.runs.sent_stages(scenario.id)
-        past = [(d.city_id, d.stage_id) for d in timeline if d.at <= now]
+        past = [(d.lane, d.unit) for d in timeline if d.at <= now]
         withheld = tuple(k for k in past if k in sent and not resend_past)
-        # Parts per stage and city (text, and a pin if the place has a geo); the
+        # Parts per dispatch (text, and a pin if the place has a geo); the
         # rendering stays in memory.
         msgs = {
-            (d.city_id, d.stage_id): 1
-            + (render_stage(scenario, d.city_id, d.stage_id).location is not None)
+            (d.lane, d.unit): 1
+            + (
+                render_stage(
+                    scenario, d.city_id, d.stage_id, pod=d.pod_id, role=d.audiences[0]
+                ).location
+                is not None
+            )
             for d in timeline
         }
         warnings = fanout_warnings(
@@ -196,7 +206,7 @@ class Arming:
         would get every stage twice: name it, with the cities, after resolving."""
         where: defaultdict[str, list[tuple[str, str]]] = defaultdict(list)
         for city in loaded.scenario.cities:
-            for listed in city.rooms:
+            for listed in [*city.rooms, *(r for pod in city.all_pods for r in pod.rooms)]:
                 rid = await self._ctx.rooms.resolve(listed)
                 if rid is not None and all(c != city.id for c, _ in where[rid]):
                     where[rid].append((city.id, listed))
@@ -325,15 +335,11 @@ class Arming:
     def _planned(loaded: LoadedScenario, withheld: set[tuple[str, str]]) -> list[PlannedDispatch]:
         return [
             PlannedDispatch(
-                d.city_id,
-                d.stage_id,
+                d.lane,
+                d.unit,
                 d.stage_index,
                 d.at,
-                *(
-                    (DispatchState.SKIPPED, WITHHELD_NOTE)
-                    if (d.city_id, d.stage_id) in withheld
-                    else ()
-                ),
+                *((DispatchState.SKIPPED, WITHHELD_NOTE) if (d.lane, d.unit) in withheld else ()),
             )
             for d in build_timeline(loaded.scenario)
         ]
@@ -345,7 +351,9 @@ class Arming:
         if ctx.failsafe is not None:
             await ctx.failsafe.steer(armed, Steer.DISARM)  # first: the server must not send
         ctx.timers.cancel_prefix(job_prefix(run_id))
-        ctx.dispatcher.cancel(run_id, [c.id for c in armed.scenario.cities])
+        ctx.dispatcher.cancel(
+            run_id, [lane for c in armed.scenario.cities for lane in lanes_of(armed.scenario, c.id)]
+        )
         # One transaction: never a run left armed with its stages half cancelled.
         async with ctx.store.transaction():
             await ctx.store.ledger.set_dispatch_states(

@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from bot.crew.look import find_copies
 from bot.delivery import COVERED, Outcome, Release
 from bot.ledger import DeliveryKey, DeliveryState, Part
+from bot.runs import lanes
 from bot.runs.context import RunContext
 from bot.runs.duty import CrewSide, DutySplit, Wave, split_by_duty
 from bot.runs.model import ArmedRun
@@ -63,7 +64,7 @@ def split(
         releases,
         view=view,
         me=crew.me,
-        order_of=lambda city: crew.crew.order_for(armed.scenario.city(city)),
+        order_of=lambda lane: crew.crew.order_for(armed.scenario.city(lanes.city_of(lane))),
         joined=joined,
         grace=armed.scenario.failover.grace,
         now=now,

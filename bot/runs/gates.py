@@ -41,9 +41,10 @@ from bot.ids import report_txn_id
 from bot.ledger import DispatchState
 from bot.matrix.sender import SendFailed
 from bot.policy import Action
+from bot.runs import lanes
 from bot.runs.context import RunContext
 from bot.runs.duty import CrewSide
-from bot.runs.instant import InstantPlan, gate_count
+from bot.runs.instant import InstantPlan, counted_stage, gate_count
 from bot.runs.model import ArmedRun
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,10 @@ _LOOK_EVERY = timedelta(milliseconds=500)
 
 
 def gated(armed: ArmedRun, rel: Release) -> bool:
-    return armed.drill_room is None and armed.scenario.stage(rel.stage_id).require is not None
+    return (
+        armed.drill_room is None
+        and armed.scenario.stage(lanes.stage_of(rel.stage_id)).require is not None
+    )
 
 
 def followers(crew: CrewSide, armed: ArmedRun, prepared: Sequence[Release]) -> list[Release]:
@@ -63,7 +67,7 @@ def followers(crew: CrewSide, armed: ArmedRun, prepared: Sequence[Release]) -> l
     for rel in prepared:
         if not gated(armed, rel):
             continue
-        order = crew.crew.order_for(armed.scenario.city(rel.city_id))
+        order = crew.crew.order_for(armed.scenario.city(lanes.city_of(rel.city_id)))
         duty = city_on_duty(
             view, order, [crew.joined(r) for r in rel.rooms], rel.due_at, armed.loaded.sha256
         )
@@ -87,7 +91,7 @@ async def await_decisions(
         now = armed.clock.now()
         still = []
         for rel in pending:
-            order = crew.crew.order_for(armed.scenario.city(rel.city_id))
+            order = crew.crew.order_for(armed.scenario.city(lanes.city_of(rel.city_id)))
             duty = city_on_duty(
                 view, order, [crew.joined(r) for r in rel.rooms], rel.due_at, armed.loaded.sha256
             )
@@ -121,10 +125,8 @@ def with_followed(
     """Check-in counts with each followed decision's count in place of this
     member's own (the gate reads the count against the previous stage)."""
     counts = dict(checkins)
-    ids = [s.id for s in armed.scenario.stages]
     for (city, stage), decision in followed.items():
-        index = ids.index(stage)
-        counts[(city, ids[index - 1] if index > 0 else "")] = decision.checkins
+        counts[(city, counted_stage(armed.scenario, stage))] = decision.checkins
     return counts
 
 
@@ -140,7 +142,7 @@ def decided(
     out = []
     for rel in todo:
         key = (rel.city_id, rel.stage_id)
-        gate = armed.scenario.stage(rel.stage_id).require
+        gate = armed.scenario.stage(lanes.stage_of(rel.stage_id)).require
         if gate is None or armed.drill_room is not None or key in followed:
             continue
         if key in plan.releasing:
@@ -180,9 +182,7 @@ async def publish(ctx: RunContext, armed: ArmedRun, decisions: Sequence[GateDeci
 
 def _counted_stage(armed: ArmedRun, stage: str) -> str:
     """The stage a gate's check-ins are recorded against: the previous one ("" first)."""
-    ids = [s.id for s in armed.scenario.stages]
-    index = ids.index(stage)
-    return ids[index - 1] if index > 0 else ""
+    return counted_stage(armed.scenario, stage)
 
 
 async def share_checkins(ctx: RunContext, armed: ArmedRun, prepared: Sequence[Release]) -> None:

@@ -17,7 +17,10 @@ from enum import StrEnum
 from bot.dispatch import Release
 from bot.ledger import DISPATCH_DONE, DispatchState
 from bot.policy import Action, LateReason, decide
+from bot.runs import lanes
 from bot.scenario import Scenario
+from bot.scenario.gates import CheckinCounts, gate_verdicts
+from bot.scenario.timeline import lane_id
 from bot.store import DispatchRow
 
 
@@ -58,15 +61,41 @@ def stage_order(release: Release) -> tuple[datetime, int, str]:
     return (release.due_at, release.stage_index, release.city_id)
 
 
+def counted_stage(scenario: Scenario, stage_id: str) -> str:
+    """The stage a gate on ``stage_id`` counts check-ins against: the previous
+    one ("" before the first). ``stage_id`` may be a unit (``spot@front``)."""
+    ids = [s.id for s in scenario.stages]
+    index = ids.index(lanes.stage_of(stage_id))
+    return ids[index - 1] if index > 0 else ""
+
+
 def gate_count(
     scenario: Scenario, checkins: Mapping[tuple[str, str], int], city_id: str, stage_id: str
 ) -> int:
-    """Check-ins in a city since the previous stage (the gate's count): those
-    recorded against the previous stage ("" before the first)."""
-    ids = [s.id for s in scenario.stages]
-    index = ids.index(stage_id)
-    previous = ids[index - 1] if index > 0 else ""
-    return checkins.get((city_id, previous), 0)
+    """Check-ins in a lane since the previous stage (the gate's count): those
+    recorded against the previous stage ("" before the first). ``checkins`` is
+    keyed by (lane, counted stage): :func:`lane_checkins` for pods and roles."""
+    return checkins.get((city_id, counted_stage(scenario, stage_id)), 0)
+
+
+def lane_checkins(
+    scenario: Scenario, by_lane: Mapping[tuple[str, str], CheckinCounts]
+) -> dict[tuple[str, str], int]:
+    """What each lane's gate counts, keyed as :func:`gate_count` reads it:
+    (lane, counted stage) → the count :func:`bot.scenario.gates.gate_verdicts`
+    gives (per pod with ``per: pod``, only ``role``'s check-ins with ``role``,
+    else the whole city). For a scenario without pods or roles this is exactly
+    the city's count per stage."""
+    counts: dict[tuple[str, str], int] = {}
+    for stage in scenario.stages:
+        if stage.require is None:
+            continue
+        previous = counted_stage(scenario, stage.id)
+        for city in scenario.cities:
+            verdicts = gate_verdicts(stage.require, city, by_lane.get((city.id, previous), {}))
+            for pod_id, verdict in verdicts.items():
+                counts[(lane_id(city.id, pod_id), previous)] = verdict.counted
+    return counts
 
 
 def _late_reason(cause: Cause, row: DispatchRow, armed_at: datetime) -> LateReason:
@@ -116,14 +145,14 @@ def plan_instant(
             continue
         if not forced and row.state is DispatchState.HELD:
             continue  # waits for !resume or !release
-        stage = scenario.stage(stage_id)
+        stage = scenario.stage(lanes.stage_of(stage_id))
         # A drill rehearses the sequence: its gates are reported, not waited on.
         gate = None if drill else stage.require
         decision = decide(
             due_at=row.due_at,
             now=now,
             skip_after=None if drill else stage.late.skip_after,
-            city_held=city_id in held_cities,
+            city_held=lanes.held(held_cities, city_id),
             gate_checkins=gate.checkins if gate else None,
             gate_otherwise=gate.otherwise if gate else None,
             checkins=gate_count(scenario, checkins, city_id, stage_id) if gate else 0,
@@ -141,10 +170,10 @@ def plan_instant(
             verdicts.append(Verdict(city_id, stage_id, DispatchState.HELD, decision.reason))
             reports.append(
                 f"⏸️ {label}: stage {stage_id} held in {city_id}: {decision.reason}. "
-                f"Use !release {scenario.id} {stage_id} {city_id} or "
+                f"Use !release {scenario.id} {lanes.stage_of(stage_id)} {city_id} or "
                 f"!abort {scenario.id} {city_id}."
             )
-        else:
+        elif city_id not in aborts:  # once per lane, whatever its role variants
             reports.append(
                 f"⛔ {label}: stage {stage_id} in {city_id}: {decision.reason}; "
                 "the gate says abort."

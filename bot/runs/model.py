@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 
 from bot.clock import Clock
 from bot.library import LoadedScenario
 from bot.report import PlanLine
-from bot.scenario import Place, Scenario, Stage
+from bot.runs import lanes
+from bot.scenario import Dispatch, Place, Scenario, Stage
 from bot.scenario.templates import parse_template
 from bot.store import RunRow
 
@@ -27,10 +29,23 @@ class ArmedRun:
     run: RunRow
     loaded: LoadedScenario
     clock: Clock
-    # city_id -> place_id -> replacement (from !redirect)
+    # city or lane (``hk/mongkok``) -> place_id -> replacement (from !redirect)
     place_overrides: dict[str, dict[str, Place]] = field(default_factory=dict)
+    # Held cities and lanes (bot/runs/lanes.py: a city's hold holds its pods).
     held_cities: set[str] = field(default_factory=set)
+    # city or lane -> how far !delay moved it
     delays: dict[str, timedelta] = field(default_factory=dict)
+
+    @cached_property
+    def units(self) -> dict[tuple[str, str], Dispatch]:
+        """(lane, unit) of every scenario dispatch → who it reaches."""
+        return lanes.unit_index(self.scenario)
+
+    def overrides_for(self, lane: str) -> dict[str, Place] | None:
+        return lanes.lane_overrides(self.scenario, self.place_overrides, lane)
+
+    def delay_for(self, lane: str) -> timedelta | None:
+        return lanes.lane_delay(self.delays, lane)
 
     @property
     def scenario_id(self) -> str:

@@ -29,9 +29,9 @@ from bot.ids import ABORT_STAGE, SYNTHETIC_INDEX, job_id, report_txn_id
 from bot.ledger import DISPATCH_DONE, DISPATCH_PENDING, DispatchState, Part, RunState
 from bot.policy import LateReason
 from bot.report import LATE_WHY, stage_summary
-from bot.runs import covering, gates
+from bot.runs import covering, gates, lanes
 from bot.runs.context import RunContext
-from bot.runs.instant import Cause, InstantPlan, plan_instant, stage_order
+from bot.runs.instant import Cause, InstantPlan, lane_checkins, plan_instant, stage_order
 from bot.runs.model import ArmedRun
 from bot.scenario import render_template
 from bot.scenario.render import to_html
@@ -231,10 +231,16 @@ class ReleaseShell:
             return InstantPlan(), None
         rows = {(d.city_id, d.stage_id): d for d in await ctx.store.ledger.dispatches(run_id)}
         gated = armed.drill_room is None and any(
-            armed.scenario.stage(r.stage_id).require for r in todo
+            armed.scenario.stage(lanes.stage_of(r.stage_id)).require for r in todo
         )
         now = armed.clock.now()
-        checkins = await ctx.store.participants.checkin_counts(run_id) if gated else {}
+        checkins = (
+            lane_checkins(
+                armed.scenario, await ctx.store.participants.checkin_counts_by_lane(run_id)
+            )
+            if gated
+            else {}
+        )
         if shares and ctx.crew is not None:
             checkins = await gates.with_shared(ctx, ctx.crew, armed, checkins, shares)
         checkins = gates.with_followed(armed, checkins, followed)
@@ -373,22 +379,24 @@ class ReleaseShell:
     # -- stopping ------------------------------------------------------------------------
 
     async def cancel_city(self, armed: ArmedRun, city_id: str, reason: str) -> int:
-        """Cancel every not-yet-released dispatch of one city; returns how many."""
+        """Cancel every not-yet-released dispatch of one city (every pod of it) or
+        of one pod (``hk/mongkok``); returns how many."""
         ctx = self._ctx
-        ctx.dispatcher.cancel(armed.run.id, [city_id])
+        ctx.dispatcher.cancel(armed.run.id, lanes.lanes_of(armed.scenario, city_id))
         pending = [
             (d.city_id, d.stage_id, DispatchState.CANCELLED, reason)
             for d in await ctx.store.ledger.dispatches(armed.run.id)
-            if d.city_id == city_id and d.state in DISPATCH_PENDING
+            if lanes.on_target(d.city_id, [city_id]) and d.state in DISPATCH_PENDING
         ]
         await ctx.store.ledger.set_dispatch_states(armed.run.id, pending)
         return len(pending)
 
     async def abort(self, armed: ArmedRun, cities: Sequence[str], message: str | None) -> int:
-        """Cancel every pending stage of these cities and send the stop message to
-        every room they serve, ahead of any other traffic of this run. Returns
-        how many pending stages were cancelled; the sending goes on in the
-        background."""
+        """Cancel every pending stage of these cities (or pods) and send the stop
+        message to every room they serve, ahead of any other traffic of this run.
+        In a city with pods each pod gets its own stop message (rendered with its
+        own places only). Returns how many pending stages were cancelled; the
+        sending goes on in the background."""
         ctx, run_id = self._ctx, armed.run.id
         if ctx.failsafe is not None:
             # First: the server must never release an aborted stage.
@@ -396,7 +404,8 @@ class ReleaseShell:
         now = armed.clock.now()
         cancelled = 0
         releases: list[Release] = []
-        for city_id in cities:
+        targets = [lane for t in cities for lane in lanes.lanes_of(armed.scenario, t)]
+        for city_id in dict.fromkeys(targets):
             # One transaction: never stages cancelled without the stop message.
             async with ctx.store.transaction():
                 cancelled += await self.cancel_city(armed, city_id, "aborted")
@@ -413,9 +422,11 @@ class ReleaseShell:
                     city_id=city_id,
                     stage_id=ABORT_STAGE,
                     due_at=now,
-                    rooms=tuple(await ctx.served_rooms(armed, city_id, refresh=False)),
+                    rooms=tuple(await ctx.lane_rooms(armed, city_id, None, refresh=False)),
                     messages=(
-                        _stop_message(armed, city_id, message, ctx.translator(armed, city_id)),
+                        _stop_message(
+                            armed, city_id, message, ctx.translator(armed, lanes.city_of(city_id))
+                        ),
                     ),
                     final=True,
                     run_key=armed.run_key,
@@ -437,8 +448,8 @@ class ReleaseShell:
         await self.maybe_finish(armed)
 
 
-def _stop_message(armed: ArmedRun, city_id: str, message: str | None, t: Translator) -> Message:
-    city = armed.scenario.city(city_id)
+def _stop_message(armed: ArmedRun, lane: str, message: str | None, t: Translator) -> Message:
+    city, pod = lanes.pod_of(armed.scenario, lane)
     label = f"[DRILL] {armed.scenario_id} · {city.name}" if armed.drill_room is not None else None
     template = message or armed.scenario.abort_text
     if template is None:
@@ -453,8 +464,9 @@ def _stop_message(armed: ArmedRun, city_id: str, message: str | None, t: Transla
                 template,
                 armed.scenario,
                 city,
-                place_overrides=armed.place_overrides.get(city_id),
-                delay=armed.delays.get(city_id),
+                place_overrides=armed.overrides_for(lane),
+                delay=armed.delay_for(lane),
+                pod=pod,
             )
         except ValueError:
             body = template  # a typed message with braces: send it as written

@@ -26,6 +26,12 @@ def no_such_city(scenario_id: str, cities: Sequence[str], typed: str | None) -> 
     return f"{scenario_id} has no city{named} (cities: {', '.join(cities)})"
 
 
+def no_such_pod(scenario_id: str, city_id: str, pods: Sequence[str], typed: str | None) -> str:
+    named = f" {typed}" if typed else " by that name"
+    listed = ", ".join(f"{city_id}/{p}" for p in pods) or "none"
+    return f"{scenario_id} has no pod{named} in {city_id} (pods: {listed})"
+
+
 def abort_needs_city(scenario_id: str, cities: Sequence[str], which: str) -> str:
     """The word after the scenario of an !abort that is not a city: refuse, and say
     how to abort everywhere with one's own words, or one city."""
