@@ -256,6 +256,20 @@ def test_hold_abort_disarm_cancel_what_may_still_fire_in_their_cities() -> None:
     assert steer(rows(), Steer.ABORT, cities=["north"], stages=["call"]).cancel == ()
 
 
+def test_a_city_or_stage_named_reaches_its_pods_and_role_variants() -> None:
+    # Dispatch rows of a scenario with pods and roles: lane ``hk/mk``, unit ``spot@front``.
+    live = DelayedState.PENDING
+    pod_rows = [
+        DelayedRow(k(city, stage), 1, live, T0 + 12 * MIN, T0 + 10 * MIN)
+        for city, stage in (("hk/mk", "spot@front"), ("hk/cw", "spot@front"), ("hk/cw", "go"))
+    ]
+    held = steer(pod_rows, Steer.HOLD, cities=["hk"])
+    assert len(held.cancel) == 3
+    one = steer(pod_rows, Steer.HOLD, cities=["hk/cw"], stages=["spot"])
+    assert [(r.key.city_id, r.key.stage_id) for r in one.cancel] == [("hk/cw", "spot@front")]
+    assert steer(pod_rows, Steer.ABORT, cities=["hk/st"]).cancel == ()
+
+
 def test_delay_and_redirect_replace_with_a_new_generation() -> None:
     delayed = steer(rows(), Steer.DELAY, cities=["north"], shift=5 * MIN)
     assert [r.key.stage_id for r in delayed.cancel] == ["go"]

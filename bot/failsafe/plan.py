@@ -21,6 +21,7 @@ from typing import Any
 
 from bot import DISPATCH_KEY
 from bot.ledger import DeliveryKey
+from bot.scenario.timeline import split_lane, split_unit
 
 # A deferred delayed event is scheduled this long after the earliest moment the
 # server's maximum allows, for the time a batch of requests takes.
@@ -310,8 +311,11 @@ def steer(
         row
         for row in rows
         if row.state in LIVE
-        and (city_set is None or row.key.city_id in city_set)
-        and (stage_set is None or row.key.stage_id in stage_set)
+        and (city_set is None or _meant(row.key.city_id, split_lane(row.key.city_id)[0], city_set))
+        and (
+            stage_set is None
+            or _meant(row.key.stage_id, split_unit(row.key.stage_id)[0], stage_set)
+        )
     )
     if action is Steer.DELAY:
         moved = tuple(
@@ -322,6 +326,12 @@ def steer(
     if action is Steer.REDIRECT:
         return SteerPlan(hit, tuple(replace(r, generation=r.generation + 1) for r in hit))
     return SteerPlan(hit, ())
+
+
+def _meant(key: str, whole: str, named: set[str]) -> bool:
+    # A row's city column is a lane (``hk/mongkok``), its stage column a unit
+    # (``spot@front``): a command naming the city or the stage means all of them.
+    return key in named or whole in named
 
 
 def after_release(rows: Iterable[DelayedRow], key: DeliveryKey) -> tuple[DelayedRow, ...]:
