@@ -426,6 +426,131 @@ async def test_sigkill_at_random_points_of_a_release_to_100_rooms(
     )
 
 
+# -- 1b. SIGKILL with pods and roles -------------------------------------------------------
+
+POD_IDS = ("mk", "cw", "st", "tw")
+# Per pod: the role its rooms are listed with (None: no role), how many rooms.
+POD_ROOMS: tuple[tuple[str | None, int], ...] = ((None, 4), ("front", 2), ("support", 2))
+# What a room with each role holds, in order: (unit, part). Both stages share one
+# instant, so a kill mid fan-out falls between units of one release.
+POD_PARTS: dict[str | None, list[tuple[str, str]]] = {
+    None: [("gather@default", "text"), ("gather@default", "location")],
+    "front": [("gather@default", "text"), ("gather@default", "location"),
+              ("spot@front", "text"), ("spot@front", "location")],
+    "support": [("gather@support", "text"), ("gather@support", "location"),
+                ("spot@support", "text"), ("spot@support", "location")],
+}
+
+
+def pods_scenario(sid: str, rooms: dict[str, dict[str | None, list[str]]],
+                  start: datetime) -> dict[str, Any]:
+    pods = []
+    for i, pod in enumerate(POD_IDS):
+        listed: list[Any] = []
+        for role, ids in rooms[pod].items():
+            listed += [r if role is None else {"room": r, "role": role} for r in ids]
+        places = {p: {"name": f"MARK-{pod}-{p}", "geo": f"22.{i}1,114.1{i}"}
+                  for p in ("staging", "spot")}
+        pods.append({"id": pod, "rooms": listed, "places": places})
+    return {
+        "version": 1, "id": sid, "title": sid, "start": iso_z(start),
+        "roles": [{"id": "front", "name": "Front"}, {"id": "support", "name": "Support"}],
+        "cities": [{"id": "hk", "name": "Hong Kong", "timezone": "Asia/Hong_Kong",
+                    "pods": pods}],
+        "stages": [
+            {"id": "gather", "at": "0s", "place": "staging",
+             "text": {"default": "Gather at {staging}", "support": "Set up by {staging}"}},
+            {"id": "spot", "at": "0s", "place": "spot", "roles": ["front", "support"],
+             "text": {"front": "Now {spot}", "support": "Edge of {spot}"}},
+        ],
+    }
+
+
+async def kill_pods_once(
+    env: BotEnv, seed: int, rooms: dict[str, dict[str | None, list[str]]], mod: AsyncClient
+) -> tuple[str, int]:
+    """One seed of the SIGKILL suite on a scenario with pods and roles: every room
+    holds exactly its pod's lane and its role's units, each part once, in order;
+    only its own pod's places; the ledger is the rooms; one summary per unit."""
+    rng = random.Random(seed)
+    phase = KILL_PHASES[(seed - 1) % len(KILL_PHASES)]
+    sid = f"killpods-{seed}"
+    ledger = ledger_of(env)
+    where_of = {r: (pod, role) for pod, by in rooms.items() for role, rs in by.items() for r in rs}
+    total = sum(len(POD_PARTS[role]) for _, role in where_of.values())
+    start = seconds_ahead(2.5)
+    env.write_scenario(pods_scenario(sid, rooms, start))
+    reply = await env.command(f"!arm {sid}", timeout=30)
+    assert f"Armed {sid}" in reply, reply
+
+    def sent() -> int:
+        return ledger.deliveries(sid)["sent"]
+
+    target: float
+    if phase == "before-instant":
+        target = rng.uniform(-2, 0)
+        await asyncio.sleep(max(0, (start.timestamp() + target) - time.time()))
+    elif phase == "fan-out":
+        target = rng.randint(1, total - 1)
+        await ledger.wait(f"{target} sent", lambda: sent() >= target, 30, 0.005)
+    else:
+        target = rng.uniform(0, 0.1)
+        await ledger.wait("all sent", lambda: sent() >= total, 30, 0.005)
+        await asyncio.sleep(target)
+    env.kill()
+    at_kill = dict(ledger.deliveries(sid))
+    where = f"kill pods seed={seed} phase={phase} target={target:.3g} ledger={at_kill}"
+    print(where, flush=True)
+
+    env.spawn(log_level="INFO")
+    await ledger.wait(f"{sid} finished", lambda: ledger.run_state(sid) == "finished", 60)
+    seen = await dispatches_in(mod, where_of, sid)
+    bad = {
+        room: got for room, got in seen.items()
+        if [g[:3] for g in got]
+        != [(f"hk/{where_of[room][0]}", u, p) for u, p in POD_PARTS[where_of[room][1]]]
+    }
+    assert not bad, f"{where}: {len(bad)} room(s) wrong, e.g. {list(bad.items())[:2]}"
+    assert_ledger_is_the_rooms(ledger, sid, seen)
+    for room, (pod, _role) in where_of.items():
+        events = await room_messages(mod, room)
+        marks = {m for e in events for m in re.findall(r"MARK-(\w+)-", str(content_of(e)))}
+        assert marks == {pod}, (where, room, marks)
+    bodies = await control_bodies(env)
+    for unit in ("gather@default", "gather@support", "spot@front", "spot@support"):
+        reports = stage_reports(bodies, sid, unit)
+        assert len(reports) == 1, (where, unit, reports)
+        want = sum(1 for r, (_, role) in where_of.items() if (unit, "text") in POD_PARTS[role])
+        assert sum(done for done, _ in reports[0].values()) == want, (where, unit, reports)
+    complete = [b for b in bodies if f"{sid} (run" in b and "is complete" in b]
+    assert len(complete) == 1, (where, complete)
+    assert not any("MARK-" in b for b in bodies), where
+    return phase, at_kill.get("sent", 0)
+
+
+async def test_sigkill_with_pods_and_roles_exactly_once_per_lane_and_unit(
+    homeserver: EmbeddedHomeserver, tmp_path: Path, clients: ClientPool
+) -> None:
+    """The SIGKILL suite on a scenario with four pods and two roles (32 rooms, 96
+    deliveries across four units at one instant): the ledger and crash recovery
+    are per (run, lane, unit, room, part). Seeds and phases as in the 100-room
+    suite (``BLOSSOM_KILL_SEEDS``)."""
+    async with bot_env(homeserver, tmp_path, clients, "killpods") as env:
+        mod = await clients.participant(await homeserver.register(f"mod-kp-{tmp_path.name[-6:]}"))
+        rooms: dict[str, dict[str | None, list[str]]] = {}
+        for pod in POD_IDS:
+            rooms[pod] = {
+                role: await make_rooms(mod, n, f"kp {pod} {role}") for role, n in POD_ROOMS
+            }
+        env.write_scenario(pods_scenario("killpods-base", rooms, seconds_ahead(86400)))
+        env.spawn(log_level="INFO")
+        await env.wait_joined(env.control_room, timeout=30)
+        await opt_in_all(env, {mod: [r for by in rooms.values() for rs in by.values() for r in rs]})
+        points = [await kill_pods_once(env, seed, rooms, mod) for seed in kill_seeds()]
+        assert env.terminate() == 0
+    assert {phase for phase, _ in points} <= set(KILL_PHASES)
+
+
 async def test_notices_of_a_restart_wait_for_the_first_sync(
     homeserver: EmbeddedHomeserver, tmp_path: Path, clients: ClientPool
 ) -> None:
