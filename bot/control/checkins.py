@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from bot.ledger import DispatchState
-from bot.runs.lanes import on_target, stage_of
 from bot.scenario import Scenario
 from bot.store import DispatchRow
 
@@ -21,13 +20,10 @@ _OUT = (DispatchState.RELEASED, DispatchState.RELEASING)
 
 
 def latest_released(scenario: Scenario, rows: Iterable[DispatchRow], city_id: str) -> str:
-    """The latest released scenario stage ("" before the first) of a city (any
-    of its pods and role variants) or of one pod (``hk/mongkok``)."""
+    """The city's latest released scenario stage ("" before the first)."""
     order = {s.id: i for i, s in enumerate(scenario.stages)}
     released = [
-        stage_of(d.stage_id)
-        for d in rows
-        if on_target(d.city_id, [city_id]) and stage_of(d.stage_id) in order and d.state in _OUT
+        d.stage_id for d in rows if d.city_id == city_id and d.stage_id in order and d.state in _OUT
     ]
     return max(released, key=order.__getitem__) if released else ""
 
