@@ -234,7 +234,18 @@ async def with_shared(
     """Check-in counts with each shared (city, stage) counted once per person
     across the crew: this member's own united with the others' tokens."""
     counts = dict(checkins)
-    keys = {(s.city, s.stage) for s in shares if s.run == armed.run_key and s.member != crew.me}
+    # Tokens carry no pod or role: a gate counting per pod or one role counts this
+    # member's own check-ins only (shared counting of those is not built).
+    plain = {
+        counted_stage(armed.scenario, st.id)
+        for st in armed.scenario.stages
+        if st.require is not None and st.require.per is None and st.require.role is None
+    }
+    keys = {
+        (s.city, s.stage)
+        for s in shares
+        if s.run == armed.run_key and s.member != crew.me and s.stage in plain
+    }
     if not keys:
         return counts
     users = await ctx.store.participants.checkin_users(armed.run.id)
