@@ -6,15 +6,25 @@ bot in-process."""
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from bot_harness import BotEnv, bot_env, iso_z, seconds_ahead
-from matrix_helpers import ClientPool, content_of, room_messages, with_content_key
-from nio import AsyncClient
+from matrix_helpers import (
+    ClientPool,
+    collect_messages,
+    content_of,
+    room_messages,
+    send_text,
+    sync_until,
+    with_content_key,
+)
+from nio import AsyncClient, RoomCreateResponse
 
 from bot import DISPATCH_KEY
 from bot.devtools.homeserver import EmbeddedHomeserver
@@ -220,3 +230,59 @@ async def test_steering_one_pod_hold_redirect_abort(
         for pod, room in [*rooms.items(), ("mk", medics)]:
             texts = [text_of(c) for c in await bot_events(mod, room)]
             assert pods_in(texts, marks) <= {pod, "city"}, (pod, room)
+
+
+async def test_private_participants_read_only_their_assigned_pods_places(
+    homeserver: EmbeddedHomeserver, tmp_path: Path, clients: ClientPool
+) -> None:
+    """Eight people join privately through the real ``!join``; the bot assigns
+    each a pod (two per pod), and each direct chat gets only that pod's places,
+    next to the pods' rooms."""
+    async with bot_env(homeserver, tmp_path, clients, "poddm") as env:
+        mod, rooms, medics = await four_pods(env, clients, homeserver, "poddm")
+        marks: dict[str, str] = {}
+
+        def data(start: datetime) -> dict[str, Any]:
+            d = pods_scenario("pdm", rooms, medics, start, marks)
+            d["cities"][0]["direct"] = True
+            return d
+
+        env.write_scenario(data(seconds_ahead(3600)))
+        await env.start()
+        for room in (*rooms.values(), medics):
+            await env.opt_in(mod, room)
+        people: list[tuple[AsyncClient, str]] = []
+        for n in range(8):
+            person = await clients.participant(
+                await homeserver.register(f"pdm{n}-{tmp_path.name[-6:]}")
+            )
+            resp = await person.room_create(is_direct=True, invite=[env.bot_user.user_id])
+            assert isinstance(resp, RoomCreateResponse), resp
+            await env.wait_joined(resp.room_id, by=person)
+            await sync_until(person, lambda p=person, r=resp.room_id: r in p.rooms)
+            event_id = await send_text(person, resp.room_id, "!join pdm hk")
+            await collect_messages(
+                person,
+                resp.room_id,
+                until=lambda ms, e=event_id: any(
+                    m.sender == env.bot_user.user_id for m in ms
+                ),
+                timeout=20,
+            )
+            people.append((person, resp.room_id))
+        db = sqlite3.connect(f"file:{env.storage_dir / 'blossom.db'}?mode=ro", uri=True)
+        pod_of = dict(db.execute("SELECT room_id, pod_id FROM direct_participants").fetchall())
+        db.close()
+        assert sorted(Counter(pod_of.values()).values()) == [2, 2, 2, 2], pod_of
+        env.write_scenario(data(seconds_ahead(LEAD_S)))
+        assert "Armed pdm" in await env.command("!arm pdm")
+        await env.control_notices(["stage bye delivered"], timeout=60)
+        for person, dm in people:
+            events = await bot_events(person, dm)
+            # No role: gather's text for everyone, never the role-limited spot.
+            assert units(events) == ["gather@default", "bye"], (dm, units(events))
+            texts = [text_of(c) for c in events]
+            assert pods_in(texts, marks) == {pod_of[dm], "city"}, (dm, pod_of[dm])
+        for pod, room in rooms.items():
+            texts = [text_of(c) for c in await bot_events(mod, room)]
+            assert pods_in(texts, marks) == {pod, "city"}, pod

@@ -129,6 +129,8 @@ async def test_each_room_and_person_gets_only_its_pod_and_role(tmp_path: Path) -
         await join_privately(k)
         out = await k.arm("pods")
         assert out.run_id is not None, out.text
+        assert "in 1 cities" in out.text, out.text  # four pods are one city
+        assert "MARK-" not in out.text + out.table
         await run_all(k)
         for pod, room in ROOM.items():
             # No role: gather's default text, never the role-limited spot.

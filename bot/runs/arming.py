@@ -27,7 +27,7 @@ from bot.matrix.delayed import DelayedEventsError
 from bot.preflight import fanout_warnings
 from bot.report import PlanLine, plan_table
 from bot.runs.context import RunContext
-from bot.runs.lanes import lanes_of
+from bot.runs.lanes import city_of, lanes_of
 from bot.runs.model import ArmedRun, ArmError, ArmPreview
 from bot.runs.release import ReleaseShell
 from bot.scenario import Dispatch, Place, build_timeline, render_stage
@@ -70,7 +70,7 @@ def _with(text: str, lines: list[str]) -> str:
 
 
 def preview_text(p: ArmPreview, run_id: int | None) -> str:
-    n_cities = len({ln.city_id for ln in p.lines})
+    n_cities = len({city_of(ln.city_id) for ln in p.lines})  # a line's city is its lane
     if run_id is not None:
         kind = "Drill of" if p.drill else "Armed"
         head = f"{kind} {p.scenario_id} (run {run_id}): "

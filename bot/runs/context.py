@@ -156,7 +156,9 @@ class RunContext:
         )
         label = None
         if armed.drill_room is not None:
-            label = f"{armed.scenario_id} · {armed.scenario.city(city_id).name} · {unit}"
+            # A drill room gets every pod's and role's dispatch: say whose it is.
+            where = armed.scenario.city(city_id).name + (f" · {pod_id}" if pod_id else "")
+            label = f"{armed.scenario_id} · {where} · {unit}"
         return stage_messages(rendered, drill_label=label)
 
     async def build_release(self, armed: ArmedRun, row: DispatchRow) -> Release:
