@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bot.library import LibraryError, ScenarioLibrary
+from bot.library import ScenarioLibrary
 from bot.scenario import (
     Scenario,
     ScenarioError,
