@@ -399,3 +399,45 @@ async def test_restart_mid_run_keeps_pods_and_holds(tmp_path: Path) -> None:
             assert "MARK-mk-moved" in bodies(k2, ROOM["mk"])[0]
             assert units(k2, DM[("cw", "front")]) == ["gather@default", "spot@front", "disperse"]
             assert any("hk/cw" in n for n in k2.hs.notices() if n) and CONTROL
+
+
+# -- a crew: check-ins shared for a pod's gate ---------------------------------------------
+
+
+async def test_crew_shares_count_for_a_pods_plain_gate(tmp_path: Path) -> None:
+    """Check-ins are recorded per city; a pod's release shares and counts its
+    city's (a gate without ``per`` counts the whole city): this member's P1 and
+    the other member's shared P2 make the quorum of 2."""
+    from test_runs_duty import BOT, OTHER, FakeCrew
+
+    from bot.crew.shares import CHECKINS_KEY, share_contents
+
+    room = "!p1:fake"
+    data: dict[str, Any] = {
+        "version": 1, "id": "cp", "title": "cp", "start": T0.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "failover": {"grace": "5s"},
+        "cities": [{"id": "town", "name": "Town", "timezone": "Europe/Berlin",
+                    "crew": [BOT, OTHER], "pods": [{"id": "p1", "rooms": [room]}]}],
+        "stages": [
+            {"id": "call", "at": "0s", "text": "call"},
+            {"id": "go", "at": "+10s", "text": "go", "require": {"checkins": 2, "else": "hold"}},
+        ],
+    }
+    async with kit(tmp_path, opted_in=[room], crew=lambda hs: FakeCrew(hs)) as k:
+        k.write(data)
+        run = (await k.arm("cp")).run_id
+        assert run is not None
+        await k.at(T0)
+        await k.store.participants.add_checkin(
+            run, "town", "call", "@p1:fake", now=T0, via="here", pod_id="p1"
+        )
+        (body,) = share_contents(k.keys[-1], "town/p1", "call", ["@p2:fake"])
+        k.crew.copies[CONTROL] = [
+            {"type": "m.room.message", "event_id": "$share", "sender": OTHER,
+             "origin_server_ts": 1,
+             "content": {"msgtype": "m.notice", "body": "check-ins", CHECKINS_KEY: body}}
+        ]
+        await k.at(T0 + timedelta(seconds=10))
+        await k.idle()
+        row = await k.store.ledger.dispatch(run, "town/p1", "go")
+        assert row is not None and row.state is DispatchState.RELEASED, row

@@ -194,7 +194,11 @@ async def share_checkins(ctx: RunContext, armed: ArmedRun, prepared: Sequence[Re
             continue
         stage = _counted_stage(armed, rel.stage_id)
         chunks = share_contents(
-            armed.run_key, rel.city_id, stage, users.get((rel.city_id, stage), ())
+            # Check-ins are recorded per city (a lane's release shares its city's).
+            armed.run_key,
+            rel.city_id,
+            stage,
+            users.get((lanes.city_of(rel.city_id), stage), ()),
         )
         for n, body in enumerate(chunks):
             content: dict[str, Any] = {
@@ -254,7 +258,7 @@ async def with_shared(
             run=armed.run_key,
             city=city,
             stage=stage,
-            own=users.get((city, stage), ()),
+            own=users.get((lanes.city_of(city), stage), ()),
             shares=shares,
             me=crew.me,
             crew=crew.crew.members,
