@@ -38,7 +38,7 @@ from bot.matrix.events import Dispatched
 from bot.notify import Notifier
 from bot.report import text_table
 from bot.runs import ArmedRun, ArmError, RunManager
-from bot.runs.lanes import city_of
+from bot.runs.lanes import all_rooms, city_of
 from bot.scenario import Scenario
 from bot.text import crew as text
 
@@ -253,7 +253,7 @@ class CrewControl:
         view, now = self.view(), self._clock.now()
         out: dict[str, list[str]] = {}
         for city in armed.scenario.cities:
-            joined = await self._joined(city.rooms)
+            joined = await self._joined(all_rooms(city))
             order = self.crew.order_for(city)
             found = [view.on_duty(order, j, now, armed.loaded.sha256) for j in joined.values()]
             out[city.id] = list(dict.fromkeys(m for m in found if m is not None))
@@ -288,10 +288,10 @@ class CrewControl:
         duty: dict[str, list[str]] = {m: [] for m in self.crew.members}
         for scenario, digest in self._scenarios():
             for city in scenario.cities:
-                joined = await self._joined(city.rooms)
+                joined = await self._joined(all_rooms(city))
                 for m in self.crew.members:
                     n = sum(m in j for j in joined.values())
-                    rooms[m][city.id] = (n, len(city.rooms))
+                    rooms[m][city.id] = (n, len(joined))
                 order = self.crew.order_for(city)
                 for j in joined.values():
                     who = view.on_duty(order, j, now, digest)

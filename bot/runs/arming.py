@@ -27,7 +27,7 @@ from bot.matrix.delayed import DelayedEventsError
 from bot.preflight import fanout_warnings
 from bot.report import PlanLine, plan_table
 from bot.runs.context import RunContext
-from bot.runs.lanes import city_of, lanes_of
+from bot.runs.lanes import all_rooms, city_of, lanes_of
 from bot.runs.model import ArmedRun, ArmError, ArmPreview
 from bot.runs.release import ReleaseShell
 from bot.scenario import Dispatch, Place, build_timeline, render_stage
@@ -146,7 +146,7 @@ class Arming:
         served: dict[tuple[str, str], int] = {}
         problems: list[str] = []
         for city in scenario.cities:
-            listed = [*city.rooms, *(r for pod in city.all_pods for r in pod.rooms)]
+            listed = list(all_rooms(city))
             if not drill:
                 # Aliases resolved afresh once per city; the dispatches read them.
                 await self._ctx.rooms.served_rooms(listed, refresh=True)
@@ -206,7 +206,7 @@ class Arming:
         would get every stage twice: name it, with the cities, after resolving."""
         where: defaultdict[str, list[tuple[str, str]]] = defaultdict(list)
         for city in loaded.scenario.cities:
-            for listed in [*city.rooms, *(r for pod in city.all_pods for r in pod.rooms)]:
+            for listed in all_rooms(city):
                 rid = await self._ctx.rooms.resolve(listed)
                 if rid is not None and all(c != city.id for c, _ in where[rid]):
                     where[rid].append((city.id, listed))

@@ -24,6 +24,7 @@ from bot.scenario.model import City, Place, Pod, Scenario
 from bot.scenario.timeline import Dispatch, build_timeline, lane_id, split_lane, split_unit
 
 __all__ = [
+    "all_rooms",
     "city_of",
     "held",
     "lane_delay",
@@ -105,6 +106,11 @@ def listed_rooms(
     """The lane's listed rooms for these audiences (None: every room of the lane)."""
     roles = lane_room_roles(city, pod)
     return tuple(r for r in lane_rooms(city, pod) if audiences is None or roles.get(r) in audiences)
+
+
+def all_rooms(city: City) -> tuple[str, ...]:
+    """Every room a city lists: its own, or (a city with pods) every pod's."""
+    return (*city.rooms, *(r for pod in city.all_pods for r in pod.rooms))
 
 
 def member_role(scenario: Scenario, role_id: str | None) -> Audience:
