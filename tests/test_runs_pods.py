@@ -441,3 +441,23 @@ async def test_crew_shares_count_for_a_pods_plain_gate(tmp_path: Path) -> None:
         await k.idle()
         row = await k.store.ledger.dispatch(run, "town/p1", "go")
         assert row is not None and row.state is DispatchState.RELEASED, row
+
+
+async def test_a_correction_skips_a_role_whose_text_never_named_the_place(
+    tmp_path: Path,
+) -> None:
+    async with kit(tmp_path, opted_in=ALL_ROOMS) as k:
+        data = everywhere()
+        data["stages"][2]["text"] = {"default": "T-all leave by {home}", "remote": "T-remote rest"}
+        data["stages"].append({"id": "after", "at": "+30s", "text": "T-end"})  # still armed
+        k.write(data)
+        await join_privately(k)
+        await k.arm("pods")
+        await run_all(k)
+        reply = await k.runs.redirect(k.runs.get("pods"), "hk", "home", "MARK-city-newhome", None)
+        assert "already revealed by disperse" in reply
+        await k.idle()
+        for room in (ROOM["mk"], ROOM["tw"], DM[("st", None)], DM[("cw", "front")]):
+            fixes = [b for b in bodies(k, room) if "Correction" in b]
+            assert len(fixes) == 1 and "MARK-city-newhome" in fixes[0], room
+        assert not any("Correction" in b for b in bodies(k, DM[("st", "remote")]))

@@ -21,7 +21,8 @@ from bot.runs.model import ArmedRun, ArmError, mentions_place
 from bot.runs.release import ReleaseShell
 from bot.scenario import Place, RenderError, render_stage
 from bot.scenario.audience import Audience, pods_reading
-from bot.scenario.render import to_html
+from bot.scenario.render import stage_template, to_html
+from bot.scenario.templates import parse_template
 from bot.scenario.timeline import split_lane, unit_id
 from bot.store import DispatchRow
 
@@ -210,7 +211,7 @@ class Steering:
             for d in await ctx.store.ledger.dispatches(armed.run.id)
             if d.city_id in affected
             and not is_synthetic(d.stage_id)
-            and mentions_place(armed.scenario.stage(lanes.stage_of(d.stage_id)), place_id)
+            and _reveals(armed, d, place_id)
             and d.state in (DispatchState.RELEASED, DispatchState.RELEASING)
         ]
         if not revealed:
@@ -378,3 +379,16 @@ class Steering:
             run_key=armed.run_key,
             stage_index=SYNTHETIC_INDEX + revision,
         )
+
+
+def _reveals(armed: ArmedRun, row: DispatchRow, place_id: str) -> bool:
+    """Whether a released dispatch told its rooms ``place_id``. With roles, by the
+    text its variant read (a role whose text never named the place is not sent a
+    correction that would); without, as before: the stage names it anywhere."""
+    stage = armed.scenario.stage(lanes.stage_of(row.stage_id))
+    if not armed.scenario.roles or stage.place == place_id:
+        return mentions_place(stage, place_id)
+    found = armed.units.get((row.city_id, row.stage_id))
+    city = armed.scenario.city(lanes.city_of(row.city_id))
+    template = stage_template(stage, city, found.audiences[0] if found else None)
+    return any(ph.place == place_id for ph in parse_template(template).placeholders())
