@@ -461,3 +461,14 @@ async def test_a_correction_skips_a_role_whose_text_never_named_the_place(
             fixes = [b for b in bodies(k, room) if "Correction" in b]
             assert len(fixes) == 1 and "MARK-city-newhome" in fixes[0], room
         assert not any("Correction" in b for b in bodies(k, DM[("st", "remote")]))
+
+
+async def test_one_room_in_two_pods_by_alias_is_refused_at_arm(tmp_path: Path) -> None:
+    async with kit(tmp_path, opted_in=ALL_ROOMS, aliases={"#mk:fake": ROOM["cw"]}) as k:
+        data = everywhere()
+        data["cities"][0]["pods"][0]["rooms"][0] = "#mk:fake"  # is causeway's room
+        k.write(data)
+        with pytest.raises(ArmError, match=r"listed in hk/mk \(as #mk:fake\) and hk/cw .*"
+                           r"more than one pod's places\. List it in one pod only"):
+            await k.arm("pods")
+        assert not k.runs.armed and k.hs.events == []

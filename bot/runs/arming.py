@@ -27,7 +27,7 @@ from bot.matrix.delayed import DelayedEventsError
 from bot.preflight import fanout_warnings
 from bot.report import PlanLine, plan_table
 from bot.runs.context import RunContext
-from bot.runs.lanes import all_rooms, city_of, lanes_of
+from bot.runs.lanes import all_rooms, city_of, lanes_of, listed_rooms, pod_of
 from bot.runs.model import ArmedRun, ArmError, ArmPreview
 from bot.runs.release import ReleaseShell
 from bot.scenario import Dispatch, Place, build_timeline, render_stage
@@ -203,22 +203,33 @@ class Arming:
 
     async def _room_in_two_cities(self, loaded: LoadedScenario) -> tuple[str, ...]:
         """A room listed in two cities (say by id in one and by alias in the other)
-        would get every stage twice: name it, with the cities, after resolving."""
+        would get every stage twice: name it, with the cities, after resolving.
+        Two pods are two owners too: the room would learn both pods' places."""
         where: defaultdict[str, list[tuple[str, str]]] = defaultdict(list)
         for city in loaded.scenario.cities:
-            for listed in all_rooms(city):
-                rid = await self._ctx.rooms.resolve(listed)
-                if rid is not None and all(c != city.id for c, _ in where[rid]):
-                    where[rid].append((city.id, listed))
+            for lane in lanes_of(loaded.scenario, city.id):
+                for listed in self._ctx_listed(loaded, lane):
+                    rid = await self._ctx.rooms.resolve(listed)
+                    if rid is not None and all(c != lane for c, _ in where[rid]):
+                        where[rid].append((lane, listed))
         refusals = []
         for rid, places in where.items():
             if len(places) > 1:
                 how = " and ".join(f"{c} (as {listed})" for c, listed in places)
+                pods = any("/" in c for c, _ in places)
                 refusals.append(
-                    f"room {rid} is listed in {how}: it would get every stage twice. "
-                    "List it in one city only."
+                    f"room {rid} is listed in {how}: it would get every stage twice"
+                    + (" and more than one pod's places" if pods else "")
+                    + ". List it in one "
+                    + ("pod" if pods else "city")
+                    + " only."
                 )
         return tuple(refusals)
+
+    @staticmethod
+    def _ctx_listed(loaded: LoadedScenario, lane: str) -> tuple[str, ...]:
+        city, pod = pod_of(loaded.scenario, lane)
+        return listed_rooms(city, pod, None)
 
     # -- the commit ----------------------------------------------------------------------
 
