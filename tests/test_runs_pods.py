@@ -414,10 +414,20 @@ async def test_crew_shares_count_for_a_pods_plain_gate(tmp_path: Path) -> None:
 
     room = "!p1:fake"
     data: dict[str, Any] = {
-        "version": 1, "id": "cp", "title": "cp", "start": T0.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "version": 1,
+        "id": "cp",
+        "title": "cp",
+        "start": T0.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "failover": {"grace": "5s"},
-        "cities": [{"id": "town", "name": "Town", "timezone": "Europe/Berlin",
-                    "crew": [BOT, OTHER], "pods": [{"id": "p1", "rooms": [room]}]}],
+        "cities": [
+            {
+                "id": "town",
+                "name": "Town",
+                "timezone": "Europe/Berlin",
+                "crew": [BOT, OTHER],
+                "pods": [{"id": "p1", "rooms": [room]}],
+            }
+        ],
         "stages": [
             {"id": "call", "at": "0s", "text": "call"},
             {"id": "go", "at": "+10s", "text": "go", "require": {"checkins": 2, "else": "hold"}},
@@ -433,9 +443,13 @@ async def test_crew_shares_count_for_a_pods_plain_gate(tmp_path: Path) -> None:
         )
         (body,) = share_contents(k.keys[-1], "town/p1", "call", ["@p2:fake"])
         k.crew.copies[CONTROL] = [
-            {"type": "m.room.message", "event_id": "$share", "sender": OTHER,
-             "origin_server_ts": 1,
-             "content": {"msgtype": "m.notice", "body": "check-ins", CHECKINS_KEY: body}}
+            {
+                "type": "m.room.message",
+                "event_id": "$share",
+                "sender": OTHER,
+                "origin_server_ts": 1,
+                "content": {"msgtype": "m.notice", "body": "check-ins", CHECKINS_KEY: body},
+            }
         ]
         await k.at(T0 + timedelta(seconds=10))
         await k.idle()
@@ -468,7 +482,33 @@ async def test_one_room_in_two_pods_by_alias_is_refused_at_arm(tmp_path: Path) -
         data = everywhere()
         data["cities"][0]["pods"][0]["rooms"][0] = "#mk:fake"  # is causeway's room
         k.write(data)
-        with pytest.raises(ArmError, match=r"listed in hk/mk \(as #mk:fake\) and hk/cw .*"
-                           r"more than one pod's places\. List it in one pod only"):
+        with pytest.raises(
+            ArmError,
+            match=r"listed in hk/mk \(as #mk:fake\) and hk/cw .*"
+            r"more than one pod's places\. List it in one pod only",
+        ):
             await k.arm("pods")
         assert not k.runs.armed and k.hs.events == []
+
+
+async def test_delay_the_city_moves_every_pod_and_a_pods_own_comes_on_top(
+    tmp_path: Path,
+) -> None:
+    async with kit(tmp_path, opted_in=ALL_ROOMS) as k:
+        data = everywhere()
+        data["stages"][0]["text"]["default"] = "T-default by {time:0s} at {staging}"
+        k.write(data)
+        await k.arm("pods")
+        armed = k.runs.get("pods")
+        await k.runs.delay(armed, ["hk"], timedelta(minutes=1))
+        await k.runs.delay(armed, ["hk/st"], timedelta(minutes=1))
+        rows = {
+            (d.city_id, d.stage_id): d.due_at for d in await k.store.ledger.dispatches(armed.run.id)
+        }
+        assert rows[("hk/mk", "gather@default")] == T0 + timedelta(minutes=1)
+        assert rows[("hk/st", "gather@default")] == T0 + timedelta(minutes=2)
+        await k.at(T0 + timedelta(minutes=1))
+        assert units(k, ROOM["st"]) == [] and units(k, ROOM["mk"]) == ["gather@default"]
+        assert "by 20:01" in bodies(k, ROOM["mk"])[0]  # Hong Kong time, moved with it
+        await k.at(T0 + timedelta(minutes=2))
+        assert "by 20:02" in bodies(k, ROOM["st"])[0]
