@@ -1,14 +1,16 @@
 """Armed runs: arm, disarm, restore after a restart, fire stages, and steer.
 
 A *run* is one arming of a scenario (or one drill of it), identified by the
-event id of the command that armed it (bot.ids). Its dispatches (city x
-stage, with their instants) are rows in the store; timers are rebuilt from
-those rows on every start. The package's files are named for what they do:
+event id of the command that armed it (bot.ids). Its dispatches (lane x
+unit: city x stage, or pod x role variant; with their instants) are rows in
+the store; timers are rebuilt from those rows on every start. The package's
+files are named for what they do:
 
 - ``arming``: preview (no side effects), arm, disarm, restore;
 - ``instant``: what happens at a stage's instant, one pure function;
 - ``release``: the instant's shell (timers, fire, fan-out, reports, abort);
 - ``steering``: hold, resume, delay, release now, redirect and its correction;
+- ``lanes``: what a row's lane and unit mean, and which rows a target means;
 - ``supervisor``: tracked background work; ``options``: ``!arm``'s words.
 """
 
