@@ -512,3 +512,43 @@ async def test_delay_the_city_moves_every_pod_and_a_pods_own_comes_on_top(
         assert "by 20:01" in bodies(k, ROOM["mk"])[0]  # Hong Kong time, moved with it
         await k.at(T0 + timedelta(minutes=2))
         assert "by 20:02" in bodies(k, ROOM["st"])[0]
+
+
+# -- the dead-man's switch: delayed events per lane and unit --------------------------------
+
+
+async def test_failsafe_schedules_each_room_only_its_pods_and_roles_dispatches(
+    tmp_path: Path,
+) -> None:
+    from test_failsafe_wiring import FakeDelayed, seal, switched
+
+    async with kit(tmp_path, opted_in=ALL_ROOMS, now=T0 - timedelta(minutes=10)) as k:
+        server = FakeDelayed()
+        k.runs.attach_failsafe(server, seal)  # type: ignore[arg-type]
+        k.write(switched(everywhere()))
+        await join_privately(k)
+        out = await k.arm("pods")
+        assert out.run_id is not None, out.text
+        held: dict[str, list[dict[str, Any]]] = {}
+        for room, content, _ in server.held.values():
+            held.setdefault(room, []).append(content)
+        for pod, room in ROOM.items():
+            stages = sorted({c["org.blossom.dispatch"]["stage"] for c in held[room]})
+            assert stages == ["disperse", "gather@default"], (room, stages)
+            seen = {m for c in held[room] for m in re.findall(r"MARK-(\w+)-", str(c))}
+            assert seen <= {pod, "city"}, (room, seen)
+        assert {c["org.blossom.dispatch"]["stage"] for c in held[MEDICS]} == {
+            "gather@support",
+            "spot@support",
+            "disperse",
+        }
+        front = held[DM[("cw", "front")]]
+        assert {c["org.blossom.dispatch"]["city"] for c in front} == {"hk/cw"}
+        assert any("T-front now MARK-cw-spot" in str(c) for c in front)
+        assert "spot@front" not in {
+            c["org.blossom.dispatch"]["stage"] for c in held[DM[("st", None)]]
+        }
+        # A hold of one pod cancels that pod's delayed events only.
+        await k.runs.hold(k.runs.get("pods"), ["hk/cw"])
+        assert not any(r in server.rooms() for r in (ROOM["cw"], *DM.values()) if "cw" in r)
+        assert ROOM["mk"] in server.rooms() and ROOM["tw"] in server.rooms()

@@ -49,6 +49,7 @@ from bot.library import LoadedScenario
 from bot.matrix.delayed import DelayedEvents, DelayedEventsError
 from bot.preflight import fanout_estimate
 from bot.runs.context import RunContext
+from bot.runs.lanes import held, member_role, on_target
 from bot.runs.model import ArmedRun, ArmPreview
 from bot.scenario import build_timeline, render_stage
 from bot.store.delayed import DelayedStore
@@ -160,26 +161,35 @@ class Switch:
         scenario, ctx = loaded.scenario, self._ctx
         clock = ctx.clock
         now = clock.now()
-        rooms: dict[str, list[str]] = {}
-        for city in scenario.cities:
-            served = await ctx.rooms.served_rooms(city.rooms, refresh=False)
-            if city.direct:
-                # Private participants as the instant serves them (RunContext.served_rooms);
-                # one who joins after arming is not covered.
-                direct = await ctx.store.participants.direct_rooms(scenario.id, city.id)
-                served += [r for r in await ctx.rooms.served_rooms(direct) if r not in served]
-            rooms[city.id] = await self._on_duty(loaded, city.id, served, now)
+        members = {
+            c.id: await ctx.store.participants.direct_members(scenario.id, c.id)
+            for c in scenario.cities
+            if c.direct
+        }
+        duty: dict[tuple[str, tuple[str, ...]], list[str]] = {}
         out: list[Target] = []
         for d in sorted(build_timeline(scenario), key=lambda d: (d.at, d.stage_index)):
-            if d.at <= now or (d.city_id, d.stage_id) in withheld:
+            if d.at <= now or (d.lane, d.unit) in withheld:
                 continue
-            rendered = render_stage(scenario, d.city_id, d.stage_id)
+            # The rooms as the instant serves this dispatch (RunContext.lane_rooms):
+            # its variant's listed rooms and its pod's private participants with
+            # its roles; one who joins after arming is not covered.
+            served = await ctx.rooms.served_rooms(d.rooms, refresh=False)
+            direct = [
+                m.room_id
+                for m in members.get(d.city_id, ())
+                if m.pod_id == d.pod_id and member_role(scenario, m.role_id) in d.audiences
+            ]
+            served += [r for r in await ctx.rooms.served_rooms(direct) if r not in served]
+            key_of = (d.city_id, tuple(served))
+            if key_of not in duty:
+                duty[key_of] = await self._on_duty(loaded, d.city_id, served, now)
+            role = d.audiences[0]
+            rendered = render_stage(scenario, d.city_id, d.stage_id, pod=d.pod_id, role=role)
             parts = [m.part for m in stage_messages(rendered)]
-            for room in rooms[d.city_id]:
+            for room in duty[key_of]:
                 for part in parts:
-                    key = DeliveryKey(
-                        run_id, scenario.id, d.city_id, d.stage_id, room, part, run_key
-                    )
+                    key = DeliveryKey(run_id, scenario.id, d.lane, d.unit, room, part, run_key)
                     out.append(Target(key, clock.to_wall(d.at)))
         return out
 
@@ -306,7 +316,7 @@ class Switch:
         pending = {
             (d.city_id, d.stage_id)
             for d in await self._ctx.store.ledger.dispatches(armed.run.id)
-            if d.state is DispatchState.SCHEDULED and d.city_id in wanted
+            if d.state is DispatchState.SCHEDULED and on_target(d.city_id, wanted)
         }
         again = [
             replace(s.row, generation=s.row.generation + 1)
@@ -364,7 +374,7 @@ class Switch:
             if run_id is not None and row.key.run_id != run_id:
                 continue
             armed = self._ctx.armed.get(row.key.run_id)
-            if armed is None or row.key.city_id in armed.held_cities:
+            if armed is None or held(armed.held_cities, row.key.city_id):
                 stale.append(row)
                 continue
             dispatch = await self._ctx.store.ledger.dispatch(
