@@ -185,6 +185,11 @@ def replies(t: Translator) -> dict[str, m.Reply]:
         "role_locked": m.role_locked(t),
         "no_roles": m.no_roles(t),
         "role_needs_join": m.role_needs_join(t),
+        "role_cleared": m.role_cleared(t),
+        "role_unknown_ids": m.role_unknown(t, role_id="frnt", ids=("front", "remote")),
+        "roles_current": m.role_list(t, roles=roles, current="Home"),
+        "roles_locked": m.role_list(t, roles=roles, current="Home", locked=True),
+        "joined_pod": m.joined(t, city_name="London", pod=True),
     }
 
 

@@ -12,14 +12,17 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 import pytest_asyncio
 
 from bot.clock import ManualClock
-from bot.control.participants import Participants
+from bot.control.catalog import PARTICIPANT_COMMANDS
+from bot.control.participants import Participants, help_reply
 from bot.i18n import Catalogs
 from bot.i18n import messages as m
-from bot.scenario import Scenario, load_scenario_text
-from bot.store import Store
+from bot.ledger import DispatchState
+from bot.scenario import Scenario, ScenarioError, load_scenario_text
+from bot.store import PlannedDispatch, Store
 
 CATALOGS = Catalogs()
 EN = CATALOGS.translator(None)
@@ -197,3 +200,124 @@ async def test_a_city_without_pods_joins_as_before(kit: Kit) -> None:
     assert body == m.joined(EN, city_name="London").body
     assert await kit.pod_of("@a:x", "lon") is None
     assert await kit.store.participants.pod_key("pods", b"z" * 32, now=NOW) == b"z" * 32
+
+
+# -- !role -------------------------------------------------------------------------------
+
+
+async def arm(kit: Kit) -> int:
+    """A live run of the scenario, every stage scheduled."""
+    run_id = await kit.store.runs.create(
+        scenario_id="pods",
+        source_path="pods.yaml",
+        source_sha256="0" * 64,
+        armed_by="@org:x",
+        control_room="!control:x",
+        now=NOW,
+        dispatches=[
+            PlannedDispatch(c.id, s.id, i, NOW)
+            for c in SCENARIO.cities
+            for i, s in enumerate(SCENARIO.stages)
+        ],
+    )
+    kit.runs.arm(run_id)
+    return run_id
+
+
+async def release(kit: Kit, run_id: int, city_id: str, stage_id: str) -> None:
+    for state in (DispatchState.RELEASING, DispatchState.RELEASED):
+        await kit.store.ledger.set_dispatch_state(run_id, city_id, stage_id, state)
+
+
+ROLES = [
+    m.RoleLine("front", "In the action", "At the spot itself."),
+    m.RoleLine("support", "Nearby support"),
+]
+
+
+async def role_of(kit: Kit, user: str, city: str = "hk") -> str | None:
+    member = await kit.store.participants.direct_member("pods", city, user)
+    assert member is not None
+    return member.role_id
+
+
+async def test_role_lists_sets_clears_and_refuses_unknown_ids(kit: Kit) -> None:
+    assert await kit.say("@a:x", "!role") == m.role_needs_join(EN).body
+    await kit.say("@a:x", "!join pods hk")
+    assert await kit.say("@a:x", "!role") == m.role_list(EN, roles=ROLES).body
+    assert "!role [role]" in await kit.say("@a:x", "!help")
+    chosen = m.role_chosen(EN, role_name="Nearby support").body
+    assert await kit.say("@a:x", "!role Support") == chosen
+    assert await role_of(kit, "@a:x") == "support"
+    listed = await kit.say("@a:x", "!role")
+    assert listed == m.role_list(EN, roles=ROLES, current="Nearby support").body
+    assert "Your role now: Nearby support." in listed and "!role none" in listed
+    unknown = await kit.say("@a:x", "!role medic")
+    assert unknown == m.role_unknown(EN, role_id="medic", ids=("front", "support")).body
+    assert "front, support" in unknown
+    assert await role_of(kit, "@a:x") == "support"  # a bad id changes nothing
+    assert await kit.say("@a:x", "!role none") == m.role_cleared(EN).body
+    assert await role_of(kit, "@a:x") is None
+    # Someone else's role is their own: one person's !role never touches another's.
+    await kit.say("@b:x", "!join pods hk")
+    await kit.say("@b:x", "!role front")
+    assert (await role_of(kit, "@a:x"), await role_of(kit, "@b:x")) == (None, "front")
+
+
+async def test_role_changes_until_the_stage_that_needs_it_then_refuses(kit: Kit) -> None:
+    await kit.say("@a:x", "!join pods hk")
+    await kit.say("@l:x", "!join pods lon")
+    run_id = await arm(kit)
+    await release(kit, run_id, "hk", "call")  # the same text for everyone: no lock
+    assert await kit.say("@a:x", "!role front") == m.role_chosen(EN, role_name="In the action").body
+    await release(kit, run_id, "hk", "gather")  # its text has a support entry
+    assert await kit.say("@a:x", "!role support") == m.role_locked(EN).body
+    assert "!stop always works" in m.role_locked(EN).body
+    assert await kit.say("@a:x", "!role none") == m.role_locked(EN).body
+    assert await role_of(kit, "@a:x") == "front"
+    locked_list = m.role_list(EN, roles=ROLES, current="In the action", locked=True).body
+    assert await kit.say("@a:x", "!role") == locked_list
+    assert "change your mind" not in locked_list and "!stop always works" in locked_list
+    # Another city's stage went out, not London's: London may still change.
+    assert await kit.say("@l:x", "!role support") == m.role_chosen(
+        EN, role_name="Nearby support"
+    ).body
+    # !stop always works.
+    assert await kit.say("@a:x", "!stop") == m.stopped(EN).body
+
+
+async def test_a_drill_never_locks_a_role(kit: Kit) -> None:
+    await kit.say("@a:x", "!join pods hk")
+    run_id = await arm(kit)
+    kit.runs.armed[run_id].drill_room = "!drill:x"  # a drill sends nothing to private chats
+    await release(kit, run_id, "hk", "gather")
+    assert await kit.say("@a:x", "!role front") == m.role_chosen(EN, role_name="In the action").body
+
+
+async def test_an_action_without_roles_says_so_and_help_reads_as_before(tmp_path: Path) -> None:
+    plain = load_scenario_text(
+        SCENARIO_TEXT.split("roles:")[0]
+        + "cities:\n  - {id: lon, name: London, timezone: Europe/London, rooms: ['!lon:x'],"
+        " direct: true}\nstages:\n  - {id: call, at: 0m, text: hi}\n"
+    )
+    store = await Store.open(tmp_path / "plain.db")
+    try:
+        kit = Kit(store, plain)
+        assert await kit.say("@a:x", "!help") == help_reply(EN, PARTICIPANT_COMMANDS).body
+        await kit.say("@a:x", "!join pods lon")
+        assert await kit.say("@a:x", "!role front") == m.no_roles(EN).body
+        assert await kit.say("@a:x", "!help") == help_reply(EN, PARTICIPANT_COMMANDS).body
+        assert "!role" not in help_reply(EN, PARTICIPANT_COMMANDS).body
+    finally:
+        await store.close()
+
+
+async def test_role_in_a_room_is_not_answered(kit: Kit) -> None:
+    before = len(kit.notifier.sent)
+    await kit.p.on_message("!mk:x", "$ev", "@a:x", "!role front")
+    assert len(kit.notifier.sent) == before
+
+
+def test_no_scenario_may_name_a_role_none() -> None:
+    with pytest.raises(ScenarioError, match="'none' is reserved"):
+        load_scenario_text(SCENARIO_TEXT.replace("id: support", "id: none"))

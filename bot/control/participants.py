@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from bot.clock import Clock
 from bot.control.args import CITY_ARG, SCENARIO, TEXT_ARG, Arg
@@ -29,6 +28,8 @@ from bot.control.checkins import counted_by_next_gate, latest_released
 from bot.control.lanes import pick_pod
 from bot.control.parse import MAX_COMMAND_CHARS, UsageError, parse
 from bot.control.registry import Args, CommandDef, Context, Reply, Table, Who, command
+from bot.control.roles import RoleCommands
+from bot.control.said import Translated, translated
 from bot.dispatch import Dispatcher
 from bot.i18n import Catalogs, Translator, bidi
 from bot.i18n import Reply as Said
@@ -37,7 +38,7 @@ from bot.library import ScenarioLibrary
 from bot.matrix.actions import MatrixActions
 from bot.notify import Notifier
 from bot.runs import ArmedRun, RunManager
-from bot.scenario import City
+from bot.scenario import City, Scenario
 from bot.scenario.assign import AssignmentKey
 from bot.store import Store
 
@@ -48,16 +49,7 @@ log = logging.getLogger(__name__)
 _ACKED_KEPT = 4096
 
 
-@dataclass(frozen=True)
-class Translated(Reply):
-    """A handler's reply in the participant's language: the caller sends ``said``
-    (its plain body and HTML form); ``text`` is its plain body."""
-
-    said: Said | None = None
-
-
-def _reply(said: Said) -> Translated:
-    return Translated(said.body, said=said)
+_reply = translated
 
 
 def help_entries(defs: Mapping[str, CommandDef]) -> tuple[say.CommandHelp, ...]:
@@ -121,8 +113,16 @@ class Participants:
         self._catalogs = catalogs
         self._acked: dict[str, None] = {}
         self._joining = asyncio.Lock()
+        self.roles = RoleCommands(
+            store=store,
+            runs=runs,
+            scenario_of=self._scenario,
+            translator=self._translator,
+            is_direct_chat=self._is_direct_chat,
+        )
         self.table = Table(Who.PARTICIPANT)
         self.table.add(self)
+        self.table.add(self.roles)
 
     async def _is_direct_chat(self, room_id: str) -> bool:
         members = await self._matrix.members(room_id)
@@ -147,6 +147,16 @@ class Participants:
         for ls in self._library.all_valid():
             if ls.scenario.id == scenario_id:
                 return next((c for c in ls.scenario.cities if c.id == city_id), None)
+        return None
+
+    def _scenario(self, scenario_id: str) -> Scenario | None:
+        """The scenario as the live run sends by (in memory), else its file."""
+        armed = [a for a in list(self._runs.armed.values()) if a.scenario_id == scenario_id]
+        for a in sorted(armed, key=lambda a: a.drill_room is not None):
+            return a.scenario
+        for ls in self._library.all_valid():
+            if ls.scenario.id == scenario_id:
+                return ls.scenario
         return None
 
     def _speaking(self, scenario_id: str, city_id: str) -> City | None:
@@ -211,7 +221,11 @@ class Participants:
     async def help(self, ctx: Context, args: Args) -> Reply | None:
         if not await self._is_direct_chat(ctx.room_id):
             return None
-        return _reply(help_reply(await self._translator(ctx.room_id), self.table.defs))
+        defs = self.table.defs
+        if not await self.roles.offers_roles(ctx.room_id):
+            # Only where the action has roles: elsewhere !help reads as before.
+            defs = {name: d for name, d in defs.items() if name != "role"}
+        return _reply(help_reply(await self._translator(ctx.room_id), defs))
 
     async def check_in(
         self,

@@ -29,6 +29,7 @@ from bot.i18n.translator import (
     HERE,
     JOIN,
     ROLE,
+    ROLE_NONE,
     STOP,
     Command,
     Line,
@@ -66,6 +67,9 @@ HELP_SUMMARY = N_("What you can say to the bot.")
 JOIN_SUMMARY = N_("Get a city's stages privately in this direct chat.")
 # TRANSLATORS: what !stop does, after the command in !help's list.
 STOP_SUMMARY = N_("Stop getting stages here; the bot forgets you.")
+# TRANSLATORS: what !role does, after the command in !help's list (shown where
+# the action offers roles).
+ROLE_SUMMARY = N_("List the roles on offer, or choose yours.")
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,8 @@ def argument_name(t: Translator, name: str) -> str:
         "city": t.pgettext("command argument", "city"),
         # TRANSLATORS: what may follow !here ("!here with 3 friends"); not kept.
         "words": t.pgettext("command argument", "words"),
+        # TRANSLATORS: what may follow !role: a role's id, or none.
+        "role": t.pgettext("command argument", "role"),
     }
     return names.get(name, name)
 
@@ -332,8 +338,16 @@ class RoleLine:
     about: str | None = None
 
 
-def role_list(t: Translator, *, roles: Sequence[RoleLine]) -> Reply:
-    """``!role`` alone: the roles on offer, then how to change one's mind."""
+def role_list(
+    t: Translator,
+    *,
+    roles: Sequence[RoleLine],
+    current: str | None = None,
+    locked: bool = False,
+) -> Reply:
+    """``!role`` alone: the roles on offer, then how to change one's mind.
+    ``current``: the name of the role the person has now; ``locked``: the stage
+    that needs it has gone out (the last lines say so instead)."""
     # TRANSLATORS: %(count)d roles follow, one per line; %(role)s is the command !role.
     header = t.ngettext(
         "There is %(count)d role. Say %(role)s and its id to take it:",
@@ -347,6 +361,16 @@ def role_list(t: Translator, *, roles: Sequence[RoleLine]) -> Reply:
             lines.append(t.line(entry, id=role.id, name=role.name, about=role.about))
         else:
             lines.append(t.line("%(id)s — %(name)s", id=role.id, name=role.name))
+    if current is not None:
+        # TRANSLATORS: %(name)s is the name of the role the person has chosen.
+        lines.append(t.line(t.gettext("Your role now: %(name)s."), name=current))
+    if locked:
+        return t.reply(*lines, *_locked_lines(t))
+    if current is not None:
+        # TRANSLATORS: %(role)s is the command !role followed by the word none
+        # (kept as is in every language): it clears the person's role.
+        template = t.gettext("Say %(role)s to have no role.")
+        lines.append(t.line(template, role=ROLE_NONE))
     # TRANSLATORS: %(stop)s is the command !stop.
     footer = t.gettext(
         "You can change your mind until the stage that needs it; %(stop)s always works."
@@ -361,18 +385,41 @@ def role_chosen(t: Translator, *, role_name: str) -> Reply:
     return t.reply(t.line(template, name=role_name))
 
 
-def role_unknown(t: Translator, *, role_id: str) -> Reply:
-    """``!role <id>`` with an id the scenario does not offer."""
-    # TRANSLATORS: %(id)s is what the person typed; %(role)s is the command !role.
-    template = t.gettext("There is no role %(id)s. Say %(role)s to list them.")
-    return t.reply(t.line(template, id=role_id, role=ROLE))
+def role_cleared(t: Translator) -> Reply:
+    """``!role none`` accepted: the person has no role now."""
+    return t.reply(
+        t.line(t.gettext("You have no role now: you get the stages meant for everyone."))
+    )
+
+
+def role_unknown(t: Translator, *, role_id: str, ids: Sequence[str] = ()) -> Reply:
+    """``!role <id>`` with an id the scenario does not offer; ``ids``: those it does."""
+    if not ids:
+        # TRANSLATORS: %(id)s is what the person typed; %(role)s is the command !role.
+        template = t.gettext("There is no role %(id)s. Say %(role)s to list them.")
+        return t.reply(t.line(template, id=role_id, role=ROLE))
+    # TRANSLATORS: %(id)s is what the person typed; %(ids)s the role ids on offer
+    # (kept as the organisers wrote them), separated by commas; %(role)s is the
+    # command !role.
+    template = t.gettext(
+        "There is no role %(id)s. The roles are: %(ids)s. Say %(role)s to see what each "
+        "involves."
+    )
+    return t.reply(t.line(template, id=role_id, ids=", ".join(ids), role=ROLE))
+
+
+def _locked_lines(t: Translator) -> list[Line]:
+    locked = t.gettext("Your role can no longer change: the stage that needs it has gone out.")
+    # TRANSLATORS: follows "Your role can no longer change …"; %(stop)s is the
+    # command !stop.
+    template = t.gettext("%(stop)s always works: the bot stops at once and forgets you.")
+    return [t.line(locked), t.line(template, stop=STOP)]
 
 
 def role_locked(t: Translator) -> Reply:
-    """``!role <id>`` after the stage that needs the role has gone out."""
-    return t.reply(
-        t.line(t.gettext("Your role can no longer change: the stage that needs it has gone out."))
-    )
+    """``!role <id>`` after the stage that needs the role has gone out: too late,
+    and ``!stop`` still works."""
+    return t.reply(*_locked_lines(t))
 
 
 def no_roles(t: Translator) -> Reply:

@@ -49,6 +49,7 @@ JOIN = Command("!join")
 STOP = Command("!stop")
 HELP = Command("!help")
 ROLE = Command("!role")
+ROLE_NONE = Command("!role", ("none",))  # clears one's role; "none" is never translated
 
 Value = Command | int | str
 

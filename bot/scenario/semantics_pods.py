@@ -102,7 +102,7 @@ def check_roles(scenario: Scenario) -> list[tuple[Path, str]]:
     first: dict[str, int] = {}
     for index, role in enumerate(scenario.roles or ()):
         path: Path = ("roles", index, "id")
-        if role.id in RESERVED_IDS:
+        if role.id in RESERVED_IDS or role.id == "none":  # "!role none" clears one's role
             problems.append((path, f"'{role.id}' is reserved and cannot be a role id"))
         elif role.id in cities:
             problems.append(
