@@ -225,6 +225,7 @@ class Bot:
             notifier=self.notifier,
             clock=self.clock,
             catalogs=self.catalogs,
+            rooms=self.rooms,
         )
         return controller, participants
 

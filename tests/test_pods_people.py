@@ -22,6 +22,7 @@ from bot.i18n import Catalogs
 from bot.i18n import messages as m
 from bot.ledger import DispatchState
 from bot.scenario import Scenario, ScenarioError, load_scenario_text
+from bot.scenario.timeline import build_timeline
 from bot.store import PlannedDispatch, Store
 
 CATALOGS = Catalogs()
@@ -87,8 +88,9 @@ class FakeNotifier:
 class FakeRuns:
     """No run armed, or one (``arm``): what Participants reads of the run manager."""
 
-    def __init__(self, scenario: Scenario) -> None:
+    def __init__(self, scenario: Scenario, store: Store) -> None:
         self.scenario = scenario
+        self.store = store
         self.armed: dict[int, Any] = {}
 
     def arm(self, run_id: int) -> None:
@@ -105,6 +107,7 @@ class FakeRuns:
         for run in self.armed.values():
             for c in run.scenario.cities:
                 rooms = {*c.rooms, *(r for p in c.all_pods for r in p.rooms)}
+                rooms |= set(await self.store.participants.direct_rooms(run.scenario_id, c.id))
                 if room_id in rooms:
                     out.append((run, c.id))
         return out
@@ -114,7 +117,7 @@ class Kit:
     def __init__(self, store: Store, scenario: Scenario = SCENARIO) -> None:
         self.store = store
         self.notifier = FakeNotifier()
-        self.runs = FakeRuns(scenario)
+        self.runs = FakeRuns(scenario, store)
         library = SimpleNamespace(all_valid=lambda: [SimpleNamespace(scenario=scenario)])
         dispatcher = SimpleNamespace(remember_room=lambda r: None, forget_room=lambda r: None)
         self.p = Participants(
@@ -214,19 +217,23 @@ async def arm(kit: Kit) -> int:
         armed_by="@org:x",
         control_room="!control:x",
         now=NOW,
+        # The rows as the run manager plans them: one per lane and unit
+        # (hk/mongkok, gather@support: bot.scenario.timeline).
         dispatches=[
-            PlannedDispatch(c.id, s.id, i, NOW)
-            for c in SCENARIO.cities
-            for i, s in enumerate(SCENARIO.stages)
+            PlannedDispatch(d.lane, d.unit, d.stage_index, d.at)
+            for d in build_timeline(SCENARIO)
         ],
     )
     kit.runs.arm(run_id)
     return run_id
 
 
-async def release(kit: Kit, run_id: int, city_id: str, stage_id: str) -> None:
-    for state in (DispatchState.RELEASING, DispatchState.RELEASED):
-        await kit.store.ledger.set_dispatch_state(run_id, city_id, stage_id, state)
+async def release(kit: Kit, run_id: int, lane: str, stage_id: str) -> None:
+    """Release every unit of ``stage_id`` in ``lane`` (a city: all its pods)."""
+    for d in await kit.store.ledger.dispatches(run_id):
+        if lane in (d.city_id, d.city_id.split("/")[0]) and d.stage_id.split("@")[0] == stage_id:
+            for state in (DispatchState.RELEASING, DispatchState.RELEASED):
+                await kit.store.ledger.set_dispatch_state(run_id, d.city_id, d.stage_id, state)
 
 
 ROLES = [
@@ -321,3 +328,105 @@ async def test_role_in_a_room_is_not_answered(kit: Kit) -> None:
 def test_no_scenario_may_name_a_role_none() -> None:
     with pytest.raises(ScenarioError, match="'none' is reserved"):
         load_scenario_text(SCENARIO_TEXT.replace("id: support", "id: none"))
+
+
+# -- check-ins count for a pod and a role ----------------------------------------------
+
+
+async def lanes_of_checkins(kit: Kit, run_id: int) -> dict[str, tuple[str, str | None, str | None]]:
+    rows = await kit.store.db.fetch(
+        "SELECT user_id, stage_id, pod_id, role_id FROM checkins WHERE run_id = ?", (run_id,)
+    )
+    return {r["user_id"]: (r["stage_id"], r["pod_id"], r["role_id"]) for r in rows}
+
+
+async def test_a_checkin_records_the_rooms_or_the_persons_pod_and_role(kit: Kit) -> None:
+    for n in range(4):
+        await kit.say(f"@p{n}:x", "!join pods hk")
+    await kit.say("@p0:x", "!role support")
+    run_id = await arm(kit)
+    await release(kit, run_id, "hk", "call")
+    await kit.p.on_message("!mk:x", "$1", "@room:x", "!here")
+    await kit.p.on_message("!mk-med:x", "$2", "@medic:x", "!here")
+    for n in range(4):
+        await kit.p.on_message(f"!dm-p{n}:x", f"$p{n}", f"@p{n}:x", "!here")
+    got = await lanes_of_checkins(kit, run_id)
+    assert got["@room:x"] == ("call", "mongkok", None)
+    assert got["@medic:x"] == ("call", "mongkok", "support")
+    pods = {n: await kit.pod_of(f"@p{n}:x") for n in range(4)}
+    assert sorted(pods.values()) == sorted(PODS)
+    assert got["@p0:x"] == ("call", pods[0], "support")
+    assert all(got[f"@p{n}:x"] == ("call", pods[n], None) for n in (1, 2, 3))
+    # A pod held back at a stage counts its check-ins for that pod's own latest stage.
+    await release(kit, run_id, "hk/causeway", "gather")
+    await kit.p.on_message("!mk:x", "$3", "@late:x", "!here")
+    assert (await lanes_of_checkins(kit, run_id))["@late:x"] == ("call", "mongkok", None)
+    causeway = next(n for n, pod in pods.items() if pod == "causeway")
+    await kit.p.on_message(f"!dm-p{causeway}:x", "$4", f"@p{causeway}:x", "!here")
+    rows = await kit.store.participants.checkin_counts_by_lane(run_id)
+    assert rows[("hk", "gather")] == {("causeway", "support" if causeway == 0 else None): 1}
+
+
+async def test_a_city_without_pods_or_roles_checks_in_as_before(tmp_path: Path) -> None:
+    plain = load_scenario_text(
+        SCENARIO_TEXT.split("roles:")[0]
+        + "cities:\n  - {id: lon, name: London, timezone: Europe/London, rooms: ['!lon:x'],"
+        " direct: true}\nstages:\n  - {id: call, at: 0m, text: hi}\n"
+    )
+    store = await Store.open(tmp_path / "plain.db")
+    try:
+        kit = Kit(store, plain)
+        run_id = await kit.store.runs.create(
+            scenario_id="pods", source_path="p.yaml", source_sha256="0" * 64, armed_by="@o:x",
+            control_room="!c:x", now=NOW, dispatches=[PlannedDispatch("lon", "call", 0, NOW)],
+        )
+        kit.runs.arm(run_id)
+        await kit.p.on_message("!lon:x", "$1", "@a:x", "!here")
+        assert await lanes_of_checkins(kit, run_id) == {"@a:x": ("", None, None)}
+    finally:
+        await store.close()
+
+
+# -- !headcount per pod and role ---------------------------------------------------------
+
+
+def test_headcount_splits_by_pod_and_role_with_ids_and_counts_only() -> None:
+    from bot.control.status import ScenarioShape, split_tables
+
+    by_lane = {
+        ("hk", "call"): {("mongkok", None): 2, ("mongkok", "support"): 1, ("shatin", "front"): 4},
+        ("lon", "call"): {(None, None): 3},
+    }
+    pods, roles = split_tables(SCENARIO, by_lane)
+    assert pods.splitlines() == [
+        "pod          stage  check-ins",
+        "hk/mongkok   call   3",
+        "hk/causeway  call   0",
+        "hk/shatin    call   4",
+        "hk/tsuenwan  call   0",
+    ]
+    assert roles.splitlines() == [
+        "city  stage  role       check-ins",
+        "hk    call   front      4",
+        "hk    call   support    1",
+        "hk    call   (no role)  2",
+        "lon   call   front      0",
+        "lon   call   support    0",
+        "lon   call   (no role)  3",
+    ]
+    for place in ("Sai Yeung", "staging", "home", " a\n", " b\n"):
+        assert place not in pods + roles
+    # After the run, without the file: what was counted, no zeros for the unknown.
+    pods, roles = split_tables(ScenarioShape(), by_lane)
+    assert pods.splitlines()[1:] == ["hk/mongkok  call   3", "hk/shatin   call   4"]
+    assert "front      4" in roles
+
+
+def test_headcount_of_one_pod_shows_that_pod_only() -> None:
+    from bot.control.status import split_tables
+
+    by_lane = {("hk", "call"): {("mongkok", None): 2, ("shatin", "front"): 4}}
+    pods, roles = split_tables(SCENARIO, {("hk", "call"): {("shatin", "front"): 4}}, "shatin")
+    assert pods.splitlines()[1:] == ["hk/shatin  call   4"]
+    assert "front    4" in roles and "(no role)" not in roles
+    assert "mongkok" not in split_tables(SCENARIO, by_lane, "shatin")[0]

@@ -14,16 +14,23 @@ from collections.abc import Iterable
 
 from bot.ledger import DispatchState
 from bot.scenario import Scenario
+from bot.scenario.timeline import split_lane, split_unit
 from bot.store import DispatchRow
 
 _OUT = (DispatchState.RELEASED, DispatchState.RELEASING)
 
 
 def latest_released(scenario: Scenario, rows: Iterable[DispatchRow], city_id: str) -> str:
-    """The city's latest released scenario stage ("" before the first)."""
+    """The latest released scenario stage ("" before the first) of a city (any
+    of its pods and role variants) or of one pod (``hk/mongkok``). Rows are per
+    lane and unit (``hk/mongkok``, ``spot@front``: bot.scenario.timeline)."""
     order = {s.id: i for i, s in enumerate(scenario.stages)}
     released = [
-        d.stage_id for d in rows if d.city_id == city_id and d.stage_id in order and d.state in _OUT
+        split_unit(d.stage_id)[0]
+        for d in rows
+        if city_id in (d.city_id, split_lane(d.city_id)[0])
+        and split_unit(d.stage_id)[0] in order
+        and d.state in _OUT
     ]
     return max(released, key=order.__getitem__) if released else ""
 

@@ -17,6 +17,7 @@ from bot.ledger import DispatchState
 from bot.scenario import City, Scenario
 from bot.scenario.assign import AssignmentKey, PodLoad, assign_pod
 from bot.scenario.audience import role_matters
+from bot.scenario.timeline import split_lane, split_unit
 from bot.store import DispatchRow
 
 _OUT = (DispatchState.RELEASED, DispatchState.RELEASING)
@@ -44,13 +45,24 @@ def pick_pod(key: AssignmentKey, city: City, sizes: Mapping[str, int]) -> str | 
     return assign_pod(key, city.id, pod_loads(city, sizes))
 
 
-def room_lane(city: City, room_id: str) -> Lane:
-    """The pod and role a listed room of ``city`` counts for: a pod room's pod
-    and the role it is listed with; a city room's role (no pod)."""
+def room_lane(city: City, room_id: str) -> Lane | None:
+    """The pod and role a room of ``city`` listed by this id counts for: a pod
+    room's pod and the role it is listed with; a city room's role (no pod).
+    None: not listed by this id (by an alias, say)."""
+    for pod, room, role in lane_entries(city):
+        if room == room_id:
+            return Lane(pod, role)
+    return None
+
+
+def lane_entries(city: City) -> list[tuple[str | None, str, str | None]]:
+    """(pod id, listed room or alias, role) of every room entry of ``city``."""
+    entries: list[tuple[str | None, str, str | None]] = [
+        (None, room, city.room_roles.get(room)) for room in city.rooms
+    ]
     for pod in city.all_pods:
-        if room_id in pod.rooms:
-            return Lane(pod.id, pod.room_roles.get(room_id))
-    return Lane(None, city.room_roles.get(room_id))
+        entries += [(pod.id, room, pod.room_roles.get(room)) for room in pod.rooms]
+    return entries
 
 
 def role_locked(scenario: Scenario, rows: Iterable[DispatchRow], city_id: str) -> bool:
@@ -59,6 +71,11 @@ def role_locked(scenario: Scenario, rows: Iterable[DispatchRow], city_id: str) -
     (or is being released) for the city. A skipped one does not lock: the role
     still matters for the next."""
     mattering = {s.id for s in scenario.stages if role_matters(scenario, s)}
+    # Rows are per lane and unit where the run splits them (``hk/mongkok``,
+    # ``spot@front``: bot.scenario.timeline); any pod's release locks the city.
     return any(
-        d.city_id == city_id and d.stage_id in mattering and d.state in _OUT for d in rows
+        split_lane(d.city_id)[0] == city_id
+        and split_unit(d.stage_id)[0] in mattering
+        and d.state in _OUT
+        for d in rows
     )

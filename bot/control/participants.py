@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from bot.clock import Clock
 from bot.control.args import CITY_ARG, SCENARIO, TEXT_ARG, Arg
 from bot.control.checkins import counted_by_next_gate, latest_released
-from bot.control.lanes import pick_pod
+from bot.control.lanes import NO_LANE, Lane, lane_entries, pick_pod, room_lane
 from bot.control.parse import MAX_COMMAND_CHARS, UsageError, parse
 from bot.control.registry import Args, CommandDef, Context, Reply, Table, Who, command
 from bot.control.roles import RoleCommands
@@ -36,10 +36,12 @@ from bot.i18n import Reply as Said
 from bot.i18n import messages as say
 from bot.library import ScenarioLibrary
 from bot.matrix.actions import MatrixActions
+from bot.matrix.rooms import RoomRegistry
 from bot.notify import Notifier
 from bot.runs import ArmedRun, RunManager
 from bot.scenario import City, Scenario
 from bot.scenario.assign import AssignmentKey
+from bot.scenario.timeline import lane_id, split_lane, split_unit
 from bot.store import Store
 
 log = logging.getLogger(__name__)
@@ -102,6 +104,7 @@ class Participants:
         notifier: Notifier,
         clock: Clock,
         catalogs: Catalogs,
+        rooms: RoomRegistry | None = None,
     ) -> None:
         self._matrix = matrix
         self._store = store
@@ -111,8 +114,10 @@ class Participants:
         self._notifier = notifier
         self._clock = clock
         self._catalogs = catalogs
+        self._rooms = rooms  # resolves listed aliases and upgrades (None: ids as listed)
         self._acked: dict[str, None] = {}
         self._joining = asyncio.Lock()
+        self._resolved_lanes: dict[tuple[int, str, str], Lane] = {}
         self.roles = RoleCommands(
             store=store,
             runs=runs,
@@ -177,9 +182,9 @@ class Participants:
             return self._of(self._speaking(scenario_id, city_id))
         for armed, city_id in await self._runs.runs_of_room(room_id):
             return self._of(armed.scenario.city(city_id))
-        for ls in self._library.all_valid():  # a city room of a scenario not armed now
+        for ls in self._library.all_valid():  # a city (or pod) room of a scenario not armed now
             for city in ls.scenario.cities:
-                if room_id in city.rooms:
+                if room_lane(city, room_id) is not None:
                     return self._of(city)
         return self._catalogs.translator(None)
 
@@ -237,23 +242,38 @@ class Participants:
         only: tuple[ArmedRun, str, str] | None = None,
     ) -> int:
         """Check ``sender`` in for every armed (run, city) this room serves, against
-        that city's latest released stage. Returns how many were new.
+        the latest released stage of the city (of the pod, in a city with pods).
+        Returns how many were new. ``only``: (run, lane, unit) of the stage
+        message reacted to (``hk/mongkok``, ``spot@front``: bot.scenario.timeline).
 
+        Each check-in records the pod and role it counts for (:meth:`_lane`).
         A new check-in is acknowledged on ``ack_event``: ✅ if the next gate counts
         it (or no gate is ahead), ⏳ if the next gate counts only check-ins after a
         later stage (bot.control.checkins)."""
-        targets: list[tuple[ArmedRun, str, str]] = []
+        targets: list[tuple[ArmedRun, str, str, Lane]] = []
         if only is not None:
-            targets = [only]
+            armed, lane_key, unit = only
+            city_id, pod_id = split_lane(lane_key)
+            lane = await self._lane(armed, city_id, room_id, sender, pod_id)
+            targets = [(armed, city_id, split_unit(unit)[0], lane)]
         else:
             for armed, city_id in await self._runs.runs_of_room(room_id):
+                lane = await self._lane(armed, city_id, room_id, sender)
                 rows = await self._store.ledger.dispatches(armed.run.id)
-                targets.append((armed, city_id, latest_released(armed.scenario, rows, city_id)))
+                latest = latest_released(armed.scenario, rows, lane_id(city_id, lane.pod_id))
+                targets.append((armed, city_id, latest, lane))
         new = 0
         counted = False
-        for armed, city_id, stage_id in targets:
+        for armed, city_id, stage_id, lane in targets:
             if await self._store.participants.add_checkin(
-                armed.run.id, city_id, stage_id, sender, now=self._clock.now(), via=via
+                armed.run.id,
+                city_id,
+                stage_id,
+                sender,
+                now=self._clock.now(),
+                via=via,
+                pod_id=lane.pod_id,
+                role_id=lane.role_id,
             ):
                 new += 1
                 counted = counted or counted_by_next_gate(armed.scenario, stage_id)
@@ -263,6 +283,36 @@ class Participants:
                 mark = say.COUNTED if counted else say.TOO_EARLY
                 await self._react(room_id, ack_event, mark)
         return new
+
+    async def _lane(
+        self, armed: ArmedRun, city_id: str, room_id: str, sender: str, pod_id: str | None = None
+    ) -> Lane:
+        """The pod and role a check-in by ``sender`` in ``room_id`` counts for: in
+        their own private chat, the pod the bot assigned and the role they chose;
+        in a listed room, the room's pod and role from the scenario's listing
+        (``pod_id``: the pod of the stage message reacted to, when known)."""
+        scenario = armed.scenario
+        city = scenario.city(city_id)
+        if not (city.pods or scenario.roles):
+            return NO_LANE  # as before pods and roles: nothing more to look up
+        if armed.drill_room is not None:
+            return Lane(pod_id, None)  # one drill room plays every pod: no listing says
+        member = await self._store.participants.direct_member(armed.scenario_id, city_id, sender)
+        if member is not None and member.room_id == room_id:
+            role = member.role_id if member.role_id in scenario.role_ids else None
+            return Lane(member.pod_id, role)
+        key = (armed.run.id, city_id, room_id)
+        listed = room_lane(city, room_id) or self._resolved_lanes.get(key)
+        if listed is None and self._rooms is not None:
+            # Listed by alias, or upgraded since: the rooms each entry serves now
+            # (kept for the run: a flood of check-ins must not repeat the lookups).
+            for pod, entry, role in lane_entries(city):
+                if room_id in await self._rooms.served_rooms([entry], refresh=False):
+                    listed = self._resolved_lanes[key] = Lane(pod, role)
+                    break
+        if listed is None:
+            return Lane(pod_id, None)
+        return Lane(pod_id or listed.pod_id, listed.role_id)
 
     async def on_reaction(self, room_id: str, sender: str, reacts_to: str) -> None:
         """A reaction to any part of the latest stage in this room (its text or its
@@ -288,14 +338,12 @@ class Participants:
             delivery.key.stage_id,
         ):
             return  # an old message: counting it would credit the wrong stage
-        stage_id = delivery.key.stage_id
-        if not await self.check_in(
-            room_id, sender, via="reaction", only=(armed, delivery.key.city_id, stage_id)
-        ):
+        lane, unit = delivery.key.city_id, delivery.key.stage_id
+        if not await self.check_in(room_id, sender, via="reaction", only=(armed, lane, unit)):
             return
-        counted = counted_by_next_gate(armed.scenario, stage_id)
+        counted = counted_by_next_gate(armed.scenario, split_unit(unit)[0])
         if await self._is_direct_chat(room_id):
-            t = self._of(armed.scenario.city(delivery.key.city_id))
+            t = self._of(armed.scenario.city(split_lane(lane)[0]))
             await self._say(room_id, reacts_to, say.checked_in(t, counted=counted))
         else:
             await self._react(room_id, reacts_to, say.COUNTED if counted else say.TOO_EARLY)

@@ -3,6 +3,8 @@ Ids, counts and times only; never a stage's text or place."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 from bot.clock import Clock
@@ -16,10 +18,21 @@ from bot.policy import format_duration
 from bot.report import text_table
 from bot.runs import ArmedRun, ArmError, RunManager
 from bot.runs.lanes import held, lanes_of
+from bot.scenario import City, Scenario
+from bot.scenario.timeline import lane_id, split_lane
 from bot.store import Store
 from bot.text import control as text
 
 _PENDING = (DispatchState.SCHEDULED, DispatchState.HELD)
+
+
+@dataclass(frozen=True)
+class ScenarioShape:
+    """No scenario file to read pods and roles from: none known."""
+
+    cities: tuple[City, ...] = ()
+    role_ids: tuple[str, ...] = ()
+    roles: None = None
 
 
 class StatusCommands:
@@ -117,16 +130,17 @@ class StatusCommands:
 
     @command(
         "headcount",
-        "Check-ins per city and stage.",
+        "Check-ins per city and stage, and per pod and role where the action has them.",
         example="!headcount demo",
         args=(SCENARIO, RUN, CITY),
     )
     async def headcount(self, ctx: Context, args: Args) -> Reply:
         scenario_id = args.text("scenario")
         city = args.opt_text("city")
+        scenario: Scenario | ScenarioShape
         if self._runs.by_scenario(scenario_id) or self._runs.by_scenario(scenario_id, drill=True):
             armed, _ = self._controller.pick(args)
-            run_id, label = armed.run.id, armed.label()
+            run_id, label, scenario = armed.run.id, armed.label(), armed.scenario
             if city is not None:
                 city = resolve_cities(armed, city, allow_all=False)[0]
         else:
@@ -135,9 +149,59 @@ class StatusCommands:
             if not runs:
                 raise ArmError(text.nothing_stored(scenario_id))
             run_id, label = runs[-1].id, f"{scenario_id} (run {runs[-1].id}, {runs[-1].state})"
+            # The file may have changed since: the split shows what was counted.
+            scenario = ScenarioShape()
+        # A pod (``hk/mongkok``, as steering names one): its city's rows, its own counts.
+        city_id, pod_id = split_lane(city) if city is not None else (None, None)
         counts = await self._store.participants.checkin_counts(run_id)
-        rows = sorted((c, st, n) for (c, st), n in counts.items() if city in (None, c))
+        by_lane = await self._store.participants.checkin_counts_by_lane(run_id)
+        split = {
+            k: {lane: n for lane, n in v.items() if pod_id in (None, lane[0])}
+            for k, v in by_lane.items()
+            if city_id in (None, k[0])
+        }
+        if pod_id is not None:
+            counts = {k: sum(v.values()) for k, v in split.items()}
+        rows = sorted((c, st, n) for (c, st), n in counts.items() if city_id in (None, c))
         table = [("city", "stage", "check-ins")]
-        table += [(c, st or "(before the first stage)", str(n)) for c, st, n in rows]
+        table += [(c, text.stage_cell(st), str(n)) for c, st, n in rows]
         total = sum(n for _, _, n in rows)
-        return Reply(text.headcount(label, total, city), text_table(table))
+        tables = [text_table(table)]
+        counted_by = {key for v in split.values() for key in v} - {(None, None)}
+        if counted_by or any(c.pods for c in scenario.cities) or scenario.roles:
+            tables += split_tables(scenario, split, pod_id)
+        return Reply(text.headcount(label, total, city), "\n\n".join(tables))
+
+
+def split_tables(
+    scenario: Scenario | ScenarioShape,
+    by_lane: Mapping[tuple[str, str], Mapping[tuple[str | None, str | None], int]],
+    only_pod: str | None = None,
+) -> list[str]:
+    """``!headcount``'s check-ins per pod (by id: ``hk/mongkok``) and per role, for
+    each city and stage counted. Every pod of the city (``only_pod``: that one)
+    and every role is shown, with 0 where nobody checked in; ids and counts
+    only, never a place."""
+    cities = {c.id: c for c in scenario.cities}
+    pod_rows: list[tuple[str, ...]] = [("pod", "stage", "check-ins")]
+    role_rows: list[tuple[str, ...]] = [("city", "stage", "role", "check-ins")]
+    for (city_id, stage_id), split in sorted(by_lane.items()):
+        known = cities.get(city_id)
+        pods = [p.id for p in known.all_pods] if known is not None else []
+        pods += sorted({p for p, _ in split if p is not None} - set(pods))
+        pods = [p for p in pods if only_pod in (None, p)]
+        for pod in pods:
+            n = sum(v for (p, _), v in split.items() if p == pod)
+            pod_rows.append((lane_id(city_id, pod), text.stage_cell(stage_id), str(n)))
+        unpodded = sum(v for (p, _), v in split.items() if p is None)
+        if pods and unpodded:  # a drill room, or a room listed for no pod
+            pod_rows.append((f"{city_id} (no pod)", text.stage_cell(stage_id), str(unpodded)))
+        roles = list(scenario.role_ids)
+        roles += sorted({r for _, r in split if r is not None} - set(roles))
+        for role in [*roles, None] if roles else []:
+            n = sum(v for (_, r), v in split.items() if r == role)
+            if role is not None or n:
+                role_rows.append(
+                    (city_id, text.stage_cell(stage_id), role or "(no role)", str(n))
+                )
+    return [text_table(rows) for rows in (pod_rows, role_rows) if len(rows) > 1]

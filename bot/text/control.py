@@ -181,6 +181,11 @@ def as_of(now: datetime) -> str:
     return f"as of {now:%Y-%m-%d %H:%M:%SZ} (real time)"
 
 
+def stage_cell(stage_id: str) -> str:
+    """A stage in ``!headcount``'s tables ("" is before the first stage)."""
+    return stage_id or "(before the first stage)"
+
+
 def headcount(label: str, total: int, city: str | None) -> str:
     where = f" in {city}" if city else ""
     return f"{label}: {total} check-ins{where}."
