@@ -26,6 +26,7 @@ from bot.clock import Clock
 from bot.config import Config, CrewConfig
 from bot.control.commands import Controller
 from bot.control.crew import CrewControl
+from bot.control.lanes import lane_entries
 from bot.control.participants import Participants
 from bot.control.steering import Steering
 from bot.crew import Crew
@@ -299,7 +300,13 @@ class Bot:
     async def _invited(self, ev: Invited) -> None:
         listed, direct_open = self.library.opt_in_facts()
         # Rooms an armed run names count as listed too (its file may have moved on).
-        listed |= {r for a in self.runs.armed.values() for c in a.scenario.cities for r in c.rooms}
+        # Pod rooms included: in a city with pods every room is a pod's.
+        listed |= {
+            room
+            for a in self.runs.armed.values()
+            for c in a.scenario.cities
+            for _pod, room, _role in lane_entries(c)
+        }
         if await self.rooms.on_invite(
             ev.room_id,
             ev.inviter,
