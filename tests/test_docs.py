@@ -48,7 +48,12 @@ from matrix_helpers import ClientPool, collect_messages, content_of, create_room
 
 from bot.cli import main
 from bot.config import ENV_ACCESS_TOKEN, ENV_PASSWORD, parse_config
-from bot.control.catalog import CONTROL_COMMANDS, CREW_COMMANDS, PARTICIPANT_COMMANDS
+from bot.control.catalog import (
+    CONTROL_COMMANDS,
+    CREW_COMMANDS,
+    PARTICIPANT_COMMANDS,
+    ROLE_COMMANDS,
+)
 from bot.control.parse import Command, parse
 from bot.control.registry import CommandDef
 from bot.devtools.homeserver import EmbeddedHomeserver
@@ -64,7 +69,8 @@ VENV_BIN = Path(sys.executable).parent
 
 # !crew exists only in a crew, but is documented like every command.
 CONTROL: dict[str, CommandDef] = {**CONTROL_COMMANDS, **CREW_COMMANDS}
-PARTICIPANT_SPECS: dict[str, CommandDef] = PARTICIPANT_COMMANDS
+# !role is a participant command where an action has roles (shown in !help there).
+PARTICIPANT_SPECS: dict[str, CommandDef] = {**PARTICIPANT_COMMANDS, **ROLE_COMMANDS}
 EVERY_COMMAND: dict[str, CommandDef] = {**PARTICIPANT_SPECS, **CONTROL}
 
 # Commands that cannot run in a test (root, a service manager, a network install,
