@@ -54,7 +54,7 @@ from nio import (
 )
 
 from bot import DISPATCH_KEY
-from bot.control.catalog import CONTROL_COMMANDS, PARTICIPANT_COMMANDS
+from bot.control.catalog import CONTROL_COMMANDS, PARTICIPANT_COMMANDS, ROLE_COMMANDS
 from bot.control.parse import SLUG, Command, UsageError, parse
 from bot.control.registry import CommandDef
 from bot.devtools.homeserver import EmbeddedHomeserver
@@ -62,7 +62,8 @@ from bot.matrix.sanitize import clean_messages_body, clean_sync_body
 
 CORPUS = Path(__file__).parent / "corpus" / "commands"
 CONTROL_SPECS: dict[str, CommandDef] = CONTROL_COMMANDS
-PARTICIPANT_SPECS: dict[str, CommandDef] = PARTICIPANT_COMMANDS
+# With !role, which the participants' table has where an action offers roles.
+PARTICIPANT_SPECS: dict[str, CommandDef] = {**PARTICIPANT_COMMANDS, **ROLE_COMMANDS}
 
 
 @dataclass(frozen=True)
