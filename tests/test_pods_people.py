@@ -20,7 +20,7 @@ from bot.control.catalog import PARTICIPANT_COMMANDS
 from bot.control.participants import Participants, help_reply
 from bot.i18n import Catalogs
 from bot.i18n import messages as m
-from bot.ledger import DispatchState
+from bot.ledger import DeliveryKey, DeliveryState, DispatchState, Part
 from bot.scenario import Scenario, ScenarioError, load_scenario_text
 from bot.scenario.timeline import build_timeline
 from bot.store import PlannedDispatch, Store
@@ -92,6 +92,7 @@ class FakeRuns:
         self.scenario = scenario
         self.store = store
         self.armed: dict[int, Any] = {}
+        self.extra_rooms: dict[str, set[str]] = {}  # city → rooms it serves by alias
 
     def arm(self, run_id: int) -> None:
         run = SimpleNamespace(
@@ -108,13 +109,14 @@ class FakeRuns:
             for c in run.scenario.cities:
                 rooms = {*c.rooms, *(r for p in c.all_pods for r in p.rooms)}
                 rooms |= set(await self.store.participants.direct_rooms(run.scenario_id, c.id))
+                rooms |= self.extra_rooms.get(c.id, set())
                 if room_id in rooms:
                     out.append((run, c.id))
         return out
 
 
 class Kit:
-    def __init__(self, store: Store, scenario: Scenario = SCENARIO) -> None:
+    def __init__(self, store: Store, scenario: Scenario = SCENARIO, rooms: Any = None) -> None:
         self.store = store
         self.notifier = FakeNotifier()
         self.runs = FakeRuns(scenario, store)
@@ -129,6 +131,7 @@ class Kit:
             notifier=self.notifier,  # type: ignore[arg-type]
             clock=ManualClock(NOW),
             catalogs=CATALOGS,
+            rooms=rooms,
         )
 
     async def say(self, user: str, text: str, room: str | None = None) -> str:
@@ -210,6 +213,7 @@ async def test_a_city_without_pods_joins_as_before(kit: Kit) -> None:
 
 async def arm(kit: Kit) -> int:
     """A live run of the scenario, every stage scheduled."""
+    scenario = kit.runs.scenario
     run_id = await kit.store.runs.create(
         scenario_id="pods",
         source_path="pods.yaml",
@@ -221,7 +225,7 @@ async def arm(kit: Kit) -> int:
         # (hk/mongkok, gather@support: bot.scenario.timeline).
         dispatches=[
             PlannedDispatch(d.lane, d.unit, d.stage_index, d.at)
-            for d in build_timeline(SCENARIO)
+            for d in build_timeline(scenario)
         ],
     )
     kit.runs.arm(run_id)
@@ -430,3 +434,49 @@ def test_headcount_of_one_pod_shows_that_pod_only() -> None:
     assert pods.splitlines()[1:] == ["hk/shatin  call   4"]
     assert "front    4" in roles and "(no role)" not in roles
     assert "mongkok" not in split_tables(SCENARIO, by_lane, "shatin")[0]
+
+
+async def sent(kit: Kit, run_id: int, lane: str, unit: str, room: str, event_id: str) -> None:
+    """A stage message of ``lane``/``unit`` in ``room``, as the dispatcher records it."""
+    key = DeliveryKey(run_id, "pods", lane, unit, room, Part.TEXT)
+    await kit.store.ledger.ensure_deliveries([key], NOW, NOW)
+    await kit.store.ledger.transition(key, DeliveryState.SENDING, now=NOW)
+    await kit.store.ledger.transition(key, DeliveryState.SENT, now=NOW, event_id=event_id)
+
+
+async def test_a_reaction_counts_for_the_city_stage_pod_and_role_of_the_message(kit: Kit) -> None:
+    await kit.say("@p:x", "!join pods hk")
+    await kit.say("@p:x", "!role support")
+    pod = await kit.pod_of("@p:x")
+    run_id = await arm(kit)
+    await release(kit, run_id, "hk", "gather")
+    await sent(kit, run_id, "hk/mongkok", "gather@support", "!mk-med:x", "$med")
+    await sent(kit, run_id, f"hk/{pod}", "gather@support", "!dm-p:x", "$dm")
+    await kit.p.on_reaction("!mk-med:x", "@medic:x", "$med")
+    await kit.p.on_reaction("!dm-p:x", "@p:x", "$dm")
+    got = await lanes_of_checkins(kit, run_id)
+    # The scenario's city and stage, never the ledger's lane or unit.
+    assert got == {"@medic:x": ("gather", "mongkok", "support"), "@p:x": ("gather", pod, "support")}
+    rows = await kit.store.db.fetch("SELECT DISTINCT city_id FROM checkins")
+    assert [r["city_id"] for r in rows] == ["hk"]
+    assert kit.notifier.sent[-1][1]["body"] == m.checked_in(EN, counted=True).body
+
+
+class FakeRegistry:
+    """The room registry's view: ``#mk:x`` resolves to ``!real-mk:x``."""
+
+    async def served_rooms(self, listed: list[str], *, refresh: bool = False) -> list[str]:
+        return ["!real-mk:x" if r == "#mk:x" else r for r in listed]
+
+
+async def test_a_pod_room_listed_by_alias_counts_for_its_pod(tmp_path: Path) -> None:
+    aliased = load_scenario_text(SCENARIO_TEXT.replace('"!mk:x"', '"#mk:x"'))
+    store = await Store.open(tmp_path / "alias.db")
+    try:
+        kit = Kit(store, aliased, rooms=FakeRegistry())
+        kit.runs.extra_rooms = {"hk": {"!real-mk:x"}}
+        run_id = await arm(kit)
+        await kit.p.on_message("!real-mk:x", "$1", "@a:x", "!here")
+        assert (await lanes_of_checkins(kit, run_id))["@a:x"] == ("", "mongkok", None)
+    finally:
+        await store.close()
