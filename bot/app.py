@@ -18,6 +18,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
 from nio import AsyncClient
@@ -227,6 +228,7 @@ class Bot:
             clock=self.clock,
             catalogs=self.catalogs,
             rooms=self.rooms,
+            prepare_lead=timedelta(seconds=self.config.dispatch.prepare_seconds),
         )
         return controller, participants
 

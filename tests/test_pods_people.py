@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -480,3 +480,18 @@ async def test_a_pod_room_listed_by_alias_counts_for_its_pod(tmp_path: Path) -> 
         assert (await lanes_of_checkins(kit, run_id))["@a:x"] == ("", "mongkok", None)
     finally:
         await store.close()
+
+
+async def test_role_is_settled_once_the_stage_that_needs_it_is_being_prepared(kit: Kit) -> None:
+    """The run decides who gets which text a few seconds before the instant (the
+    dispatch's prepare lead, 3 s by default): a change then would be stored but
+    not sent, so the person would read one role's text and hold another."""
+    await kit.say("@a:x", "!join pods hk")
+    run_id = await arm(kit)
+    gather = next(d for d in await kit.store.ledger.dispatches(run_id) if "gather" in d.stage_id)
+    assert isinstance(kit.p._clock, ManualClock)
+    kit.p._clock.set(gather.due_at - timedelta(seconds=10))
+    assert await kit.say("@a:x", "!role front") == m.role_chosen(EN, role_name="In the action").body
+    kit.p._clock.set(gather.due_at - timedelta(seconds=2))  # being prepared, not yet out
+    assert await kit.say("@a:x", "!role support") == m.role_locked(EN).body
+    assert await role_of(kit, "@a:x") == "front"

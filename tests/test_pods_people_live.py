@@ -264,7 +264,7 @@ async def test_role_changes_until_the_stage_that_needs_it_then_refuses(
                 {"id": "call", "at": "0s", "text": "Tonight."},
                 {
                     "id": "gather",
-                    "at": "+3s",
+                    "at": "+8s",  # well after the prepare lead + margin (3 s here)
                     "place": "staging",
                     "text": {"default": "Go to {staging}.", "support": "Near {staging}."},
                 },

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from bot.ledger import DispatchState
 from bot.scenario import City, Scenario
@@ -65,17 +66,28 @@ def lane_entries(city: City) -> list[tuple[str | None, str, str | None]]:
     return entries
 
 
-def role_locked(scenario: Scenario, rows: Iterable[DispatchRow], city_id: str) -> bool:
+def role_locked(
+    scenario: Scenario,
+    rows: Iterable[DispatchRow],
+    city_id: str,
+    *,
+    now: datetime | None = None,
+    lead: timedelta = timedelta(0),
+) -> bool:
     """Whether a participant of ``city_id`` may no longer change role: a stage
     whose sending depends on the role (:func:`role_matters`) has been released
-    (or is being released) for the city. A skipped one does not lock: the role
+    (or is being released) for the city, or is due within ``lead`` of ``now``
+    (the run decides who gets which text that long before the instant; a change
+    then would be stored but not sent). A skipped one does not lock: the role
     still matters for the next."""
     mattering = {s.id for s in scenario.stages if role_matters(scenario, s)}
     # Rows are per lane and unit where the run splits them (``hk/mongkok``,
     # ``spot@front``: bot.scenario.timeline); any pod's release locks the city.
-    return any(
-        split_lane(d.city_id)[0] == city_id
-        and split_unit(d.stage_id)[0] in mattering
-        and d.state in _OUT
-        for d in rows
-    )
+    for d in rows:
+        if split_lane(d.city_id)[0] != city_id or split_unit(d.stage_id)[0] not in mattering:
+            continue
+        if d.state in _OUT:
+            return True
+        if now is not None and d.state is DispatchState.SCHEDULED and d.due_at <= now + lead:
+            return True
+    return False

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from datetime import timedelta
 
 from bot.clock import Clock
 from bot.control.args import CITY_ARG, SCENARIO, TEXT_ARG, Arg
@@ -105,6 +106,7 @@ class Participants:
         clock: Clock,
         catalogs: Catalogs,
         rooms: RoomRegistry | None = None,
+        prepare_lead: timedelta = timedelta(seconds=3),
     ) -> None:
         self._matrix = matrix
         self._store = store
@@ -124,6 +126,8 @@ class Participants:
             scenario_of=self._scenario,
             translator=self._translator,
             is_direct_chat=self._is_direct_chat,
+            clock=clock,
+            lead=prepare_lead,
         )
         self.table = Table(Who.PARTICIPANT)
         self.table.add(self)

@@ -6,7 +6,8 @@
   no scenario may name a role so).
 - A role may change until the first stage of the person's city whose sending
   depends on it (:func:`bot.control.lanes.role_locked`) has been released in the
-  live run; after that the answer is a clear refusal, and ``!stop`` still works.
+  live run (or is due within the run's prepare lead: its texts are decided
+  then); after that the answer is a clear refusal, and ``!stop`` still works.
 
 It is answered in a direct chat only (in a room a role comes from the scenario's
 room listing, and the bot sends no message per person there). The command is
@@ -18,7 +19,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 
+from bot.clock import Clock
 from bot.control.args import SLUG, Arg, ArgType, BadValue
 from bot.control.lanes import role_locked
 from bot.control.registry import Args, Context, Reply, Who, command
@@ -32,6 +35,7 @@ from bot.store import Store
 
 log = logging.getLogger(__name__)
 
+LOCK_MARGIN = timedelta(seconds=2)
 NO_ROLE = "none"
 """``!role none``: clear one's role (semantics_pods reserves the id)."""
 
@@ -56,12 +60,18 @@ class RoleCommands:
         scenario_of: Callable[[str], Scenario | None],
         translator: Callable[[str], Awaitable[Translator]],
         is_direct_chat: Callable[[str], Awaitable[bool]],
+        clock: Clock,
+        lead: timedelta,
     ) -> None:
         self._store = store
         self._runs = runs
         self._scenario_of = scenario_of
         self._translator = translator
         self._is_direct_chat = is_direct_chat
+        self._clock = clock
+        # The run's prepare lead and a margin for the timer: from then on the
+        # stage's rooms and texts are decided (bot.control.lanes.role_locked).
+        self._lead = lead + LOCK_MARGIN
 
     async def offers_roles(self, room_id: str) -> bool:
         """Whether a participation through this chat is in an action with roles
@@ -78,7 +88,8 @@ class RoleCommands:
         for armed in list(self._runs.armed.values()):
             if armed.scenario_id == scenario.id and armed.drill_room is None:
                 rows = await self._store.ledger.dispatches(armed.run.id)
-                if role_locked(armed.scenario, rows, city_id):
+                now = self._clock.now()
+                if role_locked(armed.scenario, rows, city_id, now=now, lead=self._lead):
                     return True
         return False
 
