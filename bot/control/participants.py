@@ -5,8 +5,11 @@
   latest stage (its text or its map pin) does the same. A person counts once per
   city and stage. In a room the bot acknowledges with reactions, never with a
   message: ✅ when the next gate counts the check-in, ⏳ when it will not.
-- In a direct chat: ``!join <scenario> <city>`` (cities with ``direct: true``),
-  ``!stop`` (forget me now), ``!help``.
+- In a direct chat: ``!join <scenario> <city>`` (cities with ``direct: true``;
+  in a city with pods the bot assigns the newcomer a pod: bot.scenario.assign),
+  ``!role`` (bot.control.roles), ``!stop`` (forget me now), ``!help``.
+- A check-in records the pod and role it counts for: a listed room's (from the
+  scenario's listing), or the private participant's own (bot.control.lanes).
 - A participant who leaves a direct chat is forgotten at once; nothing more is
   sent there.
 
