@@ -12,6 +12,10 @@ The rule (docs/organisers.md, "Pods"):
    order is the same for everyone who joins at that size, secret (an
    infiltrator cannot predict or pick a pod), and different for every run.
 
+(Private participants join before any run is armed, so the bot keeps one key
+per *scenario* — ``store.participants.pod_key``, made at its first ``!join``,
+deleted by ``!purge`` — and "run" below means that span.)
+
 Guarantees, for one city of one run:
 
 * **Balance.** While nobody has left, the sizes of the open pods never differ
