@@ -414,7 +414,8 @@ class Participants:
         sizes = await self._store.participants.pod_sizes(scenario_id, city.id)
         pod_id = pick_pod(key, city, sizes)
         if pod_id is not None:
-            log.info("private participant assigned to pod %s/%s", city.id, pod_id)
+            # Which pod is not logged: who is where stays in the store only.
+            log.info("private participant assigned to a pod of %s", city.id)
         return pod_id
 
     @command(

@@ -135,7 +135,7 @@ class RoleCommands:
                 return translated(say.role_locked(t))
         for s, c in targets:
             await self._store.participants.set_role(s.id, c, ctx.sender, chosen)
-        log.info("role %s in %d participation(s)", chosen or "cleared", len(targets))
+        log.info("role changed in %d participation(s)", len(targets))  # not which: private
         if chosen is None:
             return translated(say.role_cleared(t))
         name = next(r.name for r in scenario.roles or () if r.id == chosen)
