@@ -495,3 +495,16 @@ async def test_role_is_settled_once_the_stage_that_needs_it_is_being_prepared(ki
     kit.p._clock.set(gather.due_at - timedelta(seconds=2))  # being prepared, not yet out
     assert await kit.say("@a:x", "!role support") == m.role_locked(EN).body
     assert await role_of(kit, "@a:x") == "front"
+
+
+async def test_a_pod_room_is_answered_in_its_citys_language(tmp_path: Path) -> None:
+    zone = "timezone: Asia/Hong_Kong"
+    spoken = load_scenario_text(SCENARIO_TEXT.replace(zone, f"{zone}\n    language: zh-Hant"))
+    store = await Store.open(tmp_path / "lang.db")
+    try:
+        kit = Kit(store, spoken)  # not armed: the file says which city the room is
+        zh = CATALOGS.translator("zh-Hant")
+        said = await kit.say("@a:x", "!join pods hk", room="!mk:x")
+        assert said == m.join_in_direct_chat(zh).body
+    finally:
+        await store.close()
