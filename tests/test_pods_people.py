@@ -257,8 +257,13 @@ async def test_role_lists_sets_clears_and_refuses_unknown_ids(kit: Kit) -> None:
     await kit.say("@a:x", "!join pods hk")
     assert await kit.say("@a:x", "!role") == m.role_list(EN, roles=ROLES).body
     assert "!role [role]" in await kit.say("@a:x", "!help")
+    # An id as the list shows it (lowercase, like every id the parser takes).
+    assert await kit.say("@a:x", "!role Support") == (
+        "role must be an id (lowercase letters, digits and inner hyphens). Usage: !role [role]"
+    )
+    assert await role_of(kit, "@a:x") is None
     chosen = m.role_chosen(EN, role_name="Nearby support").body
-    assert await kit.say("@a:x", "!role Support") == chosen
+    assert await kit.say("@a:x", "!role support") == chosen
     assert await role_of(kit, "@a:x") == "support"
     listed = await kit.say("@a:x", "!role")
     assert listed == m.role_list(EN, roles=ROLES, current="Nearby support").body

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from bot.clock import Clock
-from bot.control.args import SLUG, Arg, ArgType, BadValue
+from bot.control.args import SLUG_ARG, Arg
 from bot.control.lanes import role_locked
 from bot.control.registry import Args, Context, Reply, Who, command
 from bot.control.said import translated
@@ -38,17 +38,6 @@ log = logging.getLogger(__name__)
 LOCK_MARGIN = timedelta(seconds=2)
 NO_ROLE = "none"
 """``!role none``: clear one's role (semantics_pods reserves the id)."""
-
-
-def _role_word(word: str) -> str:
-    # A role id in any case (`Front` is `front`), as city ids are read.
-    lowered = word.lower()
-    if not (word.isascii() and SLUG.match(lowered)):
-        raise BadValue("must be an id (lowercase letters, digits and inner hyphens)")
-    return lowered
-
-
-ROLE_ARG = ArgType("slug", _role_word, audit=True)
 
 
 class RoleCommands:
@@ -97,7 +86,7 @@ class RoleCommands:
         "role",
         say.ROLE_SUMMARY,
         example="!role support",
-        args=(Arg("role", ROLE_ARG, optional=True),),
+        args=(Arg("role", SLUG_ARG, optional=True),),
         who=Who.PARTICIPANT,
     )
     async def role(self, ctx: Context, args: Args) -> Reply | None:
