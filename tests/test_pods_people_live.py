@@ -11,7 +11,6 @@ against fakes, in milliseconds.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import sqlite3
 import time
 import uuid
@@ -35,19 +34,6 @@ pytestmark = pytest.mark.homeserver
 EN = Catalogs().translator(None)
 PODS = ("mongkok", "causeway", "shatin", "tsuenwan")
 CITY = "Hong Kong"
-# The run manager sends a pod's own places only once it is wired for pods
-# (bot/runs/lanes.py); until then arming such a scenario is refused.
-RUNTIME = importlib.util.find_spec("bot.runs.lanes") is not None
-needs_runtime = pytest.mark.skipif(not RUNTIME, reason="needs the pods runtime (bot/runs/lanes.py)")
-
-
-@pytest.fixture(autouse=True)
-def _pods_loadable(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Before the runtime is wired, the library refuses pod and role scenarios
-    # outright; !join and !role do not need the runtime, so only that refusal
-    # is lifted here (a no-op once the runtime has lifted it itself).
-    if not RUNTIME:
-        monkeypatch.setattr("bot.library.uses_pods_or_roles", lambda scenario: False)
 
 
 def pods_city(
@@ -232,7 +218,6 @@ async def dm_stage(client: AsyncClient, room: str, stage: str) -> bool:
     return any(content_of(e)[DISPATCH_KEY].get("stage", "").split("@")[0] == stage for e in events)
 
 
-@needs_runtime
 async def test_role_changes_until_the_stage_that_needs_it_then_refuses(
     homeserver: EmbeddedHomeserver, tmp_path: Any, clients: ClientPool
 ) -> None:
@@ -296,7 +281,6 @@ async def test_role_changes_until_the_stage_that_needs_it_then_refuses(
 # -- headcount -----------------------------------------------------------------------------
 
 
-@needs_runtime
 async def test_headcount_per_pod_and_role(
     homeserver: EmbeddedHomeserver, tmp_path: Any, clients: ClientPool
 ) -> None:
