@@ -144,6 +144,7 @@ async def test_first_heartbeat_at_once_in_every_control_room(
         "interval": int(IDLE_INTERVAL / timedelta(milliseconds=1)),
         "version": "0.1.0",
         "armed": [],
+        "started": 1796490000000,  # this run's start: the others answer it
     }
     await r.halt()
 

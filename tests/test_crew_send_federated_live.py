@@ -101,7 +101,7 @@ def fed_scenario(a: str, b: str, rooms: tuple[str, str]) -> dict[str, Any]:
     }
 
 
-@pytest.mark.skip(
+@pytest.mark.skipif(False,
     reason="flaky at start-up (2 of 6 runs under load, 2026-12-01): until a heartbeat has crossed "
     "the federation the members' views of who speaks disagree — both or neither answer !arm and "
     "!crew. The covering itself passed whenever the run got past arming. Product fix first: a "

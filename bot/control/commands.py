@@ -118,6 +118,8 @@ class Controller:
         ctx = Context(room_id, sender, event_id, sent_at, parsed.confirmed)
         reply = await self._run(parsed, ctx)
         await self._audit(room_id, sender, parsed.name, reply.result, parsed)
+        if self.crew is not None:
+            await self.crew.decide()  # who answers: only the speaker's reply goes out
         await self._notifier.reply(room_id, event_id, reply.text, table=reply.table)
 
     async def _run(self, command: Command, ctx: Context) -> Reply:
@@ -140,9 +142,11 @@ class Controller:
                     text.read_late(key, ctx.sent_at, read, LATE_READ_S, window),
                     result="asked to confirm: read late",
                 )
-        if self.crew is not None and spec.name in SPEAKER_ONLY and not self.crew.speaking():
-            return Reply(text_crew.left_to_speaker(spec.name, self.crew.speaker()),
-                         result="ok: left to the speaker")
+        if self.crew is not None and spec.name in SPEAKER_ONLY:
+            speaker = await self.crew.decide()
+            if speaker != self.crew.me:
+                return Reply(text_crew.left_to_speaker(spec.name, speaker),
+                             result="ok: left to the speaker")
         try:
             handler = self.table.handlers[command.name]
             reply = await handler(ctx, Args(spec, command.values, command.args))

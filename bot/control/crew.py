@@ -126,10 +126,19 @@ class CrewControl:
         return self.roster.view()
 
     def speaker(self) -> str | None:
-        return self.view().speaker(self._clock.now())
+        """The speaker now, without waiting (see :meth:`decide`)."""
+        return self.roster.speaker()
 
     def speaking(self) -> bool:
         return self.speaker() == self.me
+
+    async def decide(self) -> str | None:
+        """The speaker, once decided: right after start-up a member not heard
+        yet is unknown (docs/crew.md, the start-up rule), and a command read
+        meanwhile waits for it — at most the start-up window, off the sync path
+        (in the command lane) — so exactly one member answers it."""
+        window = roll_call_window(self.crew.heartbeat).total_seconds()
+        return await self.roster.decided_speaker(timeout_s=2 * window)
 
     def command_read(self) -> None:
         self.roster.command_read()
@@ -173,9 +182,9 @@ class CrewControl:
         """``!arm`` as a crew member: the speaker decides and lists the roll call;
         the others follow the speaker's answer (:func:`bot.crew.rollcall.follow`)."""
         digest, scenario = self._digest(scenario_id)
+        reference = await self.decide()
         window = roll_call_window(self.crew.heartbeat).total_seconds()
         deadline = asyncio.get_running_loop().time() + window
-        reference = self.speaker()
         problems = unknown_members(scenario, self.crew) if scenario is not None else []
         if problems:
             self._answer(ctx.event_id, scenario_id, digest, REFUSED)
@@ -314,7 +323,8 @@ class CrewControl:
         else:
             beat, seen = self.roster.heartbeat_of(member), view.members.get(member)
             seconds = (now - seen.seen_at).total_seconds() if seen and seen.seen_at else None
-            age = text.age(seconds) + (" (down)" if view.is_down(member, now) else "")
+            status = view.status(member, now)
+            age = text.age(seconds) + text.status_mark(status)
             version = beat.version if beat else "?"
             armed = set(beat.armed) if beat else set()
         return (

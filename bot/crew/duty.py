@@ -14,8 +14,13 @@ heartbeats); there are no election messages. For one room and one dispatch:
   heartbeats were not reaching the room at the instant (so the others may have
   covered for it), looks first too: a late copy must not land on a timely one.
 
-And for the control room, the **speaker** (the one that replies and reports) is
-the first member in the config's order that is not down. After a partition,
+And for the control room, the **speaker** (the one that replies and reports):
+the first member in the config's order that is up, when every member ahead of
+it is known down. Right after a member starts listening, another member it has
+not yet heard from is *unknown* — neither up nor down — until it is heard or
+the start-up window passes (:class:`Listening`); while one ahead of a member is
+unknown, whether that member speaks is undecided (:meth:`CrewView.speaks`), so
+no member speaks or falls silent on a guess. After a partition,
 when two copies of a dispatch are visible in a room, the member later in the
 city's order redacts its own (:func:`redactor`).
 
@@ -29,6 +34,26 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from bot.crew.members import Crew, Member
+
+UP, DOWN, UNKNOWN = "up", "down", "unknown"
+"""A member's status for the speaker question (:meth:`CrewView.status`)."""
+
+
+@dataclass(frozen=True)
+class Listening:
+    """Since when this member has listened to the crew (its start), for the
+    start-up rule: until ``since + window`` a member not *heard* — no sighting
+    from within one crew interval before ``since`` or later — is unknown.
+
+    ``since`` ``None``: not listening yet (its own heartbeat is not out, so the
+    others cannot have answered it); every other member is unknown.
+    """
+
+    since: datetime | None
+    window: timedelta
+
+    def open(self, at: datetime) -> bool:
+        return self.since is None or at < self.since + self.window
 
 
 @dataclass(frozen=True)
@@ -57,7 +82,9 @@ class CrewView:
     """The members seen, by user id; one never seen may be absent (it is down)."""
     me: str | None = None
     roll_call: datetime | None = None
-    """When this bot last read a control command (see :meth:`Member.is_down`)."""
+    """When this bot last read a control command, or started (see :meth:`Member.is_down`)."""
+    listening: Listening | None = None
+    """The start-up rule; ``None``: none (every member is up or down)."""
 
     def is_down(self, user_id: str, at: datetime) -> bool:
         """Whether ``user_id`` counts as down at ``at``; ``me`` never does."""
@@ -123,13 +150,70 @@ class CrewView:
         late = send_at - instant > grace
         return Duty(member, rank, send_at, look_first=rank > 0 or late or missed_instant)
 
+    def heard(self, user_id: str) -> bool:
+        """Whether ``user_id`` was heard since this member listens: a sighting no
+        older than one crew interval before :attr:`Listening.since` (a heartbeat
+        that old in the room's state was made while this member was starting; an
+        older one may be a previous run's)."""
+        listening, member = self.listening, self.members.get(user_id)
+        if listening is None or user_id == self.me:
+            return True
+        if listening.since is None or member is None or member.seen_at is None:
+            return False
+        return member.seen_at >= listening.since - self.crew.heartbeat
+
+    def status(self, user_id: str, at: datetime) -> str:
+        """:data:`UP`, :data:`DOWN`, or :data:`UNKNOWN`: not heard yet while the
+        start-up window is open (it may be starting too, its heartbeat not yet
+        across the federation; or a previous run's heartbeat is all there is).
+        Not heard when the window closes: down, until it is heard."""
+        if user_id == self.me:
+            return UP
+        listening = self.listening
+        if listening is not None and not self.heard(user_id):
+            return UNKNOWN if listening.open(at) else DOWN
+        return DOWN if self.is_down(user_id, at) else UP
+
+    def speaks(self, user_id: str, at: datetime) -> bool | None:
+        """Whether ``user_id`` is the speaker at ``at``; ``None``: undecided.
+
+        It speaks when every member ahead of it in the config's order is down,
+        and is silent once one of them is up; while one ahead is unknown (and
+        none is up) it is undecided. Every member applies the same rule to what
+        it sees, so none speaks or falls silent on a guess.
+        """
+        if user_id not in self.crew:
+            return False
+        undecided = False
+        for ahead in self.crew.members[: self.crew.members.index(user_id)]:
+            status = self.status(ahead, at)
+            if status == UP:
+                return False
+            undecided = undecided or status == UNKNOWN
+        return None if undecided else True
+
     def speaker(self, at: datetime) -> str | None:
         """The member that speaks in the control room: the first in the config's
-        order that is not down at ``at`` (``None`` only in a view without ``me``)."""
+        order that is up, every one ahead of it known down. ``None`` when that is
+        undecided (:meth:`speaks`), or in a view without ``me`` where all are down."""
         for user_id in self.crew.members:
-            if not self.is_down(user_id, at):
+            status = self.status(user_id, at)
+            if status == UNKNOWN:
+                return None
+            if status == UP:
                 return user_id
         return None
+
+    def decided(self, at: datetime) -> bool:
+        """Whether the speaker is decided at ``at``: no unknown member comes
+        before the first that is up (so :meth:`speaker` names one)."""
+        return self.me is None or self.speaker(at) is not None
+
+    def first_up(self, at: datetime) -> str | None:
+        """The first member in the config's order that is not down at ``at``,
+        unknown ones counted down: the speaker rule without the start-up rule,
+        the fallback once a wait for a decision has run out."""
+        return next((m for m in self.crew.members if not self.is_down(m, at)), None)
 
 
 def precedence(order: Sequence[str], user_id: str) -> tuple[int, str]:

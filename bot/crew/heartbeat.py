@@ -10,8 +10,14 @@ member's heartbeat. The content::
      "version": "0.1.0",           # the member's Blossom version
      "armed": ["<sha256 hex>", …], # digests of the scenario files it has armed
      "stopping": true,             # optional: it is shutting down cleanly
+     "started": 1764594190000,     # optional: when this run of it started listening
      "answers": {"<!arm event id>": {"scenario": "<id>", "digest": "<sha256 hex>",
                                      "state": "armed"}}}  # optional: the roll call
+
+``started`` (optional) tells a new run of a member from its previous one: the
+others beat at once when they see a ``started`` they did not know (they answer
+its start, so it hears every member that is up within its start-up window,
+:class:`bot.crew.duty.Listening`), and keep the fast rate for :data:`AWAKE_FOR`.
 
 ``answers`` (optional) is this member's answer to each recent ``!arm``, keyed by
 the command's event id (the run key): the scenario, the digest of *its* file
@@ -85,6 +91,8 @@ class Heartbeat:
     armed: frozenset[str] = frozenset()
     stopping: bool = False
     answers: tuple[Answer, ...] = ()
+    started: datetime | None = None
+    """When this run of the member started listening (its clock)."""
 
     def answer(self, run_key: str) -> Answer | None:
         return next((a for a in self.answers if a.run_key == run_key), None)
@@ -99,6 +107,8 @@ class Heartbeat:
         }
         if self.stopping:
             content["stopping"] = True
+        if self.started is not None:
+            content["started"] = _ms(self.started - _EPOCH)
         if self.answers:
             content["answers"] = {
                 a.run_key: {"scenario": a.scenario, "digest": a.digest, "state": a.state}
@@ -143,6 +153,9 @@ def _parse(event: object, members: Collection[str]) -> Heartbeat | None:
     interval = _int(content.get("interval"), _MIN_INTERVAL_MS, _MAX_INTERVAL_MS)
     version, armed = content.get("version"), content.get("armed", [])
     stopping = content.get("stopping", False)
+    started = content.get("started")
+    if started is not None and (started := _int(started, 1, _MAX_TIME_MS)) is None:
+        return None
     if time is None or interval is None or not isinstance(stopping, bool):
         return None
     if not (isinstance(version, str) and _VERSION.fullmatch(version)):
@@ -162,6 +175,7 @@ def _parse(event: object, members: Collection[str]) -> Heartbeat | None:
         armed=frozenset(armed),
         stopping=stopping,
         answers=answers,
+        started=None if started is None else _EPOCH + timedelta(milliseconds=started),
     )
 
 
@@ -193,18 +207,21 @@ def _int(value: object, low: int, high: int) -> int | None:
     return None
 
 
-def sighting(heartbeat: Heartbeat, received_at: datetime) -> Member:
+def sighting(heartbeat: Heartbeat, received_at: datetime, *, old: bool = False) -> Member:
     """The member as seen from a heartbeat this bot received at ``received_at``
     (on its own clock).
 
     The heartbeat counts from when it arrived, so members' clocks may disagree
     by up to one interval without effect. One whose own time is older than one
-    interval on arrival — held back by federation, or read from room state at
-    start-up — counts from its own time instead, so a stale heartbeat can never
-    make a dead member look alive.
+    interval on arrival — held back by federation — counts from its own time
+    instead, so a stale heartbeat can never make a dead member look alive.
+    So does an ``old`` one: made before this bot started listening (read from
+    the room's state at start-up, perhaps a previous run's); its announced
+    interval may be the idle one, so counting it from arrival would keep a dead
+    member up for half an hour.
     """
-    stale = received_at - heartbeat.time > heartbeat.interval
-    seen_at = heartbeat.time if stale else received_at
+    stale = old or received_at - heartbeat.time > heartbeat.interval
+    seen_at = min(heartbeat.time, received_at) if stale else received_at
     return Member(
         user_id=heartbeat.member,
         seen_at=seen_at,

@@ -25,13 +25,12 @@ import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Protocol
 
 from bot.clock import Clock
-from bot.crew.duty import CrewView
+from bot.crew.duty import CrewView, Listening
 from bot.crew.heartbeat import (
-    EVENT_TYPE,
     MAX_ANSWERS,
     Answer,
     Heartbeat,
@@ -42,6 +41,10 @@ from bot.crew.heartbeat import (
     sighting,
 )
 from bot.crew.members import Crew, Member
+from bot.crew.publish import HeartbeatFailed as HeartbeatFailed
+from bot.crew.publish import PublishProblem as PublishProblem
+from bot.crew.rollcall import roll_call_window
+from bot.crew.speaker import decided
 from bot.retry import GiveUp, RetryPolicy, SendFailure
 
 log = logging.getLogger(__name__)
@@ -50,14 +53,6 @@ STOP_TIMEOUT_S = 5.0
 """How long :meth:`Roster.stopping` may take in all (real seconds)."""
 _SEEN_IDS = 256  # event ids remembered against re-feeding (start-up state, then sync)
 _PUBLISHED = 8  # own accepted heartbeat times kept for bot.crew.heartbeat.missed
-
-
-class HeartbeatFailed(Exception):
-    """A heartbeat request failed; ``failure`` says how, in bot.retry's terms."""
-
-    def __init__(self, failure: SendFailure) -> None:
-        super().__init__(failure.describe())
-        self.failure = failure
 
 
 class CrewStatePort(Protocol):
@@ -72,33 +67,6 @@ class CrewStatePort(Protocol):
         """The room's current ``org.blossom.crew`` state events as raw dicts, or
         raise :class:`HeartbeatFailed`."""
         ...
-
-
-@dataclass(frozen=True)
-class PublishProblem:
-    """This bot cannot write its heartbeat in a control room. Ids only."""
-
-    room_id: str
-    member: str
-    failure: str
-    forbidden: bool
-    retry_every: timedelta
-
-    def __str__(self) -> str:
-        every = f"{self.retry_every.total_seconds():g} s"
-        if self.forbidden:
-            return (
-                f"Cannot publish the crew heartbeat of {self.member} in {self.room_id}: "
-                f"{self.failure} (not enough power to send state). The other members "
-                f"count {self.member} down and cover its rooms. Fix: give {self.member} "
-                f'power 50 in {self.room_id}, or set events: {{"{EVENT_TYPE}": 0}} in '
-                f"its m.room.power_levels. Retrying every {every}."
-            )
-        return (
-            f"Cannot publish the crew heartbeat of {self.member} in {self.room_id}: "
-            f"{self.failure}. The other members count {self.member} down and cover its "
-            f"rooms. Retrying every {every}."
-        )
 
 
 Report = Callable[[PublishProblem], Awaitable[None]]
@@ -172,6 +140,10 @@ class Roster:
         self._seen_ids: deque[str] = deque(maxlen=_SEEN_IDS)
         self._published: deque[datetime] = deque(maxlen=_PUBLISHED)
         self._last_command: datetime | None = None
+        self._since: datetime | None = None  # when start() was called: listening
+        self._answered: datetime | None = None  # the last start of a member answered
+        self._starts: dict[str, datetime] = {}  # member -> its run's "started"
+        self._news = asyncio.Event()  # set when a heartbeat is taken
         self._last_armed: frozenset[str] = frozenset()
         self._last_answers: tuple[Answer, ...] = ()
         self._reports: set[asyncio.Task[None]] = set()
@@ -212,10 +184,26 @@ class Roster:
         rooms = self._seen.setdefault(beat.member, {})
         if baseline and room_id in rooms:
             return 0  # a start-up read never overrides what sync already brought
+        now = self._clock.now()
+        self._answer_start(beat, now, baseline=baseline)
         # Within a room, the latest delivered is the member's latest (its events
-        # there are causally ordered); across rooms see _latest.
-        rooms[room_id] = _Seen(beat, sighting(beat, self._clock.now()))
+        # there are causally ordered); across rooms see _latest. One made before
+        # this bot listened counts from its own time (bot.crew.heartbeat.sighting).
+        old = baseline or self._since is None or beat.time < self._since
+        rooms[room_id] = _Seen(beat, sighting(beat, now, old=old))
+        self._news.set()
         return 1
+
+    def _answer_start(self, beat: Heartbeat, now: datetime, *, baseline: bool) -> None:
+        """A member's run this bot did not know (its ``started``): beat at once,
+        so that member hears this one within its start-up window, and stay at
+        the fast rate for a while (its clock may lag; it judges by fresh beats)."""
+        if beat.started is None or self._starts.get(beat.member) == beat.started:
+            return
+        self._starts[beat.member] = beat.started
+        if not baseline and self._since is not None:
+            self._answered = now
+            self._wake.set()
 
     def _latest(self, user_id: str) -> _Seen | None:
         """A member's newest heartbeat over all control rooms, by its own clock:
@@ -259,7 +247,32 @@ class Roster:
             latest = self._latest(user_id)
             if latest is not None:
                 members[user_id] = latest.member
-        return CrewView(self.crew, members, me=self.me, roll_call=self._last_command)
+        # Its own start is a roll call too: a member whose only heartbeat
+        # predates it (a previous run's, left in the room's state) and that does
+        # not answer is down three heartbeats later, whatever rate it announced.
+        calls = [t for t in (self._last_command, self._since) if t is not None]
+        listening = Listening(self._since, roll_call_window(self.crew.heartbeat))
+        return CrewView(
+            self.crew, members, me=self.me, roll_call=max(calls, default=None),
+            listening=listening,
+        )
+
+    def speaker(self) -> str | None:
+        """The speaker now, for a caller that cannot wait (a report, ``!crew``'s
+        heading): the decided one, else the rule without the start-up window
+        (:meth:`bot.crew.duty.CrewView.first_up`)."""
+        view, now = self.view(), self._clock.now()
+        return view.speaker(now) or view.first_up(now)
+
+    async def decided_speaker(self, *, timeout_s: float) -> str | None:
+        """The speaker once decided (:func:`bot.crew.speaker.decided`); at most
+        ``timeout_s`` real seconds, then :meth:`speaker`."""
+        return await decided(self.view, self._clock, self._news, timeout_s=timeout_s)
+
+    @property
+    def since(self) -> datetime | None:
+        """When this roster started listening (:meth:`start`); ``None``: not yet."""
+        return self._since
 
     def heartbeat_of(self, user_id: str) -> Heartbeat | None:
         """The latest heartbeat taken from ``user_id`` (for ``!crew``)."""
@@ -300,15 +313,21 @@ class Roster:
             log.warning("crew heartbeat: answers unreadable: %s", err.__class__.__name__)
         armed = self._last_armed
         rate = interval(
-            base=self.crew.heartbeat, armed=bool(armed), last_command=self._last_command, now=now
+            base=self.crew.heartbeat, armed=bool(armed), last_command=self._called(), now=now
         )
         return Heartbeat(
-            self.me, now, rate, self._version, armed, stopping, answers=self._last_answers
+            self.me, now, rate, self._version, armed, stopping, answers=self._last_answers,
+            started=self._since,
         )
+
+    def _called(self) -> datetime | None:
+        """The last roll call this bot answers: a command read, or a member's start."""
+        calls = [t for t in (self._last_command, self._answered) if t is not None]
+        return max(calls, default=None)
 
     def _due(self, slot: _Slot, wanted: Heartbeat) -> datetime:
         if slot.retry_at is None:
-            return next_due(slot.last, wanted, last_command=self._last_command)
+            return next_due(slot.last, wanted, last_command=self._called())
         command = self._last_command
         if slot.refused and command is not None and slot.failed_at and command > slot.failed_at:
             # A refusal is retried at once on a roll call (the operator may just
@@ -319,6 +338,7 @@ class Roster:
     def start(self) -> asyncio.Task[None]:
         """Start publishing (idempotent); ends with :meth:`stopping` or :meth:`halt`."""
         if self._task is None:
+            self._since = self._since or self._clock.now()
             self._task = asyncio.create_task(self._run(), name="crew-heartbeat")
         return self._task
 

@@ -50,6 +50,12 @@ def roll_call(lines: Sequence[Line], reference: str) -> str:
     return "\n".join(out)
 
 
+def status_mark(status: str) -> str:
+    """After a member's heartbeat age in ``!crew``: down, or not heard yet since
+    this bot started (the start-up rule, docs/crew.md)."""
+    return {"down": " (down)", "unknown": " (not heard yet)"}.get(status, "")
+
+
 def left_to_speaker(command: str, speaker: str | None) -> str:
     return f"!{command} is done by the crew's speaker ({speaker or 'none'}) alone."
 
