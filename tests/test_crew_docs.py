@@ -49,6 +49,7 @@ def test_heartbeat_example_has_the_keys_the_bot_writes() -> None:
         timedelta(seconds=30),
         "0.1.0",
         stopping=True,
+        started=datetime(2026, 12, 5, 16, 59, 50, tzinfo=UTC),
     ).content()
     assert set(shown) == set(written)
     assert shown["time"] == written["time"] and shown["interval"] == written["interval"]

@@ -101,13 +101,6 @@ def fed_scenario(a: str, b: str, rooms: tuple[str, str]) -> dict[str, Any]:
     }
 
 
-@pytest.mark.skipif(False,
-    reason="flaky at start-up (2 of 6 runs under load, 2026-12-01): until a heartbeat has crossed "
-    "the federation the members' views of who speaks disagree — both or neither answer !arm and "
-    "!crew. The covering itself passed whenever the run got past arming. Product fix first: a "
-    "member must not speak (nor fall silent) before its roster has heard every member once or "
-    "the roll-call window has passed; then unskip (issue 12)."
-)
 async def test_federated_crew_covers_a_stopped_homeserver(
     federated_pair: FederatedPair, tmp_path: Path
 ) -> None:
@@ -127,8 +120,9 @@ async def test_federated_crew_covers_a_stopped_homeserver(
             await mod.room_invite(room, first.bot_user.user_id)
             for env in (env_a, env_b):
                 await env.wait_joined(room, by=mod, timeout=40)
-        # Arm only once the members see each other across the federation: until a
-        # heartbeat has crossed, each counts the other down and both would speak.
+        # Arm only once a sees b up across the federation (so b is on duty for
+        # south). Until b has heard a, b holds its replies (the start-up rule):
+        # exactly one member answers each !crew.
         for _ in range(60):
             crew = await env_a.command("!crew", timeout=30)
             if b in crew and "ago" in crew and "(down)" not in crew:
