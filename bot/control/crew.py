@@ -45,6 +45,7 @@ from bot.text import crew as text
 log = logging.getLogger(__name__)
 
 _COPIES_KEPT = 4096  # dispatch parts whose copies are remembered (oldest dropped)
+_NO_INVITE = frozenset({"join", "invite", "ban"})  # memberships invite_crew leaves alone
 SPEAKER_ONLY = frozenset({"drill"})
 """Commands only the speaker acts on: one drill room, not one per member."""
 
@@ -340,12 +341,20 @@ class CrewControl:
     # -- invites ---------------------------------------------------------------------------
 
     async def invite_crew(self, room_id: str) -> None:
-        """This member is in ``room_id`` (opted in): invite the rest of the crew."""
-        joined = set(await self._matrix.members(room_id) or ())
+        """This member is in ``room_id`` (opted in): invite the rest of the crew.
+
+        Not a member this homeserver shows invited or joined: its view may lag
+        (a join made on another server not yet across), and an invite
+        concurrent with a join can win the room's state resolution, turning
+        the joined member back into an invited one that may not send there."""
         for member in self.crew.members:
-            if member != self.me and member not in joined:
-                ok = await self._matrix.invite(room_id, member)
-                log.info("invited %s to %s: %s", member, room_id, "ok" if ok else "failed")
+            if member == self.me:
+                continue
+            state = await self._matrix.state_event(room_id, "m.room.member", member)
+            if state is not None and state.get("membership") in _NO_INVITE:
+                continue
+            ok = await self._matrix.invite(room_id, member)
+            log.info("invited %s to %s: %s", member, room_id, "ok" if ok else "failed")
 
     # -- duplicates --------------------------------------------------------------------
 

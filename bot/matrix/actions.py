@@ -183,10 +183,12 @@ class MatrixActions:
 
     # -- state and aliases -----------------------------------------------------------
 
-    async def state_event(self, room_id: str, event_type: str) -> dict[str, Any] | None:
-        """One state event's content (state key ""), or None."""
+    async def state_event(
+        self, room_id: str, event_type: str, state_key: str = ""
+    ) -> dict[str, Any] | None:
+        """One state event's content, or None (none, or it cannot be read)."""
         try:
-            resp = await self._client.room_get_state_event(room_id, event_type)
+            resp = await self._client.room_get_state_event(room_id, event_type, state_key)
         except _NETWORK:
             return None
         return dict(resp.content) if isinstance(resp, RoomGetStateEventResponse) else None
