@@ -137,6 +137,8 @@ class Bot:
         # Control-room commands have their own lane, in order among themselves:
         # an !abort must not queue behind a crowd's check-ins.
         self._commands: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
+        if self.crew is not None:  # the speaker's roll call must not hold the lane
+            self.crew.lane_waiting = lambda: not self._commands.empty()
         # Command event ids already taken (the control watch and the sync both
         # read the control rooms during a fan-out); bounded, oldest dropped.
         self._taken: dict[str, None] = {}

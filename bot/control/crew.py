@@ -77,6 +77,10 @@ class CrewControl:
         self._notifier = notifier
         self._clock = clock
         self._answers: dict[str, Answer] = {}
+        self._follow_ups: set[asyncio.Task[None]] = set()
+        self.lane_waiting: Callable[[], bool] = lambda: False
+        """Whether a command waits in the command lane (set by the app): the
+        speaker's roll call then goes out as a follow-up, not holding it."""
         self._heard = asyncio.Event()
         self._copies: dict[tuple[str, str, str, str, str], set[Copy]] = {}
         self._done: set[str] = set()  # copies redacted, or duplicates reported
@@ -193,12 +197,29 @@ class CrewControl:
         if reference != self.me:
             return await self._follow(ctx, scenario_id, digest, reference, arm_once, deadline)
         reply = await self._arm_here(ctx, scenario_id, digest, arm_once, confirmed=ctx.confirmed)
-        await self._until(lambda: self._all_answered(ctx.event_id), deadline)
-        now = self._clock.now()
-        answers = {m: self._answer_of(m, ctx.event_id) for m in self.crew.members}
-        lines = roll_call(self.view(), answers, now)
-        listed = text.roll_call(lines, self.me)
+        key = ctx.event_id
+        await self._until(lambda: self._all_answered(key) or self.lane_waiting(), deadline)
+        if self._all_answered(key) or asyncio.get_running_loop().time() >= deadline:
+            listed = self._listing(key)
+        else:
+            # Another command waits behind this one: answer now, and list the
+            # crew in a follow-up once it has answered (the lane is not held).
+            self._list_later(ctx, deadline)
+            listed = text.roll_call_follows(window)
         return Reply(f"{reply.text}\n{listed}", reply.table, result=reply.result, ask=reply.ask)
+
+    def _listing(self, run_key: str) -> str:
+        answers = {m: self._answer_of(m, run_key) for m in self.crew.members}
+        return text.roll_call(roll_call(self.view(), answers, self._clock.now()), self.me)
+
+    def _list_later(self, ctx: Context, deadline: float) -> None:
+        async def follow_up() -> None:
+            await self._until(lambda: self._all_answered(ctx.event_id), deadline)
+            await self._notifier.reply(ctx.room_id, ctx.event_id, self._listing(ctx.event_id))
+
+        task = asyncio.create_task(follow_up(), name="crew roll call")
+        self._follow_ups.add(task)
+        task.add_done_callback(self._follow_ups.discard)
 
     def _all_answered(self, run_key: str) -> bool:
         answers = {m: self._answer_of(m, run_key) for m in self.crew.members}

@@ -50,6 +50,15 @@ def roll_call(lines: Sequence[Line], reference: str) -> str:
     return "\n".join(out)
 
 
+def roll_call_follows(window_s: float) -> str:
+    """``!arm``'s reply when the crew's answers are still coming in and another
+    command is waiting: the list follows in a message of its own."""
+    return (
+        f"Crew: waiting for the other members' answers (at most {window_s:g} s); "
+        "the list follows as a reply to this command."
+    )
+
+
 def status_mark(status: str) -> str:
     """After a member's heartbeat age in ``!crew``: down, or not heard yet since
     this bot started (the start-up rule, docs/crew.md)."""
