@@ -428,7 +428,7 @@ class CrewCommands:
         example="!crew",
     )
     async def crew(self, ctx: Context, args: Args) -> Reply:
-        speaker = self._crew.speaker()
+        speaker = await self._crew.decide()  # the heading names who answers
         head = f"Crew of {len(self._crew.crew.members)}; speaker {speaker}:"
         # This member's own delayed events (the others' are on their homeservers).
         failsafe = await self._crew.failsafe_line()
