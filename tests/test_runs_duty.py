@@ -138,6 +138,9 @@ class FakeCrew:
     def missed(self, at: datetime) -> bool:
         return False
 
+    def cut_off_since(self, at: datetime) -> bool:
+        return False
+
     def heard_since(self, at: datetime) -> bool:
         return True
 

@@ -44,6 +44,9 @@ class CrewLink:
     def missed(self, at: datetime) -> bool:
         return self.roster.missed(at)
 
+    def cut_off_since(self, at: datetime) -> bool:
+        return self.roster.cut_off_since(at)
+
     def heard_since(self, at: datetime) -> bool:
         for member in self.crew.members:
             beat = self.roster.heartbeat_of(member) if member != self.me else None

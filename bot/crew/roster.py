@@ -144,6 +144,7 @@ class Roster:
         self._answered: datetime | None = None  # the last start of a member answered
         self._starts: dict[str, datetime] = {}  # member -> its run's "started"
         self._news = asyncio.Event()  # set when a heartbeat is taken
+        self._back_at: datetime | None = None  # accepted again after a long gap
         self._last_armed: frozenset[str] = frozenset()
         self._last_answers: tuple[Answer, ...] = ()
         self._reports: set[asyncio.Task[None]] = set()
@@ -296,6 +297,13 @@ class Roster:
         """Whether this bot's heartbeats were not reaching the rooms at ``at``."""
         return missed(self._published, at, self.crew.heartbeat)
 
+    def cut_off_since(self, at: datetime) -> bool:
+        """Whether this bot's heartbeats were not reaching the rooms at some
+        moment after ``at``: now, or a gap of more than three heartbeats
+        between accepted ones that ended after ``at``."""
+        now = self._clock.now()
+        return self.missed(now) or (self._back_at is not None and self._back_at > at)
+
     def problems(self) -> tuple[str, ...]:
         """The control rooms where this bot's heartbeat is currently failing."""
         return tuple(room for room, slot in self._slots.items() if slot.attempts)
@@ -381,6 +389,8 @@ class Roster:
             log.info("crew heartbeat in %s accepted again", room)
         slot.last, slot.retry_at, slot.attempts, slot.reported = beat, None, 0, False
         slot.failed_at, slot.refused = None, False
+        if self._published and beat.time - max(self._published) > self.crew.down_after:
+            self._back_at = beat.time  # back after a gap the others saw as down
         self._published.append(beat.time)
 
     async def _failed(self, room: str, slot: _Slot, beat: Heartbeat, failure: SendFailure) -> None:

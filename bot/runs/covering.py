@@ -144,7 +144,7 @@ async def _caught_up(ctx: RunContext, crew: CrewSide, instant: datetime) -> None
     covered). The first such heartbeat may come in the homeserver's catch-up
     (each room's latest event, rooms persisted concurrently), beside a
     covering copy not yet in the room's timeline; the next comes after it."""
-    if not crew.missed(ctx.clock.now()):
+    if not crew.cut_off_since(instant):  # not just "now": it may be back already
         return
     view = crew.view()
     others = [m for m in crew.crew.members if m != crew.me and not view.is_down(m, instant)]

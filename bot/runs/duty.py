@@ -47,6 +47,11 @@ class CrewSide(Protocol):
         """Whether this bot's own heartbeats were not reaching the rooms at ``at``."""
         ...
 
+    def cut_off_since(self, at: datetime) -> bool:
+        """Whether this bot's own heartbeats were not reaching the rooms at some
+        moment after ``at`` (they may be accepted again by now)."""
+        ...
+
     def heard_since(self, at: datetime) -> bool:
         """Whether a heartbeat another member made after ``at`` has been read."""
         ...
