@@ -136,25 +136,28 @@ def _looker(ctx: RunContext, crew: CrewSide, armed: ArmedRun) -> Callable[[Relea
 
 
 async def _caught_up(ctx: RunContext, crew: CrewSide, instant: datetime) -> None:
-    """After being cut off from its homeserver (its heartbeats not accepted), a
-    member's view of a room lags until federation has caught up: wait until its
-    heartbeats are accepted again and it has read a heartbeat another member
-    made since, and then one made after that was read (bounded; not at all
-    when no other member was up at the instant, since then nobody could have
-    covered). The first such heartbeat may come in the homeserver's catch-up
-    (each room's latest event, rooms persisted concurrently), beside a
-    covering copy not yet in the room's timeline; the next comes after it."""
+    """After being cut off from its homeserver (its heartbeats not accepted) at
+    any moment since the instant, a member's view of a room lags until
+    federation has caught up: wait until its heartbeats are accepted again, then
+    until it has read a heartbeat another member made since (bounded, each wait
+    on its own; not at all when no other member was up at the instant, since
+    then nobody could have covered). The others' events made during the outage
+    reach its homeserver first, in order (a covering copy among them); a
+    heartbeat made after it was back comes after them."""
     if not crew.cut_off_since(instant):  # not just "now": it may be back already
         return
     view = crew.view()
     others = [m for m in crew.crew.members if m != crew.me and not view.is_down(m, instant)]
-    until = ctx.clock.now() + 2 * crew.crew.down_after
+    bound = 2 * crew.crew.down_after
+    until = ctx.clock.now() + bound
     while crew.missed(ctx.clock.now()) and ctx.clock.now() < until:
         await ctx.clock.sleep_until(ctx.clock.now() + _CATCH_UP_STEP)
-    for _ in range(2):
-        since = ctx.clock.now()
-        while others and not crew.heard_since(since) and ctx.clock.now() < until:
-            await ctx.clock.sleep_until(ctx.clock.now() + _CATCH_UP_STEP)
+    # From when it is back: an outage longer than the bound must not leave no
+    # time for federation (it used to look at once, and re-sent).
+    back = ctx.clock.now()
+    until = back + bound
+    while others and not crew.heard_since(back) and ctx.clock.now() < until:
+        await ctx.clock.sleep_until(ctx.clock.now() + _CATCH_UP_STEP)
 
 
 async def _wave(
