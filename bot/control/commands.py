@@ -108,19 +108,24 @@ class Controller:
         if not await self._rooms.is_core(sender, room_id):
             await self._audit(room_id, sender, name, "refused: not core group")
             log.info("refused !%s from %s in %s: not core group", name, sender, room_id)
-            await self._notifier.reply(room_id, event_id, text.NOT_CORE)
+            await self._reply(room_id, event_id, text.NOT_CORE)
             return
         if isinstance(parsed, UsageError):
             await self._audit(room_id, sender, name, f"usage: {parsed.message}")
-            await self._notifier.reply(room_id, event_id, parsed.message)
+            await self._reply(room_id, event_id, parsed.message)
             return
         sent_at = datetime.fromtimestamp(sent_ms / 1000, UTC) if sent_ms else None
         ctx = Context(room_id, sender, event_id, sent_at, parsed.confirmed)
         reply = await self._run(parsed, ctx)
         await self._audit(room_id, sender, parsed.name, reply.result, parsed)
+        await self._reply(room_id, event_id, reply.text, table=reply.table)
+
+    async def _reply(
+        self, room_id: str, event_id: str, body: str, *, table: str | None = None
+    ) -> None:
         if self.crew is not None:
             await self.crew.decide()  # who answers: only the speaker's reply goes out
-        await self._notifier.reply(room_id, event_id, reply.text, table=reply.table)
+        await self._notifier.reply(room_id, event_id, body, table=table)
 
     async def _run(self, command: Command, ctx: Context) -> Reply:
         spec = self.specs[command.name]
