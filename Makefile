@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint bench figures catalogs catalog clean
+.PHONY: test demo demo-crew lint bench figures catalogs catalog clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ catalog: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/blossom demo
+
+# The same with a crew of two bots (docs/crew.md): the first stops after the
+# first stage and the second takes over.
+demo-crew: $(STAMP)
+	$(VENV)/bin/blossom demo --crew
 
 # The whole benchmark (about 80 min on 2 cores, then the crew's scale-out on two federating
 # Synapses, roughly 30 min more at 1,000 rooms; run it on a quiet machine), written to

@@ -174,8 +174,15 @@ def run(ctx: click.Context, config_path: Path, log_level: str, log_file: Path | 
     is_flag=True,
     help="Plain lines instead of the live view (the default when not on a terminal).",
 )
+@click.option(
+    "--crew",
+    is_flag=True,
+    help="Two bots in a crew; the first stops after the first stage, the second takes over.",
+)
 @click.pass_context
-def demo(ctx: click.Context, speed: float, cities: int, keep: bool, plain: bool) -> None:
+def demo(
+    ctx: click.Context, speed: float, cities: int, keep: bool, plain: bool, crew: bool
+) -> None:
     """Play scenarios/demo.yaml for real on a throwaway homeserver, in about a minute.
 
     Exit status: 0 every dispatch arrived exactly once, 1 a problem (listed), 2 the
@@ -183,4 +190,4 @@ def demo(ctx: click.Context, speed: float, cities: int, keep: bool, plain: bool)
     """
     from bot.devtools.demo.command import demo_command  # Synapse and nio load only for `demo`
 
-    ctx.exit(demo_command(speed=speed, cities=cities, keep=keep, plain=plain))
+    ctx.exit(demo_command(speed=speed, cities=cities, keep=keep, plain=plain, crew=crew))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +49,8 @@ class Run:
     people: list[Person] = field(default_factory=list)
     bot_task: asyncio.Task[None] | None = None
     bot_stop: asyncio.Event = field(default_factory=asyncio.Event)
+    crew_task: asyncio.Task[None] | None = None  # --crew: the second member
+    crew_stop: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
@@ -59,11 +62,13 @@ def first_line(text: str, limit: int = 160) -> str:
 async def wait_bot(run: Run, waiting: Any) -> None:
     """Wait for something the bot should do; fail at once if the bot died."""
     assert run.bot_task is not None
+    bots = {t for t in (run.bot_task, run.crew_task) if t is not None}
     task = asyncio.ensure_future(waiting)
-    done, _ = await asyncio.wait({task, run.bot_task}, return_when=asyncio.FIRST_COMPLETED)
-    if run.bot_task in done and task not in done:
+    done, _ = await asyncio.wait({task, *bots}, return_when=asyncio.FIRST_COMPLETED)
+    stopped = next((t for t in bots if t in done), None)
+    if stopped is not None and task not in done:
         task.cancel()
-        exc = run.bot_task.exception()
+        exc = stopped.exception()
         raise RuntimeError(f"the bot stopped: {exc!r}") from exc
     task.result()
 
@@ -73,15 +78,16 @@ def listen(
     run: Run,
     organiser: Person,
     control: str,
-    bot_id: str,
+    bot_ids: Collection[str],
     replies: dict[str, asyncio.Future[str]],
     scenario: Scenario,
 ) -> None:
-    """Wire every client's sync to the state: stage receipts, check-ins, notices."""
+    """Wire every client's sync to the state: stage receipts, check-ins, notices
+    (from the bot, or from any member of the crew: ``bot_ids``)."""
     check_in_after = checkin_stages(scenario)
 
     def organiser_event(room_id: str, event: dict[str, Any]) -> None:
-        if room_id != control or event.get("sender") != bot_id:
+        if room_id != control or event.get("sender") not in bot_ids:
             return
         content = event.get("content") or {}
         body = str(content.get("body", ""))
@@ -106,7 +112,7 @@ def listen(
         def participant_event(
             room_id: str, event: dict[str, Any], person: Person = person, city: CityState = city
         ) -> None:
-            if room_id != city.room_id or event.get("sender") != bot_id:
+            if room_id != city.room_id or event.get("sender") not in bot_ids:
                 return
             content = event.get("content") or {}
             if event.get("type") == "m.reaction":
@@ -134,10 +140,11 @@ def listen(
                 lateness,
             )
             if state.record(receipt):
+                by = f"  (from {event.get('sender')})" if len(bot_ids) > 1 else ""
                 state.emit(
                     "receipt",
                     f"{city.id:<10} {person.user.localpart:<16} {stage_id}/{part:<8} "
-                    f"{lateness:+.2f}s  {first_line(receipt.body, 90)}",
+                    f"{lateness:+.2f}s  {first_line(receipt.body, 90)}{by}",
                 )
             if part == TEXT and stage_id in check_in_after and person.here_event is None:
                 person.here_event = ""  # once

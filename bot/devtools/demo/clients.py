@@ -97,9 +97,15 @@ class DemoClient:
 
     # -- actions -------------------------------------------------------------------------
 
-    async def create_room(self, name: str, invite: Sequence[str] = ()) -> str:
-        """A private room; its creator has (in room version 12) unlimited power."""
-        response = await self.client.room_create(name=name, invite=list(invite))
+    async def create_room(
+        self, name: str, invite: Sequence[str] = (), power: Sequence[str] = ()
+    ) -> str:
+        """A private room; its creator has (in room version 12) unlimited power,
+        and each of ``power`` 50 (a crew member's heartbeat is a state event)."""
+        override = {"users": {user: 50 for user in power}} if power else None
+        response = await self.client.room_create(
+            name=name, invite=list(invite), power_level_override=override
+        )
         room_id: str = _check(response, RoomCreateResponse, f"creating room {name!r}").room_id
         return room_id
 

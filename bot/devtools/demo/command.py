@@ -68,7 +68,13 @@ def _play(
 
 
 def demo_command(
-    *, speed: float, cities: int, keep: bool, workdir: Path | None = None, plain: bool = False
+    *,
+    speed: float,
+    cities: int,
+    keep: bool,
+    workdir: Path | None = None,
+    plain: bool = False,
+    crew: bool = False,
 ) -> int:
     missing = _missing()
     if missing is not None:
@@ -97,6 +103,7 @@ def demo_command(
         cities=cities,
         keep=keep,
         workdir=workdir,
+        crew=crew,
         on_summary=on_summary,
         on_keep=on_keep,
     )

@@ -19,6 +19,12 @@
    wait, as on a real day.
 6. Every city room's timeline is read back and each dispatch counted by its
    ``org.blossom.dispatch`` tag: all must be there exactly once.
+
+With ``--crew`` (docs/crew.md) a second bot runs beside the first, as a crew of
+two on the same homeserver: each city's moderator invites the first, which
+invites the second. Once the first stage has reached every city, the first bot
+stops (a clean stop: its last heartbeat says so), and the second sends the
+rest at each instant, gates included; each dispatch still arrives once.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from bot.devtools.demo.action import (
     watch,
 )
 from bot.devtools.demo.clients import DemoClient
+from bot.devtools.demo.crew import failover, register_crew, start_crew
 from bot.devtools.demo.state import (
     CityState,
     DemoState,
@@ -85,6 +92,13 @@ ARM_LEAD_S = 4.0
 # Real seconds before each instant at which the bot prepares (renders, creates
 # ledger rows); converted to the scaled clock for the config.
 PREPARE_REAL_S = 1.5
+# --crew: real seconds a standby waits after an instant before it looks (the
+# scenario's failover grace, converted to its clock; at most its 10 minutes).
+GRACE_REAL_S = 3.0
+# --crew: real seconds between heartbeats (on the scaled clock, 30 s of scenario
+# time would be a fraction of a real second: two bots in one process, under
+# load, would each count the other down and both send).
+HEARTBEAT_REAL_S = 1.0
 
 
 @dataclass
@@ -94,6 +108,8 @@ class DemoOptions:
     keep: bool = False
     scenario: Path = DEMO_SCENARIO
     workdir: Path | None = None
+    crew: bool = False
+    """A crew of two bots; the first stops after the first stage (docs/crew.md)."""
     on_summary: Callable[[Summary], None] | None = None
     """Called with the summary as soon as it is known (before ``keep`` holds on)."""
     on_keep: Callable[[dict[str, str]], None] | None = None
@@ -153,7 +169,9 @@ async def _play(options: DemoOptions, state: DemoState, run: Run) -> Summary:
     base = load_base(options.scenario)
     hs = await _start_homeserver(state, run)
     bot_user, organiser = await _register(state, run, hs, city_ids(base, options.cities))
-    control, rooms = await _create_rooms(state, run, organiser, bot_user)
+    crew_user = await register_crew(state, hs) if options.crew else None
+    bots = [u for u in (bot_user, crew_user) if u is not None]
+    control, rooms = await _create_rooms(state, run, organiser, bots)
     # The organisers' file lists the rooms before the rooms opt in (the bot only
     # accepts a moderator's invite to a room some scenario lists). T0 is set for
     # real just before arming.
@@ -163,12 +181,20 @@ async def _play(options: DemoOptions, state: DemoState, run: Run) -> Summary:
         scenario_path,
         demo_scenario(base, cities=len(state.cities), rooms=rooms, start=clock.now()),
     )
-    config_path = _write_config(options, run, hs, bot_user, control)
+    config_path = _write_config(options, run, hs, bot_user, control, bots, "bot")
     await _start_bot(state, run, organiser, bot_user, control, config_path, clock)
+    if crew_user is not None:
+
+        def write_config(user: RegisteredUser, folder: str) -> Path:
+            return _write_config(options, run, hs, user, control, bots, folder)
+
+        await start_crew(write_config, state, run, organiser, bots, control, clock)
     scenario, svg_path = _schedule(options, state, run, base, rooms, scenario_path, clock)
+    if crew_user is not None:  # the same file for both members (their digests match)
+        shutil.copyfile(scenario_path, run.workdir / "bot2" / "scenarios" / "demo.yaml")
 
     replies: dict[str, asyncio.Future[str]] = {}
-    listen(state, run, organiser, control, bot_user.user_id, replies, scenario)
+    listen(state, run, organiser, control, [u.user_id for u in bots], replies, scenario)
     for person in run.people:
         person.client.start()
     await asyncio.gather(*(p.client.synced.wait() for p in run.people))
@@ -178,13 +204,17 @@ async def _play(options: DemoOptions, state: DemoState, run: Run) -> Summary:
     state.emit("organiser", f"!arm {scenario.id} → {first_line(reply)}")
     if not reply.startswith("Armed"):
         raise RuntimeError(f"the bot did not arm the scenario: {first_line(reply)}")
+    if crew_user is not None:
+        stopping = asyncio.create_task(failover(state, run, scenario, bot_user, crew_user))
+        run.tasks.add(stopping)
+        stopping.add_done_callback(run.tasks.discard)
 
     await watch(state, run, organiser, control, scenario, replies, clock)
 
     state.set_phase("Counting every dispatch in every city room")
     summary = summarise(
         state,
-        await _count_rooms(state, run, bot_user),
+        await _count_rooms(state, run, [u.user_id for u in bots]),
         elapsed_s=time.monotonic() - started,
         workdir=str(run.workdir),
         logs={
@@ -238,12 +268,14 @@ async def _register(
 
 
 async def _create_rooms(
-    state: DemoState, run: Run, organiser: Person, bot_user: RegisteredUser
+    state: DemoState, run: Run, organiser: Person, bots: list[RegisteredUser]
 ) -> tuple[str, dict[str, str]]:
-    """The control room (the bot invited) and a room per city, made the real way."""
+    """The control room (the bot invited; a crew's members with power 50, for
+    their heartbeats) and a room per city, made the real way."""
     state.set_phase("Creating the control room and the city rooms")
+    ids = [b.user_id for b in bots]
     control = await organiser.client.create_room(
-        "Blossom demo: control room", invite=[bot_user.user_id]
+        "Blossom demo: control room", invite=ids, power=ids if len(ids) > 1 else ()
     )
     rooms: dict[str, str] = {}
     for city in state.cities:
@@ -259,9 +291,16 @@ async def _create_rooms(
 
 
 def _write_config(
-    options: DemoOptions, run: Run, hs: DemoHomeserver, bot_user: RegisteredUser, control: str
+    options: DemoOptions,
+    run: Run,
+    hs: DemoHomeserver,
+    bot_user: RegisteredUser,
+    control: str,
+    bots: list[RegisteredUser],
+    folder: str,
 ) -> Path:
-    config_path = run.workdir / "bot" / "config.yaml"
+    config_path = run.workdir / folder / "config.yaml"
+    crew = [b.user_id for b in bots] if len(bots) > 1 else None
     write_yaml(
         config_path,
         bot_config(
@@ -270,6 +309,8 @@ def _write_config(
             password=bot_user.password,
             control_room=control,
             prepare_seconds=min(300.0, PREPARE_REAL_S * options.speed),
+            crew=crew,
+            heartbeat_seconds=min(600.0, max(30.0, HEARTBEAT_REAL_S * options.speed)),
         ),
         private=True,
     )
@@ -320,7 +361,8 @@ def _schedule(
     start = clock.now() - first_offset(load_scenario_file(scenario_path)) + lead
     # On a whole minute of the scenario's clock, so "{time:0m}" reads 17:05, not 17:04:37.
     start = start.replace(second=0, microsecond=0) + timedelta(minutes=1)
-    data = demo_scenario(base, cities=len(state.cities), rooms=rooms, start=start)
+    grace = timedelta(seconds=min(600.0, GRACE_REAL_S * options.speed)) if options.crew else None
+    data = demo_scenario(base, cities=len(state.cities), rooms=rooms, start=start, grace=grace)
     write_yaml(scenario_path, data)
     scenario = load_scenario_file(scenario_path)
     state.scenario_id = scenario.id
@@ -334,15 +376,15 @@ def _schedule(
 
 
 async def _count_rooms(
-    state: DemoState, run: Run, bot_user: RegisteredUser
+    state: DemoState, run: Run, bots: list[str]
 ) -> dict[str, Counter[tuple[str, str]]]:
-    """Each city room's timeline read back, the bot's dispatches counted by their tag."""
+    """Each city room's timeline read back, the bots' dispatches counted by their tag."""
     room_counts: dict[str, Counter[tuple[str, str]]] = {}
     for city in state.cities:
         moderator = next(p for p in run.people if p.city_id == city.id)
         events = await moderator.client.timeline(city.room_id)
         room_counts[city.id] = count_room(
-            (e.get("content") or {} for e in events if e.get("sender") == bot_user.user_id),
+            (e.get("content") or {} for e in events if e.get("sender") in bots),
             DISPATCH_KEY,
         )
     return room_counts
@@ -379,12 +421,14 @@ async def _clean_up(run: Run) -> None:
     """Stop the bot, the clients and the homeserver; each step runs even if one fails."""
     for task in list(run.tasks):
         task.cancel()
-    if run.bot_task is not None:
-        run.bot_stop.set()
+    for bot, stop in ((run.bot_task, run.bot_stop), (run.crew_task, run.crew_stop)):
+        if bot is None:
+            continue
+        stop.set()
         try:
-            await asyncio.wait_for(asyncio.shield(run.bot_task), 20)
+            await asyncio.wait_for(asyncio.shield(bot), 20)
         except (TimeoutError, asyncio.CancelledError):
-            run.bot_task.cancel()
+            bot.cancel()
         except Exception as err:
             log.error("the bot failed: %r", err)
     for person in run.people:
@@ -399,7 +443,7 @@ async def _clean_up(run: Run) -> None:
 def _prune(workdir: Path) -> None:
     """Keep the logs, the plan picture, the summary and the scenario copy; remove the
     databases, the encryption store and the files holding the throwaway passwords."""
-    for name in ("homeserver", "bot/data", "bot/config.yaml"):
+    for name in ("homeserver", "bot/data", "bot/config.yaml", "bot2/data", "bot2/config.yaml"):
         path = workdir / name
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)

@@ -22,6 +22,7 @@ from bot.scenario import Scenario
 DEMO_SCENARIO = Path(__file__).resolve().parents[3] / "scenarios" / "demo.yaml"
 
 BOT_LOCALPART = "blossom"
+CREW_LOCALPART = "blossom-two"  # --crew: the second member of the crew
 ORGANISER_LOCALPART = "organiser"
 
 # Two people per city; the first creates and moderates the city room.
@@ -117,7 +118,12 @@ def first_offset(scenario: Scenario) -> timedelta:
 
 
 def demo_scenario(
-    base: dict[str, Any], *, cities: int, rooms: dict[str, str], start: datetime
+    base: dict[str, Any],
+    *,
+    cities: int,
+    rooms: dict[str, str],
+    start: datetime,
+    grace: timedelta | None = None,
 ) -> dict[str, Any]:
     """The scenario the demo arms: ``base`` with ``cities`` cities, the real room ids
     (city id -> room id) and T0 ``start``. Cities beyond the file's come from
@@ -142,6 +148,8 @@ def demo_scenario(
         city.pop("start", None)  # one T0 for all: the demo shows the same instant everywhere
     data["cities"] = chosen
     data["start"] = start.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if grace is not None:  # --crew: how long a standby waits (scenario time)
+        data["failover"] = {"grace": f"{int(grace.total_seconds())}s"}
     return data
 
 
@@ -168,9 +176,12 @@ def bot_config(
     password: str,
     control_room: str,
     prepare_seconds: float,
+    crew: list[str] | None = None,
+    heartbeat_seconds: float = 30.0,
 ) -> dict[str, Any]:
-    """The bot's config file, as `blossom run` reads it (paths relative to the file)."""
-    return {
+    """The bot's config file, as `blossom run` reads it (paths relative to the file);
+    with ``crew``, the crew's members (docs/crew.md), most preferred first."""
+    config: dict[str, Any] = {
         "matrix": {
             "homeserver": homeserver,
             "user_id": user_id,
@@ -182,3 +193,6 @@ def bot_config(
         "scenarios": {"dir": "scenarios"},
         "dispatch": {"prepare_seconds": prepare_seconds},
     }
+    if crew:
+        config["crew"] = {"members": crew, "heartbeat_seconds": heartbeat_seconds}
+    return config
