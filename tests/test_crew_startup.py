@@ -217,17 +217,26 @@ async def test_a_live_member_answers_a_start_at_once_so_it_never_looks_dead() ->
     assert b.view().status(A, clock.now()) == UNKNOWN
     a.ingest(R1, [as_event(B, port_b.puts[0][3], "$b1")])
     await settle()
-    assert [t for t, *_ in port_a.puts] == [T, clock.now()]  # answered at once
-    assert port_a.puts[-1][3]["interval"] == 30_000  # and awake for a while
+    answered = clock.now()
+    assert [t for t, *_ in port_a.puts] == [T, answered]  # answered at once
+    idle = int(IDLE_INTERVAL / timedelta(milliseconds=1))
+    assert port_a.puts[-1][3]["interval"] == idle  # at the rate it announces anyway
     b.ingest(R1, [as_event(A, port_a.puts[-1][3], "$a2")])
     assert b.view().speaker(clock.now()) == A
     assert not b.view().is_down(A, clock.now() + 3 * BASE)
-    # The same run of B again: no second answer.
+    # The same run of B again: no new answer; the second one a heartbeat later.
     clock.advance(S)
     a.ingest(R1, [as_event(B, {**port_b.puts[0][3], "time": port_b.puts[0][3]["time"] + 1000},
                            "$b2")])
     await settle()
     assert len(port_a.puts) == 2
+    clock.set(answered + BASE)
+    await settle()
+    assert [t for t, *_ in port_a.puts] == [T, answered, answered + BASE]
+    assert port_a.puts[-1][3]["interval"] == idle
+    clock.advance(BASE)
+    await settle()
+    assert len(port_a.puts) == 3  # then idle again
     await a.halt()
     await b.halt()
 

@@ -17,7 +17,7 @@ member's heartbeat. The content::
 ``started`` (optional) tells a new run of a member from its previous one: the
 others beat at once when they see a ``started`` they did not know (they answer
 its start, so it hears every member that is up within its start-up window,
-:class:`bot.crew.duty.Listening`), and keep the fast rate for :data:`AWAKE_FOR`.
+:class:`bot.crew.duty.Listening`), and once more a heartbeat later.
 
 ``answers`` (optional) is this member's answer to each recent ``!arm``, keyed by
 the command's event id (the run key): the scenario, the digest of *its* file

@@ -142,6 +142,7 @@ class Roster:
         self._last_command: datetime | None = None
         self._since: datetime | None = None  # when start() was called: listening
         self._answered: datetime | None = None  # the last start of a member answered
+        self._answer_again: datetime | None = None  # ... and when to answer it once more
         self._starts: dict[str, datetime] = {}  # member -> its run's "started"
         self._news = asyncio.Event()  # set when a heartbeat is taken
         self._back_at: datetime | None = None  # accepted again after a long gap
@@ -197,13 +198,15 @@ class Roster:
 
     def _answer_start(self, beat: Heartbeat, now: datetime, *, baseline: bool) -> None:
         """A member's run this bot did not know (its ``started``): beat at once,
-        so that member hears this one within its start-up window, and stay at
-        the fast rate for a while (its clock may lag; it judges by fresh beats)."""
+        so that member hears this one within its start-up window, and once more
+        a heartbeat later (made after its start even if this bot's clock lags a
+        little behind its own), at the rate this bot announces anyway."""
         if beat.started is None or self._starts.get(beat.member) == beat.started:
             return
         self._starts[beat.member] = beat.started
         if not baseline and self._since is not None:
             self._answered = now
+            self._answer_again = now + self.crew.heartbeat
             self._wake.set()
 
     def _latest(self, user_id: str) -> _Seen | None:
@@ -321,7 +324,7 @@ class Roster:
             log.warning("crew heartbeat: answers unreadable: %s", err.__class__.__name__)
         armed = self._last_armed
         rate = interval(
-            base=self.crew.heartbeat, armed=bool(armed), last_command=self._called(), now=now
+            base=self.crew.heartbeat, armed=bool(armed), last_command=self._last_command, now=now
         )
         return Heartbeat(
             self.me, now, rate, self._version, armed, stopping, answers=self._last_answers,
@@ -335,7 +338,11 @@ class Roster:
 
     def _due(self, slot: _Slot, wanted: Heartbeat) -> datetime:
         if slot.retry_at is None:
-            return next_due(slot.last, wanted, last_command=self._called())
+            due = next_due(slot.last, wanted, last_command=self._called())
+            again = self._answer_again
+            if again is not None and slot.last is not None and slot.last.time < again:
+                due = min(due, again)
+            return due
         command = self._last_command
         if slot.refused and command is not None and slot.failed_at and command > slot.failed_at:
             # A refusal is retried at once on a roll call (the operator may just
