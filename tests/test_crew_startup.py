@@ -198,6 +198,21 @@ async def test_the_same_heartbeat_from_the_first_sync_counts_from_its_own_time()
     await r.halt()
 
 
+async def test_a_heartbeat_made_a_moment_before_the_start_is_not_old() -> None:
+    """Its time is in whole milliseconds: made 0.4 ms after this member started,
+    it reads as 0.1 ms before. It counted from its own time, and the start's roll
+    call made an idle member down three heartbeats later (a live test, 1 of 5)."""
+    clock = ManualClock(T + timedelta(microseconds=123_456))
+    r = roster(clock, FakePort(clock), me=A)
+    r.start()
+    await settle()
+    clock.advance(timedelta(microseconds=400))
+    r.ingest(R1, [beat(B, clock.now(), event_id="$b1", interval=IDLE_INTERVAL,
+                       started=clock.now())])
+    assert not r.view().is_down(B, clock.now() + 3 * BASE + S)
+    await r.halt()
+
+
 async def test_a_live_member_answers_a_start_at_once_so_it_never_looks_dead() -> None:
     """A has been idle five minutes (next beat in five more); B starts. A sees
     B's ``started`` and beats at once, so B hears it within its window; it

@@ -25,7 +25,7 @@ import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from bot.clock import Clock
@@ -53,6 +53,9 @@ STOP_TIMEOUT_S = 5.0
 """How long :meth:`Roster.stopping` may take in all (real seconds)."""
 _SEEN_IDS = 256  # event ids remembered against re-feeding (start-up state, then sync)
 _PUBLISHED = 8  # own accepted heartbeat times kept for bot.crew.heartbeat.missed
+# A heartbeat made this little before this bot started listening is not old: its
+# time is in whole milliseconds, and members' clocks differ a little.
+_OLD_SLACK = timedelta(seconds=1)
 
 
 class CrewStatePort(Protocol):
@@ -191,7 +194,8 @@ class Roster:
         # Within a room, the latest delivered is the member's latest (its events
         # there are causally ordered); across rooms see _latest. One made before
         # this bot listened counts from its own time (bot.crew.heartbeat.sighting).
-        old = baseline or self._since is None or beat.time < self._since
+        since = self._since
+        old = baseline or since is None or beat.time < since - _OLD_SLACK
         rooms[room_id] = _Seen(beat, sighting(beat, now, old=old))
         self._news.set()
         return 1
