@@ -57,9 +57,9 @@ class FakeCrew:
 
 
 async def test_an_outage_longer_than_the_bound_still_waits_for_federation() -> None:
-    """Cut off for ten seconds from a second after the instant (the bound is
-    six): it used to stop waiting six seconds after the look began, a moment
-    before it was back, and re-send on top of the standby's copy that its
+    """Cut off for ten seconds from a second after the instant: it used to
+    stop waiting 2 × 3 heartbeats (six seconds) after the look began, before it
+    was back, and re-send on top of the standby's copy that its
     homeserver had not received yet (the federated test, 2 of 8 runs)."""
     clock = ManualClock(T + 1000 * MS)
     back = T + 10_000 * MS
@@ -113,3 +113,19 @@ async def test_the_roster_knows_it_was_cut_off_after_an_instant() -> None:
     assert r.cut_off_since(instant)  # but it was cut off after the instant
     assert not r.cut_off_since(clock.now())
     await r.halt()
+
+
+async def test_federation_that_resumes_late_is_still_waited_for() -> None:
+    """Back at last, its homeserver heard from the others only 12 s later (their
+    homeserver's backoff, a loaded machine): six seconds of waiting (2 × 3
+    heartbeats at 1 s) were not enough, it re-sent (the federated test, 1 of 8)."""
+    back = T + 10_000 * MS
+    clock = ManualClock(back + 100 * MS)
+    crew = FakeCrew(clock, back, [(back + 12_000 * MS, back + 12_100 * MS)])
+    task = asyncio.ensure_future(_caught_up(Ctx(clock), crew, T))  # type: ignore[arg-type]
+    while not task.done():
+        await asyncio.sleep(0)
+        clock.advance(100 * MS)
+        assert clock.now() < T + timedelta(seconds=60), "never caught up"
+    await task
+    assert clock.now() >= back + 12_100 * MS

@@ -37,6 +37,10 @@ NOT_SERVED = "served by another crew member"
 # Rooms read at once when a wave looks (one request each).
 _LOOK_AT_ONCE = 8
 _CATCH_UP_STEP = timedelta(milliseconds=500)
+# The least a retry waits for federation after an outage (each wait): a
+# homeserver resumes sending to one that was down only after its backoff, and a
+# loaded machine adds seconds (seen: 12 s after the return, at 1 s heartbeats).
+_CATCH_UP_AT_LEAST = timedelta(seconds=30)
 
 
 def split(
@@ -148,7 +152,7 @@ async def _caught_up(ctx: RunContext, crew: CrewSide, instant: datetime) -> None
         return
     view = crew.view()
     others = [m for m in crew.crew.members if m != crew.me and not view.is_down(m, instant)]
-    bound = 2 * crew.crew.down_after
+    bound = max(2 * crew.crew.down_after, _CATCH_UP_AT_LEAST)
     until = ctx.clock.now() + bound
     while crew.missed(ctx.clock.now()) and ctx.clock.now() < until:
         await ctx.clock.sleep_until(ctx.clock.now() + _CATCH_UP_STEP)
