@@ -12,6 +12,7 @@ from typing import Any
 from bot.clock import ManualClock
 from bot.control.crew import CrewControl
 from bot.crew import Crew
+from bot.matrix.rooms import JOIN_AGAIN_S, join_invited
 
 A, B, C, D = "@a:north", "@b:south", "@c:west", "@d:east"
 ROOM = "!control:north"
@@ -46,3 +47,33 @@ async def test_only_members_without_a_membership_are_invited() -> None:
     )
     await control.invite_crew(ROOM)
     assert matrix.invited == [C, D]  # B already invited (by the organiser): left alone
+
+
+async def test_a_federated_invite_refused_at_first_is_joined_shortly_after() -> None:
+    """The invite reached this homeserver before the inviter's had stored it:
+    the first join got 403 and the member never joined (the federated tests)."""
+    answers = ["HTTP 403 M_FORBIDDEN", None]
+    waits: list[float] = []
+
+    async def join() -> str | None:
+        return answers.pop(0)
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    assert await join_invited(join, remote=True, sleep=sleep) is None
+    assert waits == [JOIN_AGAIN_S[0]]
+
+
+async def test_a_join_is_tried_again_only_for_a_403_over_federation() -> None:
+    async def refused() -> str | None:
+        return "HTTP 403 M_FORBIDDEN"
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    waits: list[float] = []
+    assert await join_invited(refused, remote=False, sleep=sleep) == "HTTP 403 M_FORBIDDEN"
+    assert waits == []  # an invite from this homeserver: no race, no waiting
+    assert await join_invited(refused, remote=True, sleep=sleep) == "HTTP 403 M_FORBIDDEN"
+    assert waits == list(JOIN_AGAIN_S)  # bounded

@@ -18,7 +18,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from bot.clock import Clock
@@ -77,6 +77,36 @@ def decide_invite(
     if inviter_is_core:
         return InviteDecision(True, "invited by a member of the core group")
     return InviteDecision(False, "not a control room, not listed by any scenario")
+
+
+JOIN_AGAIN_S = (0.5, 1.0, 2.0)
+"""Waits before joining again after a 403, when the invite came over federation."""
+
+
+def _server(user_id: str) -> str:
+    return user_id.partition(":")[2]
+
+
+async def join_invited(
+    join: Callable[[], Awaitable[str | None]],
+    *,
+    remote: bool,
+    sleep: Callable[[float], Awaitable[None]],
+) -> str | None:
+    """Join a room the bot was invited to; ``None`` when joined, else why not.
+
+    An invite from another homeserver reaches this one before the inviter's
+    homeserver has stored it, and a join made at once is refused (403: seen
+    between two federating Synapses, a crew member accepting another's
+    invite), so a 403 is tried again a few times, shortly after (bounded).
+    """
+    why = await join()
+    for wait in JOIN_AGAIN_S if remote else ():
+        if why is None or "403" not in why:
+            break
+        await sleep(wait)
+        why = await join()
+    return why
 
 
 class RoomRegistry:
@@ -199,7 +229,11 @@ class RoomRegistry:
             return False
         # Power levels are readable only after joining (and nio drops m.room.create
         # from an invite's stripped state): join, then check the inviter's power.
-        why = await self._matrix.join(room_id)
+        why = await join_invited(
+            lambda: self._matrix.join(room_id),
+            remote=_server(inviter) != _server(self._matrix.user_id),
+            sleep=lambda s: self._clock.sleep_until(self._clock.now() + timedelta(seconds=s)),
+        )
         if why is not None:
             log.warning("could not join %s: %s", room_id, why)
             return False
