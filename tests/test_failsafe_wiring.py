@@ -94,6 +94,9 @@ class Duty:
     async def learn_members(self, room_ids: Sequence[str]) -> None:
         return None
 
+    def warm(self, room_ids: Sequence[str]) -> None:
+        return None
+
     async def recent(self, room_id: str) -> list[object] | None:
         return list(self.copies.get(room_id, []))
 

@@ -127,6 +127,7 @@ class FakeCrew:
     other_seen: datetime | None = T0
     copies: dict[str, list[dict[str, object]]] = field(default_factory=dict)
     looked: list[str] = field(default_factory=list)
+    warmed: list[tuple[str, ...]] = field(default_factory=list)
     nudged: int = 0
 
     def view(self) -> CrewView:
@@ -149,6 +150,9 @@ class FakeCrew:
 
     async def learn_members(self, room_ids: Sequence[str]) -> None:
         return None
+
+    def warm(self, room_ids: Sequence[str]) -> None:
+        self.warmed.append(tuple(room_ids))
 
     async def recent(self, room_id: str) -> list[object] | None:
         self.looked.append(room_id)

@@ -11,6 +11,8 @@ behaves exactly as before crews.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -19,8 +21,17 @@ from bot.crew.members import Crew
 from bot.crew.roster import Roster
 from bot.matrix.actions import MatrixActions
 
+log = logging.getLogger(__name__)
+
 # Rooms whose member lists are loaded at once before an instant.
 _MEMBERS_AT_ONCE = 8
+# Rooms read at once ahead of a look: fewer than a look's 8, since a first read
+# may make the homeserver backfill from another server, and it may come just
+# before an instant, beside the sends.
+_WARM_AT_ONCE = 4
+# Longer than a look's 10 s: nothing waits on it, and a backfill cut short
+# would leave the look to wait for it again.
+_WARM_TIMEOUT_S = 60.0
 
 
 class CrewLink:
@@ -29,6 +40,9 @@ class CrewLink:
     def __init__(self, *, roster: Roster, matrix: MatrixActions) -> None:
         self.roster = roster
         self._matrix = matrix
+        self._warm: set[str] = set()  # rooms read once already (bot/runs/warmup.py)
+        self._warming: dict[str, asyncio.Task[None]] = {}
+        self._warm_slots = asyncio.Semaphore(_WARM_AT_ONCE)  # across calls
 
     @property
     def crew(self) -> Crew:
@@ -65,6 +79,30 @@ class CrewLink:
                 await self._matrix.learn_members(room_id)
 
         await asyncio.gather(*(one(r) for r in dict.fromkeys(room_ids)))
+
+    def warm(self, room_ids: Sequence[str]) -> None:
+        for room_id in dict.fromkeys(room_ids):
+            # A room read once, or being read (arming, then a stage prepared),
+            # is not read again.
+            if room_id not in self._warm and room_id not in self._warming:
+                task = asyncio.ensure_future(self._warm_one(room_id))
+                self._warming[room_id] = task  # held here: nothing awaits it
+                task.add_done_callback(functools.partial(self._warmed, room_id))
+
+    def _warmed(self, room_id: str, _task: object) -> None:
+        self._warming.pop(room_id, None)
+
+    async def _warm_one(self, room_id: str) -> None:
+        async with self._warm_slots:
+            try:
+                events = await self._matrix.recent_events(room_id, timeout_s=_WARM_TIMEOUT_S)
+            except Exception:  # only ever logged: nothing waits on this
+                log.exception("could not read %s ahead of a look", room_id)
+                return
+        if events is None:
+            log.warning("could not read %s ahead of a look; it is read at the look", room_id)
+        else:
+            self._warm.add(room_id)
 
     async def recent(self, room_id: str) -> list[object] | None:
         return await self._matrix.recent_events(room_id)

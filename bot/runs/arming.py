@@ -26,6 +26,7 @@ from bot.library import LibraryError, LoadedScenario, load_file
 from bot.matrix.delayed import DelayedEventsError
 from bot.preflight import fanout_warnings
 from bot.report import PlanLine, plan_table
+from bot.runs import warmup
 from bot.runs.context import RunContext
 from bot.runs.lanes import all_rooms, city_of, lanes_of, listed_rooms, pod_of
 from bot.runs.model import ArmedRun, ArmError, ArmPreview
@@ -304,6 +305,9 @@ class Arming:
         ctx.armed_changed()
         self._shell.schedule(armed, await ctx.store.ledger.dispatches(run_id))
         log.info("armed %s as run %d by %s", scenario_id, run_id, sender)
+        if ctx.crew is not None and not drill:
+            # Its rooms read once now, long before a look (bot/runs/warmup.py).
+            ctx.supervisor.spawn(warmup.at_arming(ctx, ctx.crew, armed), run_id, "read-ahead")
         if switch:
             switch.append(await self._failsafe_arm(armed, p))
         return ArmOutcome(_with(preview_text(p, run_id), switch), table, run_id)

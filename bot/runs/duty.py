@@ -64,6 +64,12 @@ class CrewSide(Protocol):
         """Make :meth:`joined` complete for these rooms (before an instant)."""
         ...
 
+    def warm(self, room_ids: Sequence[str]) -> None:
+        """Start reading each room once, in the background, so a later look
+        reads locally (bot/runs/warmup.py); returns at once, never raises. A
+        room that cannot be read is only logged, and read again next time."""
+        ...
+
     async def recent(self, room_id: str) -> list[object] | None:
         """The room's recent events as raw dicts (one bounded request), or
         ``None`` if the room cannot be read."""

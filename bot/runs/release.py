@@ -29,7 +29,7 @@ from bot.ids import ABORT_STAGE, SYNTHETIC_INDEX, job_id, report_txn_id
 from bot.ledger import DISPATCH_DONE, DISPATCH_PENDING, DispatchState, Part, RunState
 from bot.policy import LateReason
 from bot.report import LATE_WHY, stage_summary
-from bot.runs import covering, gates, lanes
+from bot.runs import covering, gates, lanes, warmup
 from bot.runs.context import RunContext
 from bot.runs.instant import Cause, InstantPlan, lane_checkins, plan_instant, stage_order
 from bot.runs.model import ArmedRun
@@ -143,6 +143,9 @@ class ReleaseShell:
         if ctx.crew is not None and armed.drill_room is None:
             # Who else is in each room decides duty: known before the instant.
             await ctx.crew.learn_members([room for r in prepared for room in r.rooms])
+            # Read where this member may look, so the look reads locally
+            # (bot/runs/warmup.py); in the background, never waited for.
+            ctx.crew.warm(warmup.standby_rooms(ctx.crew, armed, prepared))
             if any(gates.gated(armed, r) for r in prepared):
                 # Whoever decides a gate counts our check-ins too (by the instant).
                 ctx.supervisor.spawn(
