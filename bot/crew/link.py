@@ -89,6 +89,11 @@ class CrewLink:
                 self._warming[room_id] = task  # held here: nothing awaits it
                 task.add_done_callback(functools.partial(self._warmed, room_id))
 
+    async def warmed(self) -> None:
+        """Wait for the reads ahead in flight (for tests and tools)."""
+        while self._warming:
+            await asyncio.gather(*self._warming.values(), return_exceptions=True)
+
     def _warmed(self, room_id: str, _task: object) -> None:
         self._warming.pop(room_id, None)
 
