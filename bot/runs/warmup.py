@@ -18,6 +18,7 @@ joined its rooms long ago. The crew link reads each room once per process
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from bot.delivery import Release
@@ -26,15 +27,21 @@ from bot.runs.context import RunContext
 from bot.runs.duty import CrewSide
 from bot.runs.model import ArmedRun
 
+log = logging.getLogger(__name__)
+
 
 async def at_arming(ctx: RunContext, crew: CrewSide, armed: ArmedRun) -> None:
     """Start reading every room of the run this member is joined to."""
     rooms: list[str] = []
-    for city in armed.scenario.cities:
-        # As last resolved: arming just resolved them; no request at all here.
-        for room in await ctx.served_rooms(armed, city.id, refresh=False):
-            if room not in rooms and crew.me in crew.joined(room):
-                rooms.append(room)
+    try:
+        for city in armed.scenario.cities:
+            # As last resolved: arming just resolved them; no request at all here.
+            for room in await ctx.served_rooms(armed, city.id, refresh=False):
+                if room not in rooms and crew.me in crew.joined(room):
+                    rooms.append(room)
+    except Exception:  # only logged: each stage's preparation reads them anyway
+        log.exception("run %d: could not list its rooms to read ahead", armed.run.id)
+        return
     crew.warm(rooms)
 
 
