@@ -89,6 +89,7 @@ class StatusCommands:
     async def _rows(self, armed: ArmedRun) -> list[tuple[str, ...]]:
         rows = await self._store.ledger.dispatches(armed.run.id)
         counts = await self._store.participants.checkin_counts(armed.run.id)
+        by_lane = await self._store.participants.checkin_counts_by_lane(armed.run.id)
         # The run's own clock: a drill's columns are drill time, like its instants.
         run_now = armed.clock.now()
         out: list[tuple[str, ...]] = []
@@ -123,7 +124,7 @@ class StatusCommands:
                     text.released_list([d.stage_id for d in done]),
                     f"{len(ok)}/{len(failed)}",
                     "held" if held(armed.held_cities, lane) else "-",
-                    text.checkins_cell(counts.get((city.id, latest), 0), latest),
+                    text.checkins_cell(lane_count(counts, by_lane, lane, latest), latest),
                 )
             )
         return out
@@ -171,6 +172,21 @@ class StatusCommands:
         if counted_by or any(c.pods for c in scenario.cities) or scenario.roles:
             tables += split_tables(scenario, split, pod_id)
         return Reply(text.headcount(label, total, city), "\n\n".join(tables))
+
+
+def lane_count(
+    counts: Mapping[tuple[str, str], int],
+    by_lane: Mapping[tuple[str, str], Mapping[tuple[str | None, str | None], int]],
+    lane: str,
+    stage_id: str,
+) -> int:
+    """A ``!status`` row's check-ins since ``stage_id``: a pod's own
+    (``hk/mongkok``), a city's without pods all of them."""
+    city_id, pod_id = split_lane(lane)
+    if pod_id is None:
+        return counts.get((city_id, stage_id), 0)
+    split = by_lane.get((city_id, stage_id), {})
+    return sum(n for (pod, _), n in split.items() if pod == pod_id)
 
 
 def split_tables(
