@@ -144,3 +144,79 @@ def test_tokens_hide_the_id_and_differ_between_runs() -> None:
     token = checkin_token("$arm", "@p1:x")
     assert "@p1" not in token
     assert token == checkin_token("$arm", "@p1:x") != checkin_token("$other", "@p1:x")
+
+
+# -- the shell (bot/runs/gates.py) with pods and roles, against fakes ---------------------
+
+PODS_TEXT = """\
+version: 1
+id: pods
+title: pods
+start: 2026-12-05T17:30:00Z
+roles: [{id: front, name: In the action}, {id: support, name: Nearby support}]
+cities:
+  - id: hk
+    name: Hong Kong
+    timezone: Asia/Hong_Kong
+    direct: true
+    pods:
+      - {id: mongkok, places: {staging: {name: a}}}
+      - {id: causeway, places: {staging: {name: b}}}
+stages:
+  - {id: call, at: -1d, text: hi}
+  - {id: gather, at: -30m, place: staging, text: "{staging}",
+     require: {checkins: 2, per: pod}}
+  - {id: spot, at: 0m, text: now, require: {checkins: 2, role: front}}
+"""
+
+
+async def test_per_pod_and_role_gates_count_every_members_checkins_once() -> None:
+    from types import SimpleNamespace
+
+    from bot.crew.shares import parse_checkin_share, tagged_share_contents
+    from bot.runs import gates
+    from bot.runs.instant import lane_checkins
+    from bot.scenario import load_scenario_text
+
+    scenario = load_scenario_text(PODS_TEXT)
+    # This member (A) took two check-ins; B took three, one of them the same person's.
+    mine = {("hk", "call"): {"@p:x": ("mongkok", None), "@q:x": ("causeway", "front")},
+            ("hk", "gather"): {"@p:x": ("mongkok", "front")}}
+    theirs = {("hk", "call"): {"@p:x": ("mongkok", None), "@r:x": ("mongkok", "front"),
+                               "@s:x": ("causeway", None)},
+              ("hk", "gather"): {"@r:x": ("mongkok", "front"), "@s:x": ("causeway", "support")}}
+
+    class FakeParticipants:
+        async def checkin_tags(self, run_id: int) -> Any:
+            return mine
+
+        async def checkin_users(self, run_id: int) -> Any:
+            return {k: set(v) for k, v in mine.items()}
+
+    by_lane: dict[Any, dict[Any, int]] = {}
+    for key, users in mine.items():
+        for tag in users.values():
+            by_lane.setdefault(key, {}).setdefault(tag, 0)
+            by_lane[key][tag] += 1
+    own = lane_checkins(scenario, by_lane)
+    assert own[("hk/mongkok", "call")] == 1 and own[("hk/mongkok", "gather")] == 1
+    shares = [
+        s
+        for (city, stage), users in theirs.items()
+        for lane in ("hk/mongkok", "hk/causeway")
+        for body in tagged_share_contents("$arm", lane, stage, users)
+        if (s := parse_checkin_share(
+            {"type": "m.room.message", "sender": B, "content": {"org.blossom.checkins": body}},
+            members=(A, B),
+        ))
+    ]
+    ctx = SimpleNamespace(store=SimpleNamespace(participants=FakeParticipants()))
+    crew = SimpleNamespace(me=A, crew=SimpleNamespace(members=(A, B)))
+    armed = SimpleNamespace(scenario=scenario, run_key="$arm", run=SimpleNamespace(id=1))
+    counts = await gates.with_shared(ctx, crew, armed, own, shares)  # type: ignore[arg-type]
+    # gather (per pod) counts call's check-ins: mongkok @p @r, causeway @q @s.
+    assert counts[("hk/mongkok", "call")] == 2
+    assert counts[("hk/causeway", "call")] == 2
+    # spot (role front) counts gather's: @p (mine) and @r (B's), in every pod's lane.
+    assert counts[("hk/mongkok", "gather")] == 2
+    assert counts[("hk/causeway", "gather")] == 2

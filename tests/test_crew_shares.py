@@ -11,9 +11,11 @@ from bot.crew.shares import (
     CHECKINS_KEY,
     MAX_TOKENS,
     CheckinShare,
+    gate_share_count,
     parse_checkin_share,
     share_contents,
     shared_count,
+    tagged_share_contents,
 )
 
 A, B, C = "@a:hs", "@b:hs", "@c:hs"
@@ -75,3 +77,63 @@ def test_the_count_is_once_per_person_across_members() -> None:
     assert shared_count(own=[], shares=[share(["@p:hs"], run="other")], **kw) == 0
     other_stage = CheckinShare("r", "c", "t", share(["@p:hs"]).tokens, B)
     assert shared_count(own=[], shares=[other_stage], **kw) == 0
+
+
+# -- pods and roles: tokens tagged with the pod and role they count for ---------------------
+
+
+def tagged(users: dict[str, tuple[str | None, str | None]], member: str = B) -> list[CheckinShare]:
+    out = []
+    for body in tagged_share_contents("r", "hk/mongkok", "s", users):
+        parsed = parse_checkin_share(event(body, sender=member), members=CREW)
+        assert parsed is not None
+        out.append(parsed)
+    return out
+
+
+def test_tagged_contents_carry_pod_and_role_but_no_id_and_round_trip() -> None:
+    users = {"@p:hs": ("mongkok", "front"), "@q:hs": ("mongkok", None), "@r:hs": (None, None)}
+    bodies = tagged_share_contents("r", "hk/mongkok", "s", users)
+    assert {(b["pod"], b["role"], len(b["tokens"])) for b in bodies} == {
+        ("mongkok", "front", 1), ("mongkok", None, 1), (None, None, 1)}
+    assert all("@" not in str(b) for b in bodies)
+    got = {(s.pod, s.role): s.tokens for s in tagged(users)}
+    assert got[("mongkok", "front")] == {checkin_token("r", "@p:hs")}
+    assert got[(None, None)] == {checkin_token("r", "@r:hs")}
+    assert all(s.tagged for s in tagged(users))
+    # The previous version's content (no pod, no role) still reads, untagged.
+    (old,) = share_contents("r", "hk", "s", ["@p:hs"])
+    parsed = parse_checkin_share(event(old), members=CREW)
+    assert parsed is not None and not parsed.tagged and parsed.pod is None
+
+
+@pytest.mark.parametrize("bad", [
+    {"run": "r", "city": "c", "stage": "s", "tokens": [], "pod": 5, "role": None},
+    {"run": "r", "city": "c", "stage": "s", "tokens": [], "pod": "mk"},
+    {"run": "r", "city": "c", "stage": "s", "tokens": [], "role": "x" * 300, "pod": None},
+])
+def test_malformed_tags_are_ignored(bad: object) -> None:
+    assert parse_checkin_share(event(bad), members=CREW) is None
+
+
+def test_per_pod_and_per_role_counts_take_every_members_tokens_once_per_person() -> None:
+    kw: dict[str, Any] = {"run": "r", "city": "hk", "stage": "s", "me": A, "crew": CREW}
+    own = {"@p:hs": ("mongkok", "front"), "@q:hs": ("causeway", None)}
+    theirs = tagged({"@p:hs": ("mongkok", "front"), "@s:hs": ("mongkok", None),
+                     "@t:hs": ("causeway", "front"), B: ("mongkok", None)})
+    assert gate_share_count(own=own, shares=theirs, pod="mongkok", role=None, **kw) == 2
+    assert gate_share_count(own=own, shares=theirs, pod="causeway", role=None, **kw) == 2
+    assert gate_share_count(own=own, shares=theirs, pod=None, role="front", **kw) == 2
+    assert gate_share_count(own=own, shares=theirs, pod="mongkok", role="front", **kw) == 1
+    assert gate_share_count(own=own, shares=theirs, pod=None, role=None, **kw) == 4
+    # A member of the previous version shares untagged tokens: they count for the
+    # whole city, never for a pod or a role (which they cannot be placed in).
+    old = [CheckinShare("r", "hk/mongkok", "s", frozenset({checkin_token("r", "@u:hs")}), B)]
+    assert gate_share_count(own=own, shares=old, pod=None, role=None, **kw) == 3
+    assert gate_share_count(own=own, shares=old, pod="mongkok", role=None, **kw) == 1
+    assert gate_share_count(own=own, shares=old, pod=None, role="front", **kw) == 1
+    # Other cities', stages' and runs' shares, and this member's own published, never count.
+    mine = tagged({"@x:hs": ("mongkok", None)}, member=A)
+    assert gate_share_count(own={}, shares=mine, pod=None, role=None, **kw) == 0
+    assert gate_share_count(own={}, shares=theirs, pod=None, role=None,
+                            **{**kw, "city": "lon"}) == 0

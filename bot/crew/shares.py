@@ -7,6 +7,12 @@ deciding a gate counts the union of its own tokens and those published by the
 other members (:func:`shared_count`), so a person who checked in through two
 members counts once and participants' ids never appear in the control room.
 
+With pods and roles each event also carries the ``pod`` and ``role`` its tokens
+count for (ids, which the crew may see: the control room sees pods by id), so
+gates ``per: pod`` or with a ``role`` count every member's check-ins too
+(:func:`gate_share_count`). An event without them (a member running the
+previous version) is read as untagged: it counts for gates of the whole city only.
+
 Bounded: at most :data:`MAX_TOKENS` tokens per event (a Matrix event is at most
 64 KiB); a member with more publishes several events. Malformed content, or
 content from outside the crew, is ignored and never raises.
@@ -40,18 +46,54 @@ class CheckinShare:
     stage: str
     tokens: frozenset[str]
     member: str = ""
+    pod: str | None = None
+    role: str | None = None
+    tagged: bool = False
+    """Whether the event said which pod and role (None: none) its tokens count for."""
+
+
+Tag = tuple[str | None, str | None]
+"""(pod id or None, role id or None) a check-in counts for."""
 
 
 def share_contents(
-    run: str, city: str, stage: str, user_ids: Iterable[str]
+    run: str, city: str, stage: str, user_ids: Iterable[str], *, tag: Tag | None = None
 ) -> list[dict[str, Any]]:
     """The values under :data:`CHECKINS_KEY` for these check-ins, at most
-    :data:`MAX_TOKENS` tokens each (none for no check-ins)."""
+    :data:`MAX_TOKENS` tokens each (none for no check-ins); with ``tag``, the
+    pod and role they count for."""
     tokens = sorted({checkin_token(run, u) for u in user_ids})
+    extra = {} if tag is None else {"pod": tag[0], "role": tag[1]}
     return [
-        {"run": run, "city": city, "stage": stage, "tokens": tokens[i : i + MAX_TOKENS]}
+        {"run": run, "city": city, "stage": stage, "tokens": tokens[i : i + MAX_TOKENS], **extra}
         for i in range(0, len(tokens), MAX_TOKENS)
     ]
+
+
+def tagged_share_contents(
+    run: str, city: str, stage: str, checkins: Mapping[str, Tag]
+) -> list[dict[str, Any]]:
+    """:func:`share_contents` for check-ins (user id → pod and role), one group
+    of events per (pod, role), in a stable order."""
+    groups: dict[Tag, list[str]] = {}
+    for user, tag in checkins.items():
+        groups.setdefault(tag, []).append(user)
+    return [
+        body
+        for tag in sorted(groups, key=lambda t: (t[0] or "", t[1] or "", t))
+        for body in share_contents(run, city, stage, groups[tag], tag=tag)
+    ]
+
+
+def _tag(body: Mapping[str, Any]) -> Tag | bool | None:
+    """The body's (pod, role); False when it has neither (the previous format);
+    None when malformed."""
+    if "pod" not in body and "role" not in body:
+        return False
+    pod, role = body.get("pod", 0), body.get("role", 0)
+    if not all(v is None or (isinstance(v, str) and 0 < len(v) <= _MAX_ID) for v in (pod, role)):
+        return None
+    return (None if pod is None else str(pod), None if role is None else str(role))
 
 
 def parse_checkin_share(event: object, *, members: Collection[str]) -> CheckinShare | None:
@@ -72,7 +114,14 @@ def parse_checkin_share(event: object, *, members: Collection[str]) -> CheckinSh
         return None
     if not all(isinstance(t, str) and _TOKEN.fullmatch(t) for t in tokens):
         return None
-    return CheckinShare(str(run), str(city), str(stage), frozenset(tokens), str(event["sender"]))
+    tag = _tag(body)
+    if tag is None:
+        return None
+    pod, role = tag if isinstance(tag, tuple) else (None, None)
+    return CheckinShare(
+        str(run), str(city), str(stage), frozenset(tokens), str(event["sender"]),
+        pod, role, tagged=tag is not False,
+    )
 
 
 def shared_count(
@@ -93,5 +142,38 @@ def shared_count(
         s.tokens
         for s in shares
         if (s.run, s.city, s.stage) == (run, city, stage) and s.member != me
+    ]
+    return count_checkins([mine, *theirs], crew={checkin_token(run, m) for m in crew})
+
+
+def gate_share_count(
+    *,
+    run: str,
+    city: str,
+    stage: str,
+    own: Mapping[str, Tag],
+    shares: Iterable[CheckinShare],
+    me: str,
+    crew: Collection[str],
+    pod: str | None,
+    role: str | None,
+) -> int:
+    """What a gate counts of (run, city, stage) across the crew, once per
+    person: this member's own check-ins (user id → pod and role) and the tokens
+    the others published, those of ``pod`` only (None: every pod) and ``role``
+    only (None: every role). ``city`` is a city id; shares published for any of
+    its lanes (``hk/mongkok``) count. Untagged shares (the previous format)
+    count only when neither pod nor role is asked."""
+
+    def wanted(tag: Tag) -> bool:
+        return pod in (None, tag[0]) and role in (None, tag[1])
+
+    mine = {checkin_token(run, u) for u, tag in own.items() if wanted(tag)}
+    theirs = [
+        s.tokens
+        for s in shares
+        if (s.run, s.city.partition("/")[0], s.stage) == (run, city, stage)
+        and s.member != me
+        and (wanted((s.pod, s.role)) if s.tagged else pod is None and role is None)
     ]
     return count_checkins([mine, *theirs], crew={checkin_token(run, m) for m in crew})

@@ -32,9 +32,9 @@ from bot.crew.gate import (
 from bot.crew.shares import (
     CHECKINS_KEY,
     CheckinShare,
+    gate_share_count,
     parse_checkin_share,
-    share_contents,
-    shared_count,
+    tagged_share_contents,
 )
 from bot.delivery import Release
 from bot.ids import report_txn_id
@@ -46,6 +46,7 @@ from bot.runs.context import RunContext
 from bot.runs.duty import CrewSide
 from bot.runs.instant import InstantPlan, counted_stage, gate_count
 from bot.runs.model import ArmedRun
+from bot.scenario.timeline import split_lane
 
 log = logging.getLogger(__name__)
 
@@ -188,17 +189,18 @@ def _counted_stage(armed: ArmedRun, stage: str) -> str:
 async def share_checkins(ctx: RunContext, armed: ArmedRun, prepared: Sequence[Release]) -> None:
     """Publish this member's check-in tokens for each gated release, at the
     instant - prepare, so whoever decides the city's gate has them by the instant."""
-    users = await ctx.store.participants.checkin_users(armed.run.id)
+    tags = await ctx.store.participants.checkin_tags(armed.run.id)
     for rel in prepared:
         if not gated(armed, rel):
             continue
         stage = _counted_stage(armed, rel.stage_id)
-        chunks = share_contents(
-            # Check-ins are recorded per city (a lane's release shares its city's).
+        chunks = tagged_share_contents(
+            # Check-ins are recorded per city (a lane's release shares its city's),
+            # each token with the pod and role it counts for.
             armed.run_key,
             rel.city_id,
             stage,
-            users.get((lanes.city_of(rel.city_id), stage), ()),
+            tags.get((lanes.city_of(rel.city_id), stage), {}),
         )
         for n, body in enumerate(chunks):
             content: dict[str, Any] = {
@@ -236,31 +238,33 @@ async def with_shared(
     shares: Sequence[CheckinShare],
 ) -> dict[tuple[str, str], int]:
     """Check-in counts with each shared (city, stage) counted once per person
-    across the crew: this member's own united with the others' tokens."""
+    across the crew: this member's own united with the others' tokens, for
+    each lane as its gate counts (its pod's with ``per: pod``, one role's with
+    ``role``; untagged shares of a previous version only for the whole city)."""
     counts = dict(checkins)
-    # Tokens carry no pod or role: a gate counting per pod or one role counts this
-    # member's own check-ins only (shared counting of those is not built).
-    plain = {
-        counted_stage(armed.scenario, st.id)
-        for st in armed.scenario.stages
-        if st.require is not None and st.require.per is None and st.require.role is None
-    }
-    keys = {
-        (s.city, s.stage)
-        for s in shares
-        if s.run == armed.run_key and s.member != crew.me and s.stage in plain
-    }
-    if not keys:
+    theirs = [s for s in shares if s.run == armed.run_key and s.member != crew.me]
+    shared = {(lanes.city_of(s.city), s.stage) for s in theirs}
+    if not shared:
         return counts
-    users = await ctx.store.participants.checkin_users(armed.run.id)
-    for city, stage in keys:
-        counts[(city, stage)] = shared_count(
-            run=armed.run_key,
-            city=city,
-            stage=stage,
-            own=users.get((lanes.city_of(city), stage), ()),
-            shares=shares,
-            me=crew.me,
-            crew=crew.crew.members,
-        )
+    tags = await ctx.store.participants.checkin_tags(armed.run.id)
+    for st in armed.scenario.stages:
+        gate, stage = st.require, counted_stage(armed.scenario, st.id)
+        if gate is None:
+            continue
+        for city in armed.scenario.cities:
+            if (city.id, stage) not in shared:
+                continue
+            for lane in lanes.lanes_of(armed.scenario, city.id):
+                pod = split_lane(lane)[1] if gate.per == "pod" else None
+                counts[(lane, stage)] = gate_share_count(
+                    run=armed.run_key,
+                    city=city.id,
+                    stage=stage,
+                    own=tags.get((city.id, stage), {}),
+                    shares=theirs,
+                    me=crew.me,
+                    crew=crew.crew.members,
+                    pod=pod,
+                    role=gate.role,
+                )
     return counts

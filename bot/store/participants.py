@@ -84,6 +84,21 @@ class Participants:
             out.setdefault((str(r["city_id"]), str(r["stage_id"])), set()).add(str(r["user_id"]))
         return out
 
+    async def checkin_tags(
+        self, run_id: int
+    ) -> dict[tuple[str, str], dict[str, tuple[str | None, str | None]]]:
+        """Who checked in, per (city, stage), with the (pod, role) each counts for:
+        for sharing as tokens in a crew (bot/crew/shares.py)."""
+        rows = await self._db.fetch(
+            "SELECT city_id, stage_id, user_id, pod_id, role_id FROM checkins WHERE run_id = ?",
+            (run_id,),
+        )
+        out: dict[tuple[str, str], dict[str, tuple[str | None, str | None]]] = {}
+        for r in rows:
+            key = (str(r["city_id"]), str(r["stage_id"]))
+            out.setdefault(key, {})[str(r["user_id"])] = (r["pod_id"], r["role_id"])
+        return out
+
     # -- private (direct message) participants ---------------------------------------------
 
     async def add_direct(
