@@ -8,11 +8,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest_asyncio
+from test_pods_people import NOW, SCENARIO, Kit, arm, release
 
 from bot.clock import ManualClock
 from bot.control.status import StatusCommands
 from bot.store import Store
-from tests.test_pods_people import NOW, SCENARIO, Kit, arm, release
 
 
 @pytest_asyncio.fixture

@@ -465,3 +465,35 @@ async def test_each_member_shares_its_check_ins_as_tokens_before_a_gate(tmp_path
                                                 "stage": "call",
                                                 "tokens": [checkin_token(k.keys[-1], P1)]}
         assert P1 not in str(notice.content)
+
+
+async def test_a_role_gate_counts_the_role_check_ins_another_member_took(tmp_path: Path) -> None:
+    from bot.crew.shares import tagged_share_contents
+
+    async with kit(tmp_path, opted_in=[R1], crew=lambda hs: FakeCrew(hs)) as k:
+        data = gated_scenario([BOT, OTHER])
+        data["roles"] = [{"id": "front", "name": "Front"}]
+        data["stages"][1]["require"]["role"] = "front"  # type: ignore[index]
+        k.write(data)
+        out = await k.arm("cg")
+        await k.at(T0)
+        await k.store.participants.add_checkin(
+            out.run_id, "town", "call", P1, now=T0, via="here", role_id="front"
+        )
+        # The other member saw P2 (front) and P3 (no role): only P2 counts.
+        bodies = tagged_share_contents(k.keys[-1], "town", "call",
+                                       {P2: (None, "front"), "@p3:fake": (None, None)})
+        k.crew.copies[CONTROL] = [
+            {"type": "m.room.message", "event_id": f"$share{n}", "sender": OTHER,
+             "origin_server_ts": 1,
+             "content": {"msgtype": "m.notice", "body": "check-ins", CHECKINS_KEY: body}}
+            for n, body in enumerate(bodies)
+        ]
+        await k.at(GO)
+        await k.idle()
+        assert await _state(k, out.run_id) is DispatchState.RELEASED
+        assert [(d["action"], d["checkins"]) for d in _published(k)] == [("release", 2)]
+        # This member's own share says the role its token counts for, not who.
+        (mine,) = [e.content[CHECKINS_KEY] for e in k.hs.in_room(CONTROL)
+                   if CHECKINS_KEY in e.content]
+        assert (mine["pod"], mine["role"]) == (None, "front") and P1 not in str(mine)

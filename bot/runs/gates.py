@@ -34,6 +34,7 @@ from bot.crew.shares import (
     CheckinShare,
     gate_share_count,
     parse_checkin_share,
+    share_contents,
     tagged_share_contents,
 )
 from bot.delivery import Release
@@ -194,14 +195,15 @@ async def share_checkins(ctx: RunContext, armed: ArmedRun, prepared: Sequence[Re
         if not gated(armed, rel):
             continue
         stage = _counted_stage(armed, rel.stage_id)
-        chunks = tagged_share_contents(
-            # Check-ins are recorded per city (a lane's release shares its city's),
-            # each token with the pod and role it counts for.
-            armed.run_key,
-            rel.city_id,
-            stage,
-            tags.get((lanes.city_of(rel.city_id), stage), {}),
-        )
+        # Check-ins are recorded per city (a lane's release shares its city's),
+        # each token with the pod and role it counts for; without pods or roles
+        # there is nothing to tag, and the content reads as it always did.
+        city = lanes.city_of(rel.city_id)
+        mine = tags.get((city, stage), {})
+        if armed.scenario.city(city).pods or armed.scenario.roles:
+            chunks = tagged_share_contents(armed.run_key, rel.city_id, stage, mine)
+        else:
+            chunks = share_contents(armed.run_key, rel.city_id, stage, mine)
         for n, body in enumerate(chunks):
             content: dict[str, Any] = {
                 "msgtype": "m.notice",
