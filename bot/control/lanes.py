@@ -1,22 +1,21 @@
-"""Pods and roles as participants meet them: which pod a newcomer gets, which
-pod and role a room or person counts for, and until when a role may change. Pure.
+"""Pods and roles as participants meet them: which pod and role a room or
+person counts for, and until when a role may change. Pure.
 
-The assignment rule itself is :mod:`bot.scenario.assign`; this module feeds it
-the city's pods and their sizes. A room's pod and role come from the scenario's
-room listing (a pod room belongs to its pod; ``{room: …, role: …}`` gives it a
-role). A private participant counts for the pod the bot assigned and the role
-they picked with ``!role``.
+Which pod a newcomer gets is :mod:`bot.runs.pods` (the rule itself is
+:mod:`bot.scenario.assign`), also for the run at ``!arm``. A room's pod and
+role come from the scenario's room listing (a pod room belongs to its pod;
+``{room: …, role: …}`` gives it a role). A private participant counts for the
+pod the bot assigned and the role they picked with ``!role``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from bot.ledger import DispatchState
 from bot.scenario import City, Scenario
-from bot.scenario.assign import AssignmentKey, PodLoad, assign_pod
 from bot.scenario.audience import role_matters
 from bot.scenario.timeline import split_lane, split_unit
 from bot.store import DispatchRow
@@ -33,17 +32,6 @@ class Lane:
 
 
 NO_LANE = Lane()
-
-
-def pod_loads(city: City, sizes: Mapping[str, int]) -> list[PodLoad]:
-    """Every pod of ``city`` with its private participants now (``sizes``, from
-    the store; a pod nobody is in is absent there) and its capacity."""
-    return [PodLoad(p.id, sizes.get(p.id, 0), p.capacity) for p in city.all_pods]
-
-
-def pick_pod(key: AssignmentKey, city: City, sizes: Mapping[str, int]) -> str | None:
-    """The pod a newcomer to ``city`` joins; None when every pod is full."""
-    return assign_pod(key, city.id, pod_loads(city, sizes))
 
 
 def room_lane(city: City, room_id: str) -> Lane | None:

@@ -29,7 +29,7 @@ from datetime import timedelta
 from bot.clock import Clock
 from bot.control.args import CITY_ARG, SCENARIO, TEXT_ARG, Arg
 from bot.control.checkins import counted_by_next_gate, latest_released
-from bot.control.lanes import NO_LANE, Lane, lane_entries, pick_pod, room_lane
+from bot.control.lanes import NO_LANE, Lane, lane_entries, room_lane
 from bot.control.parse import MAX_COMMAND_CHARS, UsageError, parse
 from bot.control.registry import Args, CommandDef, Context, Reply, Table, Who, command
 from bot.control.roles import RoleCommands
@@ -43,8 +43,8 @@ from bot.matrix.actions import MatrixActions
 from bot.matrix.rooms import RoomRegistry
 from bot.notify import Notifier
 from bot.runs import ArmedRun, RunManager
+from bot.runs.pods import assignment_key, pick_pod, stale_pod
 from bot.scenario import City, Scenario
-from bot.scenario.assign import AssignmentKey
 from bot.scenario.timeline import lane_id, split_lane, split_unit
 from bot.store import Store
 
@@ -387,6 +387,8 @@ class Participants:
             await self._store.participants.add_direct(
                 scenario_id, city.id, sender, room_id, now=self._clock.now(), pod_id=pod_id
             )
+            # add_direct keeps a registered person's pod: a stale one is replaced.
+            await self._store.participants.set_pod(scenario_id, city.id, sender, pod_id)
         self._dispatcher.remember_room(room_id)
         underway = False
         for armed in list(self._runs.armed.values()):
@@ -398,19 +400,16 @@ class Participants:
         )
 
     async def _pod_for(self, scenario_id: str, city: City, sender: str) -> str | None:
-        """The pod ``sender`` is in or joins: the one they have (joining again keeps
-        it), else the assignment's (None: every pod is full, or no pods)."""
+        """The pod ``sender`` is in or joins: the one they have if it is a pod of
+        the city (joining again keeps it), else the assignment's (None: every
+        pod is full, or no pods): one who joined before the city had pods, or
+        whose pod was removed, gets one now (bot/runs/pods.py)."""
         if not city.pods:
             return None
         member = await self._store.participants.direct_member(scenario_id, city.id, sender)
-        if member is not None and member.pod_id is not None:
+        if member is not None and not stale_pod(city, member.pod_id):
             return member.pod_id
-        # The scenario's secret, made on its first join and kept until !purge: the
-        # level order is the same across restarts (bot.scenario.assign).
-        fresh = AssignmentKey.generate().secret
-        key = AssignmentKey(
-            await self._store.participants.pod_key(scenario_id, fresh, now=self._clock.now())
-        )
+        key = await assignment_key(self._store, scenario_id, now=self._clock.now())
         sizes = await self._store.participants.pod_sizes(scenario_id, city.id)
         pod_id = pick_pod(key, city, sizes)
         if pod_id is not None:

@@ -11,6 +11,7 @@ nothing is scheduled until ``!arm <id> confirm``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections import defaultdict
@@ -30,6 +31,7 @@ from bot.runs import warmup
 from bot.runs.context import RunContext
 from bot.runs.lanes import all_rooms, city_of, lanes_of, listed_rooms, pod_of
 from bot.runs.model import ArmedRun, ArmError, ArmPreview
+from bot.runs.pods import count_stale, reassign_stale
 from bot.runs.release import ReleaseShell
 from bot.scenario import Dispatch, Place, build_timeline, render_stage
 from bot.store import PlannedDispatch, RunRow, StoreError
@@ -93,6 +95,8 @@ def preview_text(p: ArmPreview, run_id: int | None) -> str:
             f"\n{len(p.past_now)} dispatches are already past and {verb} at once under "
             "their late policy."
         )
+    if p.stale_pods:
+        text += "\n" + _stale_line(p, run_id is not None)
     if p.problems:
         text += "\nProblems:\n" + "\n".join(f"- {x}" for x in p.problems)
     if p.warnings:
@@ -102,6 +106,17 @@ def preview_text(p: ArmPreview, run_id: int | None) -> str:
     if run_id is None:
         text += "\nNothing is scheduled until it is confirmed."
     return text
+
+
+def _stale_line(p: ArmPreview, armed: bool) -> str:
+    """Private participants with no pod of their city: counts only."""
+    why = "no pod of their city (they joined before it had pods, or their pod was removed)"
+    if not armed:
+        return f"{p.stale_pods} private participants have {why}: arming assigns them one."
+    line = f"{p.stale_pods} private participants had {why} and were assigned one now."
+    if p.unplaced:
+        line += f" {p.unplaced} of them found every pod full: they get no pod's stages."
+    return line
 
 
 class Arming:
@@ -200,6 +215,7 @@ class Arming:
             past_now=tuple(k for k in past if k not in withheld),
             start_at=start_at,
             resend=resend_past,
+            stale_pods=0 if drill else await count_stale(self._ctx.store, scenario),
         )
 
     async def _room_in_two_cities(self, loaded: LoadedScenario) -> tuple[str, ...]:
@@ -287,6 +303,10 @@ class Arming:
             return ArmOutcome(
                 _with(preview_text(p, None), switch), table, result="asked to confirm"
             )
+        if p.stale_pods:
+            # Before the run exists: its first dispatch must find them in a pod.
+            moved, unplaced = await reassign_stale(ctx.store, loaded.scenario, now=p.now)
+            p = dataclasses.replace(p, stale_pods=moved + unplaced, unplaced=unplaced)
         run_id = await ctx.store.runs.create(
             scenario_id=loaded.scenario.id,
             source_path=str(loaded.path),

@@ -89,6 +89,10 @@ class ArmPreview:
     past_now: tuple[tuple[str, str], ...] = ()
     start_at: datetime | None = None
     resend: bool = False
+    # Private participants whose pod is not a pod of their city (bot/runs/pods.py):
+    # counted by the preview, (re)assigned when armed; ``unplaced``: every pod full.
+    stale_pods: int = 0
+    unplaced: int = 0
 
     @property
     def needs_confirm(self) -> bool:

@@ -166,6 +166,18 @@ class Participants:
         )
         return changed == 1
 
+    async def set_pod(
+        self, scenario_id: str, city_id: str, user_id: str, pod_id: str | None
+    ) -> bool:
+        """Put a private participant in ``pod_id`` (None: no pod); False if not
+        registered. For one whose pod is not a pod of the city (bot/runs/pods.py)."""
+        changed = await self._db.write(
+            "UPDATE direct_participants SET pod_id = ?"
+            " WHERE scenario_id = ? AND city_id = ? AND user_id = ?",
+            (pod_id, scenario_id, city_id, user_id),
+        )
+        return changed == 1
+
     async def pod_key(self, scenario_id: str, fresh: bytes, *, now: datetime) -> bytes:
         """The scenario's assignment secret: the stored one, or ``fresh`` stored now
         if there is none (so every restart and every member of the call agrees)."""
