@@ -80,7 +80,7 @@ def tagged_share_contents(
         groups.setdefault(tag, []).append(user)
     return [
         body
-        for tag in sorted(groups, key=lambda t: (t[0] or "", t[1] or "", t))
+        for tag in sorted(groups, key=lambda t: (t[0] or "", t[1] or ""))
         for body in share_contents(run, city, stage, groups[tag], tag=tag)
     ]
 
