@@ -25,17 +25,21 @@ async def count(store: Store, table: str) -> int:
 
 
 @contextlib.contextmanager
-def failing_write(db: Database, at: int) -> Iterator[list[str]]:
+def failing_write(db: Database, at: int, matching: str = "") -> Iterator[list[str]]:
     """Within the block, the ``at``-th write statement (1-based; ``write``,
-    ``insert`` and ``write_many`` count) raises StoreError, as a full disk would;
-    the others go through. Yields the SQL of every write seen."""
+    ``insert`` and ``write_many`` count) whose SQL contains ``matching`` raises
+    StoreError, as a full disk would; the others go through. Yields the SQL of
+    every write seen."""
     seen: list[str] = []
+    hits: list[str] = []
     originals = {name: getattr(db, name) for name in ("write", "insert", "write_many")}
 
     def wrap(name: str) -> Any:
         async def call(sql: str, *args: Any) -> Any:
             seen.append(sql)
-            if len(seen) == at:
+            if matching in sql:
+                hits.append(sql)
+            if matching in sql and len(hits) == at:
                 raise StoreError("injected failure: database or disk is full")
             return await originals[name](sql, *args)
 

@@ -15,12 +15,13 @@ import dataclasses
 import functools
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from bot.clock import Clock, ScaledClock
-from bot.failsafe import Steer
+from bot.failsafe import DelayedItem, Steer
 from bot.ids import job_prefix
 from bot.ledger import DISPATCH_DONE, DISPATCH_PENDING, DispatchState, RunState
 from bot.library import LibraryError, LoadedScenario, load_file
@@ -307,18 +308,36 @@ class Arming:
             # Before the run exists: its first dispatch must find them in a pod.
             moved, unplaced = await reassign_stale(ctx.store, loaded.scenario, now=p.now)
             p = dataclasses.replace(p, stale_pods=moved + unplaced, unplaced=unplaced)
-        run_id = await ctx.store.runs.create(
-            scenario_id=loaded.scenario.id,
-            source_path=str(loaded.path),
-            source_sha256=sha,
-            armed_by=sender,
-            control_room=control_room,
-            now=p.now,
-            dispatches=self._planned(loaded, set(p.withheld)),
-            drill_room=drill_room,
-            drill_speed=speed,
-            run_key=run_key,
-        )
+        # The switch's rows are planned first (that asks the homeserver and the
+        # crew) and recorded in the run's own transaction: a crash or a failed
+        # write can never leave an armed run the organisers were told is covered
+        # and that the switch knows nothing of.
+        items, trouble = await self._failsafe_plan(loaded, p, run_key) if switch else ((), "")
+        try:
+            async with ctx.store.db.transaction():
+                run_id = await ctx.store.runs.create(
+                    scenario_id=loaded.scenario.id,
+                    source_path=str(loaded.path),
+                    source_sha256=sha,
+                    armed_by=sender,
+                    control_room=control_room,
+                    now=p.now,
+                    dispatches=self._planned(loaded, set(p.withheld)),
+                    drill_room=drill_room,
+                    drill_speed=speed,
+                    run_key=run_key,
+                )
+                if items:
+                    assert ctx.failsafe is not None
+                    await ctx.failsafe.record(run_id, items)
+        except StoreError as err:
+            if not items:
+                raise
+            log.error("%s: not armed, its failsafe rows not recorded: %s", scenario_id, err)
+            raise ArmError(
+                f"{scenario_id}: the database refused the run with its failsafe ({err}). "
+                "Nothing was armed."
+            ) from None
         run = next(r for r in await ctx.store.runs.armed() if r.id == run_id)
         armed = ArmedRun(run, loaded, run_clock)
         ctx.armed[run_id] = armed
@@ -329,7 +348,7 @@ class Arming:
             # Its rooms read once now, long before a look (bot/runs/warmup.py).
             ctx.supervisor.spawn(warmup.at_arming(ctx, ctx.crew, armed), run_id, "read-ahead")
         if switch:
-            switch.append(await self._failsafe_arm(armed, p))
+            switch.append(trouble or await self._failsafe_schedule(armed, items))
         return ArmOutcome(_with(preview_text(p, run_id), switch), table, run_id)
 
     # -- the dead-man's switch (bot/runs/failsafe.py) ------------------------------------
@@ -356,15 +375,29 @@ class Arming:
             )
         return lines
 
-    async def _failsafe_arm(self, armed: ArmedRun, p: ArmPreview) -> str:
+    async def _failsafe_plan(
+        self, loaded: LoadedScenario, p: ArmPreview, run_key: str
+    ) -> tuple[Sequence[DelayedItem], str]:
+        """The rows to record with the run, and the ``!arm`` line when they could
+        not be planned (the homeserver or the crew could not be asked: the run is
+        armed, and the organisers are told it is not covered)."""
         switch = self._ctx.failsafe
         assert switch is not None
         try:
-            return await switch.armed(armed, p.withheld)
+            return await switch.plan(loaded, run_key, p.withheld), ""
         except (DelayedEventsError, StoreError) as err:
-            # Armed already (its timers are set): the bot still sends; say so.
-            log.error("run %d: failsafe not scheduled: %s", armed.run.id, err)
-            return f"⚠️ failsafe NOT scheduled ({err}); the bot sends as usual"
+            log.error("%s: failsafe not planned: %s", loaded.scenario.id, err)
+            return (), f"⚠️ failsafe NOT scheduled ({err}); the bot sends as usual"
+
+    async def _failsafe_schedule(self, armed: ArmedRun, recorded: Sequence[DelayedItem]) -> str:
+        switch = self._ctx.failsafe
+        assert switch is not None
+        try:
+            return await switch.armed(armed, recorded)
+        except (DelayedEventsError, StoreError) as err:
+            # Recorded with the run: the bot's pass schedules them (retrying).
+            log.error("run %d: failsafe not scheduled yet: %s", armed.run.id, err)
+            return f"⚠️ failsafe not scheduled yet ({err}); retried every 20 s"
 
     @staticmethod
     def _planned(loaded: LoadedScenario, withheld: set[tuple[str, str]]) -> list[PlannedDispatch]:

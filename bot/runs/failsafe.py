@@ -31,6 +31,7 @@ from bot.content import stage_messages
 from bot.delivery import COVERED, Release
 from bot.failsafe import (
     LIVE,
+    DelayedItem,
     DelayedRow,
     DelayedState,
     Limits,
@@ -133,24 +134,40 @@ class Switch:
             return False, [f"failsafe refused: the homeserver could not be asked ({err})"]
         return arm_lines(plan, limits, existing=existing)
 
-    async def armed(self, armed: ArmedRun, withheld: Iterable[tuple[str, str]]) -> str:
-        """Record and schedule the run's delayed events (after the run is created);
-        a line for the ``!arm`` reply (counts only)."""
+    async def plan(
+        self, loaded: LoadedScenario, run_key: str, withheld: Iterable[tuple[str, str]]
+    ) -> list[DelayedItem]:
+        """The run's delayed events, planned before the run exists (this asks the
+        homeserver and the crew: no I/O may sit in the run's transaction); their
+        keys carry run id 0 until :meth:`record`."""
         support = await self._server.ensure_supported()
         limits = Limits.from_ms(support.max_delay_ms, support.max_scheduled)
-        targets = await self._targets(armed.loaded, armed.run.id, armed.run_key, set(withheld))
+        targets = await self._targets(loaded, 0, run_key, set(withheld))
         plan = plan_failsafe(
             targets,
-            after=armed.scenario.failsafe.after,
+            after=loaded.scenario.failsafe.after,
             now=self._now(),
             limits=limits,
             min_lead=self._min_lead,
         )
-        await self._table.add([*plan.now, *plan.later], self._now())
+        return [*plan.now, *plan.later]
+
+    async def record(self, run_id: int, items: Iterable[DelayedItem]) -> None:
+        """Record the planned rows for ``run_id``: called inside the transaction
+        that creates the run, so both are stored or neither."""
+        rows = [replace(i, key=replace(i.key, run_id=run_id)) for i in items]
+        await self._table.add(rows, self._now())
+
+    async def armed(self, armed: ArmedRun, recorded: Sequence[DelayedItem]) -> str:
+        """Schedule what is due now of the rows recorded with the run (the
+        others at their time, by the pass); a line for the ``!arm`` reply
+        (counts only)."""
         outcome = await self._schedule()
         line = f"failsafe: {len(outcome.done)} delayed events scheduled on the homeserver"
-        if plan.later:
-            line += f", {len(plan.later)} to be scheduled later"
+        now = self._now()
+        later = sum(1 for i in recorded if i.schedule_at > now)
+        if later:
+            line += f", {later} to be scheduled later"
         return line + outcome.trouble()
 
     async def _targets(
