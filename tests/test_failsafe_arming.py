@@ -75,3 +75,17 @@ async def test_a_failed_write_of_the_delayed_rows_arms_nothing_and_says_so(
         assert out.run_id is not None, out.text
         assert await _uncovered(k.store) == []
         assert len(server.held) == 2
+
+
+async def test_a_drill_of_a_scenario_with_the_failsafe_schedules_nothing(tmp_path: Path) -> None:
+    """The reply says so; the homeserver must get nothing (a drill's rooms are
+    not the scenario's, and its clock is not the wall's)."""
+    async with kit(tmp_path, opted_in=[R1, R2], now=T0 - timedelta(minutes=10)) as k:
+        server = FakeDelayed()
+        k.runs.attach_failsafe(server, seal)  # type: ignore[arg-type]
+        k.write(_data())
+        out = await k.arm("ac", drill_room=R1)
+        assert out.run_id is not None, out.text
+        assert "not used in a drill" in out.text
+        assert server.held == {}
+        assert await count(k.store, "delayed_events") == 0

@@ -312,7 +312,9 @@ class Arming:
         # crew) and recorded in the run's own transaction: a crash or a failed
         # write can never leave an armed run the organisers were told is covered
         # and that the switch knows nothing of.
-        items, trouble = await self._failsafe_plan(loaded, p, run_key) if switch else ((), "")
+        # (A drill never: its rooms are not the scenario's, its clock not the wall's.)
+        covered = loaded.scenario.failsafe.server and not drill
+        items, trouble = await self._failsafe_plan(loaded, p, run_key) if covered else ((), "")
         try:
             async with ctx.store.db.transaction():
                 run_id = await ctx.store.runs.create(
@@ -347,7 +349,7 @@ class Arming:
         if ctx.crew is not None and not drill:
             # Its rooms read once now, long before a look (bot/runs/warmup.py).
             ctx.supervisor.spawn(warmup.at_arming(ctx, ctx.crew, armed), run_id, "read-ahead")
-        if switch:
+        if covered:
             switch.append(trouble or await self._failsafe_schedule(armed, items))
         return ArmOutcome(_with(preview_text(p, run_id), switch), table, run_id)
 
