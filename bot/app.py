@@ -59,6 +59,7 @@ from bot.matrix.sync import SyncLoop
 from bot.matrix.watch import ControlWatch
 from bot.notify import WAIT_IN_ROOM_S, Notifier
 from bot.runs import RunManager
+from bot.runs.doubles import OwnDoubles
 from bot.schedule import Timers
 from bot.store import Store
 from bot.tasks import cancel_and_wait
@@ -122,7 +123,9 @@ class Bot:
             hold=self.dispatcher.quiet,
             max_hold_s=config.dispatch.sync_hold_seconds,
             while_held=self.watch.watch,
-            crew=members,
+            # Alone, the bot is a crew of one: its own tagged copies still come
+            # through as Dispatched, for its doubles (bot/runs/doubles.py).
+            crew=members or (config.matrix.user_id,),
         )
         self.timers = Timers()
         self.catalogs = Catalogs()  # participants' languages, read once (bot/i18n)
@@ -130,6 +133,12 @@ class Bot:
         self._attach_failsafe()
         if config.crew is not None:
             self.crew = self._crew_control(config.crew)
+        self.doubles = OwnDoubles(
+            config.matrix.user_id,
+            armed=lambda: self.runs.armed.values(),
+            matrix=self.matrix,
+            notifier=self.notifier,
+        )
         self.controller, self.participants = self._commands_and_participants()
         # Room events are handled one at a time, in order, off the sync path:
         # a slow command must not stall the sync.
@@ -268,6 +277,7 @@ class Bot:
                 case Dispatched():
                     if self.crew is not None:
                         self._queue(self.crew.on_dispatched, ev)
+                    self._queue(self.doubles.on_dispatched, ev)
 
     def _queue(self, handler: Callable[..., Awaitable[object]], *args: object) -> None:
         async def job() -> None:

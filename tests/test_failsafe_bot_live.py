@@ -546,3 +546,42 @@ async def test_a_crew_member_schedules_only_the_rooms_it_is_on_duty_for(
             assert await server_list(views[bot.bot_user.user_id]) == []
             (event,) = [e for _, _, e in await dispatches(alice, rooms[city])]
             assert event.sender == bot.bot_user.user_id
+
+
+async def test_a_second_copy_from_the_bot_itself_is_redacted_and_told(
+    delayed_homeserver: EmbeddedHomeserver, tmp_path: Path, pool: ClientPool
+) -> None:
+    """Synapse may send a delayed event twice after its own crash, and the
+    homeserver's copy may race the bot's late send: the room then holds two
+    copies from the bot's own account. Played here by sending the copy again
+    with the bot's token; the bot alone (no crew) redacts the later one and
+    tells the control room (ids and counts only)."""
+    hs = delayed_homeserver
+    async with bot_env(hs, tmp_path, pool, "fsdouble") as env:
+        env.spawn()
+        await env.wait_joined(env.control_room, timeout=30)
+        alice, rooms = await rooms_with_participant(env, pool, hs, {"north": False})
+        room = rooms["north"]
+        bot_view = await pool.participant(env.bot_user)
+        t0 = datetime.now(UTC) + timedelta(seconds=8)
+        env.write_scenario(scenario("fsd", t0, rooms, [
+            {"id": "one", "at": "0s", "text": "One in {city}"},
+        ]))
+        reply = await env.command("!arm fsd", timeout=30)
+        assert "failsafe: 1 delayed events scheduled" in reply, reply
+        deadline = time.monotonic() + 20
+        while not await dispatches(alice, room):
+            assert time.monotonic() < deadline, "one did not arrive"
+            await asyncio.sleep(0.2)
+        ((_, _, first),) = await dispatches(alice, room)
+        await sync_until(bot_view, lambda: room in bot_view.rooms)
+        resp = await bot_view.room_send(room, "m.room.message", content_of(first))
+        second = resp.event_id  # type: ignore[union-attr]
+        notices = await env.control_notices("Duplicate in", timeout=20)
+        told = next(n for n in notices if "Duplicate in" in n)
+        assert second in told and first.event_id in told and "1 later" in told, told
+        assert "One in" not in told  # ids and counts, never the text
+        deadline = time.monotonic() + 10
+        while [e.event_id for _, _, e in await dispatches(alice, room)] != [first.event_id]:
+            assert time.monotonic() < deadline, await dispatches(alice, room)
+            await asyncio.sleep(0.2)

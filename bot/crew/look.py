@@ -179,3 +179,13 @@ def resolve(copies: Iterable[Copy], order: Sequence[str]) -> Resolution:
     if not ranked:
         return Resolution(None, ())
     return Resolution(ranked[0], tuple(ranked[1:]))
+
+
+def own_doubles(copies: Iterable[Copy], me: str) -> tuple[Copy, ...]:
+    """The copies of one dispatch part that ``me`` sent beyond its earliest (by
+    ``origin_server_ts``, then event id), earliest first: what it redacts. Synapse
+    may send a delayed event twice after its own crash, and the homeserver's copy
+    may race the bot's late send; both carry the bot as sender. Consistent with
+    :func:`resolve`: that keeps at most one copy, the earliest of its member."""
+    mine = sorted({c for c in copies if c.sender == me})
+    return tuple(mine[1:])

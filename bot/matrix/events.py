@@ -15,8 +15,9 @@ then the crew's heartbeats in the control rooms.
 ``crew``: the other bots of the crew (docs/crew.md). Their messages and
 reactions are never commands or check-ins, whatever power they hold; their
 (and this bot's) dispatch-tagged messages in other rooms become
-:class:`Dispatched`, so the crew can keep one copy of each. Empty (no crew): no
-event changes.
+:class:`Dispatched`, so the crew can keep one copy of each. The running bot
+alone passes itself (a crew of one), so its own doubled copies are seen
+(bot/runs/doubles.py); empty: no event changes.
 
 ``history``: the first sync ever on a device brings the rooms' old timelines;
 none of it is a command, a check-in or a departure (it is memberships and

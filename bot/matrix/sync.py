@@ -79,7 +79,8 @@ class SyncLoop:
         crew: Iterable[str] = (),
     ) -> None:
         self._client = client
-        self._crew = frozenset(crew)  # empty without a crew (bot/matrix/events.py)
+        # The crew (this bot among them); alone, this bot only (bot/runs/doubles.py).
+        self._crew = frozenset(crew)
         self._on_events = on_events
         self._control_rooms = frozenset(control_rooms)
         self._hold = hold
