@@ -138,6 +138,7 @@ class Bot:
             armed=lambda: self.runs.armed.values(),
             matrix=self.matrix,
             notifier=self.notifier,
+            ledger=store.ledger,
         )
         self.controller, self.participants = self._commands_and_participants()
         # Room events are handled one at a time, in order, off the sync path:

@@ -43,6 +43,10 @@ class _Report(Protocol):
     async def report(self, room_id: str | None, text: str) -> None: ...
 
 
+class _Repoint(Protocol):
+    async def repoint(self, event_id: str, kept: str) -> bool: ...
+
+
 class OwnDoubles:
     def __init__(
         self,
@@ -51,8 +55,10 @@ class OwnDoubles:
         armed: Callable[[], Iterable[_Armed]],
         matrix: _Redact,
         notifier: _Report,
+        ledger: _Repoint,
     ) -> None:
         self._me = me
+        self._ledger = ledger
         self._armed = armed
         self._matrix = matrix
         self._notifier = notifier
@@ -74,12 +80,15 @@ class OwnDoubles:
         if not todo:
             return
         done = 0
+        kept = min(copies)
         for copy in todo:
             self._done.add(copy.event_id)
+            # The ledger may name the later copy (the bot's send after the
+            # homeserver's): a !redirect's edit must go to the one kept.
+            await self._ledger.repoint(copy.event_id, kept.event_id)
             ok = await self._matrix.redact(ev.room_id, copy.event_id, "duplicate copy")
             done += ok
             log.info("redacted own double %s in %s: %s", copy.event_id, ev.room_id, ok)
-        kept = min(copies)
         armed = next((a for a in self._armed() if a.run_key == tag.run), None)
         run = f"run {armed.run.id}" if armed is not None else "a run"
         failed = f", {len(todo) - done} could not be" if done < len(todo) else ""

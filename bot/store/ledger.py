@@ -288,6 +288,15 @@ class Ledger:
         )
         return _delivery(rows[0]) if rows else None
 
+    async def repoint(self, event_id: str, kept: str) -> bool:
+        """The delivery recorded as ``event_id`` now names ``kept`` (its earlier
+        copy, when the later was redacted as a double): edits of a ``!redirect``
+        must reach the copy the room still shows. False if none was recorded."""
+        changed = await self._db.write(
+            "UPDATE deliveries SET event_id = ? WHERE event_id = ?", (kept, event_id)
+        )
+        return changed > 0
+
     async def latest_text_delivery(self, run_id: int, room_id: str) -> DeliveryRow | None:
         """The run's latest stage message sent to a room (synthetic stages excluded)."""
         rows = await self._db.fetch(
