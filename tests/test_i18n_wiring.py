@@ -54,6 +54,9 @@ class FakeParticipants:
     ) -> None:
         self.direct.append((s, c, u, r))
 
+    async def set_pod(self, s: str, c: str, u: str, pod_id: str | None) -> bool:
+        return any((s, c, u) == row[:3] for row in self.direct)  # no pods here
+
     async def remove_direct_room(self, room_id: str) -> int:
         before = len(self.direct)
         self.direct = [row for row in self.direct if row[3] != room_id]
