@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from bot.clock import ManualClock
 from bot.crew import Crew, Heartbeat
 from bot.crew.heartbeat import AWAKE_FOR, EVENT_TYPE, IDLE_INTERVAL
-from bot.crew.roster import HeartbeatFailed, PublishProblem, Roster
+from bot.crew.publish import HeartbeatFailed, PublishProblem
+from bot.crew.roster import Roster
 from bot.retry import RetryPolicy, SendFailure
 
 A, B, C = "@blossom:north.example", "@blossom:south.example", "@blossom:west.example"

@@ -27,7 +27,8 @@ from bot import __version__
 from bot.clock import SystemClock
 from bot.crew import Crew
 from bot.crew.heartbeat import EVENT_TYPE, Heartbeat
-from bot.crew.roster import PublishProblem, Roster
+from bot.crew.publish import PublishProblem
+from bot.crew.roster import Roster
 from bot.devtools.homeserver import EmbeddedHomeserver, RegisteredUser
 from bot.matrix.crew_state import MatrixCrewState, crew_events
 from bot.matrix.session import client_config

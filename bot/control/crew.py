@@ -22,6 +22,7 @@ from bot.crew.duty import CrewView
 from bot.crew.heartbeat import MAX_ANSWERS, Answer
 from bot.crew.look import Copy, resolve
 from bot.crew.members import Crew, unknown_members
+from bot.crew.publish import CrewStatePort, PublishProblem
 from bot.crew.rollcall import (
     ARMED,
     NOT_ARMED,
@@ -31,7 +32,7 @@ from bot.crew.rollcall import (
     roll_call,
     roll_call_window,
 )
-from bot.crew.roster import CrewStatePort, PublishProblem, Roster
+from bot.crew.roster import Roster
 from bot.library import LibraryError, ScenarioLibrary
 from bot.matrix.actions import MatrixActions
 from bot.matrix.events import Dispatched

@@ -1,12 +1,14 @@
-"""What can go wrong publishing this bot's heartbeat, in the roster's terms
-(:mod:`bot.crew.roster` re-exports both): a failed request, and the problem told
-to the control room when the heartbeat is refused. Ids only.
+"""Publishing this bot's heartbeat, in the roster's terms: the port to the
+homeserver (``bot.matrix.crew_state`` implements it), a failed request, and the
+problem told to the control room when the heartbeat is refused. Ids only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, Protocol
 
 from bot.crew.heartbeat import EVENT_TYPE
 from bot.retry import SendFailure
@@ -45,3 +47,17 @@ class PublishProblem:
             f"{self.failure}. The other members count {self.member} down and cover its "
             f"rooms. Retrying every {every}."
         )
+
+
+class CrewStatePort(Protocol):
+    """What the roster needs from the homeserver (``bot.matrix.crew_state``)."""
+
+    async def publish(self, room_id: str, state_key: str, content: Mapping[str, Any]) -> str:
+        """Put the ``org.blossom.crew`` state event; its event id, or raise
+        :class:`HeartbeatFailed`."""
+        ...
+
+    async def heartbeats(self, room_id: str) -> list[Any]:
+        """The room's current ``org.blossom.crew`` state events as raw dicts, or
+        raise :class:`HeartbeatFailed`."""
+        ...

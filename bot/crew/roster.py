@@ -26,7 +26,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
 
 from bot.clock import Clock
 from bot.crew.duty import CrewView, Listening
@@ -41,8 +40,7 @@ from bot.crew.heartbeat import (
     sighting,
 )
 from bot.crew.members import Crew, Member
-from bot.crew.publish import HeartbeatFailed as HeartbeatFailed
-from bot.crew.publish import PublishProblem as PublishProblem
+from bot.crew.publish import CrewStatePort, HeartbeatFailed, PublishProblem
 from bot.crew.rollcall import roll_call_window
 from bot.crew.speaker import decided
 from bot.retry import GiveUp, RetryPolicy, SendFailure
@@ -56,20 +54,6 @@ _PUBLISHED = 8  # own accepted heartbeat times kept for bot.crew.heartbeat.misse
 # A heartbeat made this little before this bot started listening is not old: its
 # time is in whole milliseconds, and members' clocks differ a little.
 _OLD_SLACK = timedelta(seconds=1)
-
-
-class CrewStatePort(Protocol):
-    """What the roster needs from the homeserver (``bot.matrix.crew_state``)."""
-
-    async def publish(self, room_id: str, state_key: str, content: Mapping[str, Any]) -> str:
-        """Put the ``org.blossom.crew`` state event; its event id, or raise
-        :class:`HeartbeatFailed`."""
-        ...
-
-    async def heartbeats(self, room_id: str) -> list[Any]:
-        """The room's current ``org.blossom.crew`` state events as raw dicts, or
-        raise :class:`HeartbeatFailed`."""
-        ...
 
 
 Report = Callable[[PublishProblem], Awaitable[None]]

@@ -31,7 +31,7 @@ from nio import (
 )
 
 from bot.crew.heartbeat import EVENT_TYPE
-from bot.crew.roster import HeartbeatFailed
+from bot.crew.publish import HeartbeatFailed
 from bot.matrix.sender import failure_from_error
 from bot.retry import SendFailure
 

@@ -25,10 +25,9 @@ from bot.failsafe import DelayedItem, Steer
 from bot.ids import job_prefix
 from bot.ledger import DISPATCH_DONE, DISPATCH_PENDING, DispatchState, RunState
 from bot.library import LibraryError, LoadedScenario, load_file
-from bot.matrix.delayed import DelayedEventsError
 from bot.preflight import fanout_warnings
 from bot.report import PlanLine, plan_table
-from bot.runs import warmup
+from bot.runs import arm_failsafe, warmup
 from bot.runs.context import RunContext
 from bot.runs.lanes import all_rooms, city_of, lanes_of, listed_rooms, pod_of
 from bot.runs.model import ArmedRun, ArmError, ArmPreview
@@ -274,12 +273,7 @@ class Arming:
         """
         ctx = self._ctx
         drill = drill_room is not None
-        if any(
-            a.scenario_id == scenario_id and (a.drill_room is not None) == drill
-            for a in ctx.armed.values()
-        ):
-            what = "a drill of it is running" if drill else "it is already armed"
-            raise ArmError(f"{scenario_id}: {what}; !disarm {scenario_id} first")
+        self._refuse_if_running(scenario_id, drill)
         loaded, sha = _loaded(self.find(scenario_id), start_at)
         speed = (drill_speed or DRILL_SPEED) if drill else None
         run_clock = self._run_clock(build_timeline(loaded.scenario), drill, speed or 1, drill_lead)
@@ -291,15 +285,8 @@ class Arming:
             _clock=run_clock,
         )
         table = plan_table(p.lines, p.now)
-        if p.refusals:
-            raise ArmError("; ".join(p.refusals) + " Nothing was armed.")
-        if p.to_schedule == 0:
-            raise ArmError(
-                f"every stage of {scenario_id} is past and went out in an earlier run: "
-                f"nothing to send. To run it again at a new time: !arm {scenario_id} at "
-                f"<instant>; to send the past stages again: !arm {scenario_id} resend"
-            )
-        switch = await self._failsafe_check(loaded, p, drill)
+        _refuse_if_nothing_to_do(scenario_id, p)
+        switch = await arm_failsafe.check(ctx, loaded, p, drill)
         if p.needs_confirm and not confirmed:
             return ArmOutcome(
                 _with(preview_text(p, None), switch), table, result="asked to confirm"
@@ -314,11 +301,58 @@ class Arming:
         # and that the switch knows nothing of.
         # (A drill never: its rooms are not the scenario's, its clock not the wall's.)
         covered = loaded.scenario.failsafe.server and not drill
-        items, trouble = await self._failsafe_plan(loaded, p, run_key) if covered else ((), "")
+        items, trouble = await arm_failsafe.plan(ctx, loaded, p, run_key) if covered else ((), "")
+        run_id = await self._create(
+            loaded,
+            p,
+            items,
+            sha=sha,
+            sender=sender,
+            control_room=control_room,
+            run_key=run_key,
+            drill_room=drill_room,
+            drill_speed=speed,
+        )
+        run = next(r for r in await ctx.store.runs.armed() if r.id == run_id)
+        armed = ArmedRun(run, loaded, run_clock)
+        ctx.armed[run_id] = armed
+        ctx.armed_changed()
+        self._shell.schedule(armed, await ctx.store.ledger.dispatches(run_id))
+        log.info("armed %s as run %d by %s", scenario_id, run_id, sender)
+        if ctx.crew is not None and not drill:
+            # Its rooms read once now, long before a look (bot/runs/warmup.py).
+            ctx.supervisor.spawn(warmup.at_arming(ctx, ctx.crew, armed), run_id, "read-ahead")
+        if covered:
+            switch.append(trouble or await arm_failsafe.schedule(ctx, armed, items))
+        return ArmOutcome(_with(preview_text(p, run_id), switch), table, run_id)
+
+    def _refuse_if_running(self, scenario_id: str, drill: bool) -> None:
+        if any(
+            a.scenario_id == scenario_id and (a.drill_room is not None) == drill
+            for a in self._ctx.armed.values()
+        ):
+            what = "a drill of it is running" if drill else "it is already armed"
+            raise ArmError(f"{scenario_id}: {what}; !disarm {scenario_id} first")
+
+    async def _create(
+        self,
+        loaded: LoadedScenario,
+        p: ArmPreview,
+        items: Sequence[DelayedItem],
+        *,
+        sha: str,
+        sender: str,
+        control_room: str,
+        run_key: str,
+        drill_room: str | None,
+        drill_speed: float | None,
+    ) -> int:
+        """The run, its dispatches and the switch's rows, in one transaction."""
+        ctx, scenario_id = self._ctx, loaded.scenario.id
         try:
             async with ctx.store.db.transaction():
                 run_id = await ctx.store.runs.create(
-                    scenario_id=loaded.scenario.id,
+                    scenario_id=scenario_id,
                     source_path=str(loaded.path),
                     source_sha256=sha,
                     armed_by=sender,
@@ -326,7 +360,7 @@ class Arming:
                     now=p.now,
                     dispatches=self._planned(loaded, set(p.withheld)),
                     drill_room=drill_room,
-                    drill_speed=speed,
+                    drill_speed=drill_speed,
                     run_key=run_key,
                 )
                 if items:
@@ -340,66 +374,7 @@ class Arming:
                 f"{scenario_id}: the database refused the run with its failsafe ({err}). "
                 "Nothing was armed."
             ) from None
-        run = next(r for r in await ctx.store.runs.armed() if r.id == run_id)
-        armed = ArmedRun(run, loaded, run_clock)
-        ctx.armed[run_id] = armed
-        ctx.armed_changed()
-        self._shell.schedule(armed, await ctx.store.ledger.dispatches(run_id))
-        log.info("armed %s as run %d by %s", scenario_id, run_id, sender)
-        if ctx.crew is not None and not drill:
-            # Its rooms read once now, long before a look (bot/runs/warmup.py).
-            ctx.supervisor.spawn(warmup.at_arming(ctx, ctx.crew, armed), run_id, "read-ahead")
-        if covered:
-            switch.append(trouble or await self._failsafe_schedule(armed, items))
-        return ArmOutcome(_with(preview_text(p, run_id), switch), table, run_id)
-
-    # -- the dead-man's switch (bot/runs/failsafe.py) ------------------------------------
-
-    async def _failsafe_check(
-        self, loaded: LoadedScenario, p: ArmPreview, drill: bool
-    ) -> list[str]:
-        """The ``!arm`` lines of a scenario with ``failsafe.server`` (empty
-        without); ArmError when the switch is refused: nothing is armed, since a
-        run the organisers believe covered must not go ahead uncovered."""
-        if not loaded.scenario.failsafe.server:
-            return []
-        if drill:
-            return ["failsafe: not used in a drill (nothing is scheduled on the homeserver)"]
-        switch = self._ctx.failsafe
-        if switch is None:
-            ok, lines = False, ["failsafe refused: this bot has no delayed events wired"]
-        else:
-            ok, lines = await switch.check(loaded, p)
-        if not ok:
-            raise ArmError(
-                "\n".join(lines) + f"\nNothing was armed. Fix the homeserver, or remove "
-                f"failsafe.server from {loaded.scenario.id} to arm without the switch."
-            )
-        return lines
-
-    async def _failsafe_plan(
-        self, loaded: LoadedScenario, p: ArmPreview, run_key: str
-    ) -> tuple[Sequence[DelayedItem], str]:
-        """The rows to record with the run, and the ``!arm`` line when they could
-        not be planned (the homeserver or the crew could not be asked: the run is
-        armed, and the organisers are told it is not covered)."""
-        switch = self._ctx.failsafe
-        assert switch is not None
-        try:
-            return await switch.plan(loaded, run_key, p.withheld), ""
-        except (DelayedEventsError, StoreError) as err:
-            log.error("%s: failsafe not planned: %s", loaded.scenario.id, err)
-            return (), f"⚠️ failsafe NOT scheduled ({err}); the bot sends as usual"
-
-    async def _failsafe_schedule(self, armed: ArmedRun, recorded: Sequence[DelayedItem]) -> str:
-        switch = self._ctx.failsafe
-        assert switch is not None
-        try:
-            return await switch.armed(armed, recorded)
-        except (DelayedEventsError, StoreError) as err:
-            # Recorded with the run: the bot's pass schedules them (retrying).
-            log.error("run %d: failsafe not scheduled yet: %s", armed.run.id, err)
-            return f"⚠️ failsafe not scheduled yet ({err}); retried every 20 s"
+        return run_id
 
     @staticmethod
     def _planned(loaded: LoadedScenario, withheld: set[tuple[str, str]]) -> list[PlannedDispatch]:
@@ -508,4 +483,15 @@ class Arming:
         )
         ctx.supervisor.after_ready(
             run.id, "reporting", lambda: ctx.notifier.report(run.control_room, text)
+        )
+
+
+def _refuse_if_nothing_to_do(scenario_id: str, p: ArmPreview) -> None:
+    if p.refusals:
+        raise ArmError("; ".join(p.refusals) + " Nothing was armed.")
+    if p.to_schedule == 0:
+        raise ArmError(
+            f"every stage of {scenario_id} is past and went out in an earlier run: "
+            f"nothing to send. To run it again at a new time: !arm {scenario_id} at "
+            f"<instant>; to send the past stages again: !arm {scenario_id} resend"
         )
