@@ -6,6 +6,7 @@ or check-ins, and invites among members."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -130,7 +131,13 @@ async def test_crew_members_are_never_commands_or_checkins_and_invite_each_other
         # The moderator invites one member; it invites the rest; they accept.
         await a.opt_in(crew.org, room)
         await b.wait_joined(room, by=crew.org)
-        opted = query(b, "SELECT opted_in_by, note FROM rooms WHERE room_id = ?", (room,))
+        # The server shows b joined as soon as its join returns; b records the room
+        # just after (seen missing once under load): wait for the row, then check it.
+        sql = "SELECT opted_in_by, note FROM rooms WHERE room_id = ?"
+        for _ in range(100):
+            if opted := query(b, sql, (room,)):
+                break
+            await asyncio.sleep(0.1)
         assert opted == [(a.bot_user.user_id, "invited by a crew member")], opted
 
         # A crew member's command is not taken (not answered, not audited) by anyone.
