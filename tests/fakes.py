@@ -262,16 +262,19 @@ async def kit(
     prepare_seconds: float = 1.0,
     rate: float = 1000.0,
     crew: Callable[[FakeHomeserver], Any] | None = None,
+    clock: Any = None,
+    timers: Any = None,
 ) -> AsyncIterator[Kit]:
     """A run manager over fakes. Pass the ``store`` and ``hs`` of an earlier kit
-    to play a restart (same database, same rooms)."""
+    to play a restart (same database, same rooms); ``clock`` and ``timers`` to
+    run on real ones (bot.clock.SystemClock, bot.schedule.Timers)."""
     (tmp / "scenarios").mkdir(parents=True, exist_ok=True)
-    clock = ManualClock(now)
+    clock = clock or ManualClock(now)
     own_store = store is None
     db = store or await Store.open(tmp / "blossom.db")
     server = hs or FakeHomeserver()
     rooms = FakeRooms(opted_in, aliases)
-    timers = FakeTimers()
+    timers = timers or FakeTimers()
     ready = asyncio.Event()
     ready.set()
     policy = RetryPolicy(base_s=0.001, cap_s=0.005)

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 # A timer that fires this much before its time on the run's clock saw a jump back.
 _EARLY = timedelta(seconds=1)
+_SHORT_WALL = timedelta(seconds=2)  # wall time worth waiting out inside a woken job
 _WAITING = (DispatchState.SCHEDULED, DispatchState.RELEASING)
 
 
@@ -121,14 +122,23 @@ class ReleaseShell:
         if armed is None:
             return
         if armed.clock.now() < due_at - ctx.lead - _EARLY:
-            # Woken early: the clock jumped back after the timer was last set
-            # (Timers.retime moves timers within a second; this closes the gap).
-            # Set the timer again rather than prepare early and sleep on it.
-            log.info("run %d: timer for %s woke early by its clock; set again", run_id, due_at)
-            ctx.timers.set_on(
-                job_id(run_id, due_at), armed.clock, due_at - ctx.lead, self._job(run_id, due_at)
-            )
-            return
+            wake = due_at - ctx.lead
+            wall_left = armed.clock.to_wall(wake) - ctx.clock.to_wall(ctx.clock.now())
+            if wall_left < _SHORT_WALL:
+                # A scaled clock (drill, demo) magnifies timer jitter: 10 ms early
+                # at x100 is a second by the run's clock. Re-setting this job's own
+                # id now would make the scheduler skip it (this instance is still
+                # running: max_instances=1) and lose the stage; wait here instead.
+                await armed.clock.sleep_until(wake)
+            else:
+                # Woken early: the clock jumped back after the timer was last set
+                # (Timers.retime moves timers within a second; this closes the gap).
+                # Set the timer again rather than prepare early and sleep on it.
+                log.info("run %d: timer for %s woke early by its clock; set again", run_id, due_at)
+                ctx.timers.set_on(
+                    job_id(run_id, due_at), armed.clock, wake, self._job(run_id, due_at)
+                )
+                return
         claimed = self._claimed[run_id]
         rows = [
             d
