@@ -15,6 +15,7 @@ from typing import Protocol
 
 from bot.crew.look import Copy, own_doubles
 from bot.matrix.events import Dispatched
+from bot.text import crew as crew_text
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +91,14 @@ class OwnDoubles:
             done += ok
             log.info("redacted own double %s in %s: %s", copy.event_id, ev.room_id, ok)
         armed = next((a for a in self._armed() if a.run_key == tag.run), None)
-        run = f"run {armed.run.id}" if armed is not None else "a run"
-        failed = f", {len(todo) - done} could not be" if done < len(todo) else ""
         await self._notifier.report(
             armed.run.control_room if armed is not None else None,
-            f"Duplicate in {ev.room_id} ({run}, {tag.city}/{tag.stage}/{tag.part}): "
-            f"{len(todo)} later copy(ies) of this bot's own redacted{failed} "
-            f"({', '.join(c.event_id for c in todo)}); {kept.event_id} kept. The homeserver "
-            "sent a delayed event twice, or its copy raced a late send.",
+            crew_text.own_duplicates_removed(
+                ev.room_id,
+                armed.run.id if armed is not None else None,
+                (tag.city, tag.stage, tag.part),
+                [c.event_id for c in todo],
+                len(todo) - done,
+                kept.event_id,
+            ),
         )

@@ -94,3 +94,22 @@ def duplicate_removed(
         f"Duplicate in {room_id} ({run}, {city}/{stage}/{part}): the copy of {kept} is kept, "
         f"{redacted} redacts its own (after a partition both sent)."
     )
+
+
+def own_duplicates_removed(
+    room_id: str,
+    run_id: int | None,
+    where: tuple[str, str, str],
+    redacted: Sequence[str],
+    failed: int,
+    kept: str,
+) -> str:
+    run = f"run {run_id}" if run_id is not None else "a run"
+    city, stage, part = where
+    not_done = f", {failed} could not be" if failed else ""
+    return (
+        f"Duplicate in {room_id} ({run}, {city}/{stage}/{part}): "
+        f"{len(redacted)} later copy(ies) of this bot's own redacted{not_done} "
+        f"({', '.join(redacted)}); {kept} kept. The homeserver "
+        "sent a delayed event twice, or its copy raced a late send."
+    )
