@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.stats import pairs_needed
-from benchmarks.targets import Judged, judge
+from benchmarks.targets import Judged, judge, read_in_flight, safest_fast_level
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results" / "latest.json"
@@ -237,6 +237,43 @@ def in_flight_table(t: Mapping[str, Any]) -> str:
     )
 
 
+def in_flight_reading(t: Mapping[str, Any], bot_level: int) -> str:
+    """What the in-flight table says, level by level, against the bot's own level,
+    and the level it argues for (benchmarks.targets.safest_fast_level)."""
+    readings = read_in_flight(t, bot_level)
+    lines = []
+    for r in readings:
+        first = "–" if r.abort_first_ms is None else f"{r.abort_first_ms / 1000:.2f} s"
+        line = f"- **{r.level}**: abort target {r.abort} (first room told {first}, median)"
+        if r.level != bot_level and r.fanout_vs_bot is not None:
+            noise = "ranges overlap: within the noise" if r.overlaps_bot else "ranges apart"
+            line += f"; fan-out {r.fanout_vs_bot:.2f} × {bot_level}'s ({noise})"
+        lines.append(line + ".")
+    best = safest_fast_level(readings)
+    if best is None:
+        choice = "The table has no level to argue for."
+    elif best.level == bot_level:
+        choice = (
+            f"Of the levels that do not miss the abort target, {best.level} has the fastest "
+            f"fan-out: the bot's `max_in_flight` ({bot_level}) is that level."
+        )
+    else:
+        own = next((r.abort for r in readings if r.level == bot_level), "not measured")
+        choice = (
+            f"Of the levels that do not miss the abort target, {best.level} has the fastest "
+            f"fan-out; the bot ran with `max_in_flight: {bot_level}` (abort target: {own})."
+        )
+    if best is not None and best.abort != "met":
+        choice += " No level met the abort target beyond the noise."
+    return (
+        f"Read against the bot's level ({bot_level}), fan-out by last stamp, ratio of "
+        "medians; the abort target's verdict by the sign test over the repeats:\n\n"
+        + "\n".join(lines)
+        + "\n\n"
+        + choice
+    )
+
+
 def _target_cell(j: Judged) -> str:
     if not j.values:
         return "–"
@@ -345,7 +382,10 @@ def render(report: Mapping[str, Any] | None) -> str:
     ]
     if report.get("in_flight"):
         parts.append(
-            "#### In flight: fan-out against abort\n\n" + in_flight_table(report["in_flight"])
+            "#### In flight: fan-out against abort\n\n"
+            + in_flight_table(report["in_flight"])
+            + "\n\n"
+            + in_flight_reading(report["in_flight"], int(report["settings"]["bot_max_in_flight"]))
         )
     parts += extras(report)
     return "\n\n".join(parts)

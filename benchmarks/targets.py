@@ -117,3 +117,60 @@ def judge_abort(in_flight: Mapping[str, Any] | None, level: int) -> Judged:
 def judge(report: Mapping[str, Any]) -> list[Judged]:
     level = int(report["settings"]["bot_max_in_flight"])
     return [*judge_sizes(report["results"]), judge_abort(report.get("in_flight"), level)]
+
+
+@dataclass(frozen=True)
+class LevelReading:
+    """One in-flight level against the bot's own: the abort target's verdict, and
+    its fan-out (last stamp) as the ratio of medians to the bot's level, with
+    whether the two levels' ranges overlap (then the difference is within the noise)."""
+
+    level: int
+    abort: Verdict
+    abort_first_ms: float | None
+    fanout_ms: float | None
+    fanout_vs_bot: float | None
+    overlaps_bot: bool
+
+
+def _median(row: Mapping[str, Any], key: str) -> float | None:
+    value = row[key]["median"]
+    return None if value is None else float(value)
+
+
+def read_in_flight(in_flight: Mapping[str, Any], bot_level: int) -> list[LevelReading]:
+    """Each level of the in-flight table read against the bot's ``max_in_flight``."""
+    rows = {int(r["max_in_flight"]): r for r in in_flight["levels"]}
+    own = rows.get(bot_level)
+    out: list[LevelReading] = []
+    for level, row in rows.items():
+        firsts = [float(a["first_stop_ms"]) for a in row["aborts"]]
+        fan = _median(row, "fanout_server_ms")
+        ratio = overlap = None
+        if own is not None and fan is not None and _median(own, "fanout_server_ms"):
+            ratio = round(fan / float(own["fanout_server_ms"]["median"]), 3)
+            mine, theirs = own["fanout_server_ms"], row["fanout_server_ms"]
+            overlap = not (theirs["max"] < mine["min"] or theirs["min"] > mine["max"])
+        out.append(
+            LevelReading(
+                level,
+                verdict(firsts, ABORT_TARGET_MS, at_most=True),
+                _median(row, "abort_first_stop_ms"),
+                fan,
+                ratio,
+                bool(overlap),
+            )
+        )
+    return out
+
+
+def safest_fast_level(readings: Sequence[LevelReading]) -> LevelReading | None:
+    """The level the table argues for: of those whose abort target is not missed
+    (met first, then within the noise), the fastest fan-out; if every level misses
+    it, the one whose first stop message comes soonest."""
+    for wanted in ("met", "within the noise"):
+        ok = [r for r in readings if r.abort == wanted and r.fanout_ms is not None]
+        if ok:
+            return min(ok, key=lambda r: r.fanout_ms or 0.0)
+    timed = [r for r in readings if r.abort_first_ms is not None]
+    return min(timed, key=lambda r: r.abort_first_ms or 0.0) if timed else None

@@ -202,3 +202,29 @@ def test_the_crew_scenario_puts_each_member_first_for_its_own_servers_rooms() ->
     assert data["failover"] == {"grace": "20s"}
     orders = {tuple(c.rooms): list(c.crew or []) for c in scenario.cities}
     assert orders == {(a1,): [a, b], (a2,): [a, b], (b1,): [b, a], (b2,): [b, a]}
+
+
+def _level(n: int, fanout_rate: float, firsts: list[float]) -> dict[str, Any]:
+    aborts = [AbortRun(1000, 1.0, ms - 50, ms, 20000, 100, 3, 0) for ms in firsts]
+    return summarise_level(n, [_blossom(fanout_rate, 1000, 9.0)] * len(firsts), aborts)
+
+
+def test_the_in_flight_reading_argues_for_the_fastest_level_that_keeps_the_abort_target() -> None:
+    from benchmarks.targets import read_in_flight, safest_fast_level
+
+    table = {"rooms": 1000, "abort_after_s": 1.0, "repeats": 5, "levels": [
+        _level(16, 48, [500, 520, 610, 480, 700]),  # met, slowest fan-out
+        _level(32, 52, [900, 1100, 950, 1200, 800]),  # straddles 1 s
+        _level(64, 58, [1600, 2200, 1900, 1500, 2100]),  # missed, fastest
+    ]}
+    readings = {r.level: r for r in read_in_flight(table, 32)}
+    assert [readings[n].abort for n in (16, 32, 64)] == ["met", "within the noise", "missed"]
+    assert readings[16].fanout_vs_bot is not None and readings[16].fanout_vs_bot > 1
+    best = safest_fast_level(list(readings.values()))
+    assert best is not None and best.level == 16
+    text = bench_report.in_flight_reading(table, 32)
+    assert "16 has the fastest fan-out; the bot ran with `max_in_flight: 32`" in text
+    assert "(abort target: within the noise)" in text
+    # Every level missing the target: the one that stops soonest.
+    late = {**table, "levels": [_level(32, 52, [1500] * 5), _level(64, 58, [2500] * 5)]}
+    assert safest_fast_level(read_in_flight(late, 32)).level == 32  # type: ignore[union-attr]
