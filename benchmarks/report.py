@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.stats import pairs_needed
-from benchmarks.targets import Judged, judge, read_in_flight, safest_fast_level
+from benchmarks.targets import (
+    Judged,
+    LevelReading,
+    judge,
+    read_in_flight,
+    safest_fast_level,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results" / "latest.json"
@@ -237,6 +243,12 @@ def in_flight_table(t: Mapping[str, Any]) -> str:
     )
 
 
+def _why(best: LevelReading) -> str:
+    if best.abort == "met":
+        return "the fastest fan-out of the levels that meet the abort target"
+    return "no level meets the abort target beyond the noise; its first stop message comes soonest"
+
+
 def in_flight_reading(t: Mapping[str, Any], bot_level: int) -> str:
     """What the in-flight table says, level by level, against the bot's own level,
     and the level it argues for (benchmarks.targets.safest_fast_level)."""
@@ -254,17 +266,15 @@ def in_flight_reading(t: Mapping[str, Any], bot_level: int) -> str:
         choice = "The table has no level to argue for."
     elif best.level == bot_level:
         choice = (
-            f"Of the levels that do not miss the abort target, {best.level} has the fastest "
-            f"fan-out: the bot's `max_in_flight` ({bot_level}) is that level."
+            f"The table argues for {best.level} in flight ({_why(best)}): the bot's "
+            f"`max_in_flight` ({bot_level}) is that level."
         )
     else:
         own = next((r.abort for r in readings if r.level == bot_level), "not measured")
         choice = (
-            f"Of the levels that do not miss the abort target, {best.level} has the fastest "
-            f"fan-out; the bot ran with `max_in_flight: {bot_level}` (abort target: {own})."
+            f"The table argues for {best.level} in flight ({_why(best)}); the bot ran with "
+            f"`max_in_flight: {bot_level}` (abort target: {own})."
         )
-    if best is not None and best.abort != "met":
-        choice += " No level met the abort target beyond the noise."
     return (
         f"Read against the bot's level ({bot_level}), fan-out by last stamp, ratio of "
         "medians; the abort target's verdict by the sign test over the repeats:\n\n"

@@ -165,12 +165,11 @@ def read_in_flight(in_flight: Mapping[str, Any], bot_level: int) -> list[LevelRe
 
 
 def safest_fast_level(readings: Sequence[LevelReading]) -> LevelReading | None:
-    """The level the table argues for: of those whose abort target is not missed
-    (met first, then within the noise), the fastest fan-out; if every level misses
-    it, the one whose first stop message comes soonest."""
-    for wanted in ("met", "within the noise"):
-        ok = [r for r in readings if r.abort == wanted and r.fanout_ms is not None]
-        if ok:
-            return min(ok, key=lambda r: r.fanout_ms or 0.0)
+    """The level the table argues for: of those that meet the abort target, the
+    fastest fan-out; if none meets it, the one whose first stop message comes
+    soonest (median). Stopping a crowd in time comes before a faster fan-out."""
+    met = [r for r in readings if r.abort == "met" and r.fanout_ms is not None]
+    if met:
+        return min(met, key=lambda r: r.fanout_ms or 0.0)
     timed = [r for r in readings if r.abort_first_ms is not None]
     return min(timed, key=lambda r: r.abort_first_ms or 0.0) if timed else None

@@ -223,8 +223,12 @@ def test_the_in_flight_reading_argues_for_the_fastest_level_that_keeps_the_abort
     best = safest_fast_level(list(readings.values()))
     assert best is not None and best.level == 16
     text = bench_report.in_flight_reading(table, 32)
-    assert "16 has the fastest fan-out; the bot ran with `max_in_flight: 32`" in text
-    assert "(abort target: within the noise)" in text
+    assert "argues for 16 in flight (the fastest fan-out of the levels that meet" in text
+    assert "the bot ran with `max_in_flight: 32` (abort target: within the noise)" in text
+    # None meets it: the soonest stop wins over a faster fan-out.
+    unsure = {**table, "levels": [_level(16, 48, [500, 520, 1610, 480, 1700]),
+                                  _level(32, 52, [900, 1100, 950, 1200, 1800])]}
+    assert safest_fast_level(read_in_flight(unsure, 32)).level == 16  # type: ignore[union-attr]
     # Every level missing the target: the one that stops soonest.
     late = {**table, "levels": [_level(32, 52, [1500] * 5), _level(64, 58, [2500] * 5)]}
     assert safest_fast_level(read_in_flight(late, 32)).level == 32  # type: ignore[union-attr]
