@@ -29,7 +29,8 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+import traceback
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -275,11 +276,28 @@ async def measure_size(
     return summarise_size(rooms_n, best, rates, pairs, typicals)
 
 
-async def _phase(report: dict[str, Any], name: str, work: Callable[[], Awaitable[Any]]) -> None:
-    """Run one part of the benchmark, keeping its result and how long it took."""
+async def _phase(
+    report: dict[str, Any], name: str, work: Callable[[], Awaitable[Any]], output: Path
+) -> None:
+    """Run one part of the benchmark, keeping its result and how long it took, and
+    write the results file so far: a part that fails (after an hour of the others)
+    is recorded as failed, the parts before it are kept, and the next ones run."""
     t0 = time.monotonic()
-    report[name] = await work()
+    try:
+        report[name] = await work()
+    except Exception as err:  # any failure of one part: recorded, the next parts run
+        log(f"{name} FAILED: {type(err).__name__}: {err}")
+        traceback.print_exc()
+        report.setdefault("failed_phases", {})[name] = f"{type(err).__name__}: {err}"
     report["phase_s"][name] = round(time.monotonic() - t0, 1)
+    write_results(output, report)
+
+
+def write_results(output: Path, report: Mapping[str, Any]) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_suffix(".partial")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(output)
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -311,26 +329,33 @@ async def measure_world(
         async def sizes_work() -> list[dict[str, Any]]:
             return [await measure_size(world, args, n, workdir) for n in args.rooms]
 
-        await _phase(report, "results", sizes_work)
-        report["memory"] = memory_model(report["results"])
+        await _phase(report, "results", sizes_work, args.output)
+        report["memory"] = memory_model(report.get("results") or [])
         if args.in_flight:
             await _phase(
                 report,
                 "in_flight",
                 lambda: measure_in_flight(world, args, workdir, new_blossom, quiet),
+                args.output,
             )
         if args.encrypted:
             from benchmarks.encrypted import measure_encrypted
 
-            await _phase(report, "encrypted", lambda: measure_encrypted(hs, http, args, workdir))
+            await _phase(
+                report, "encrypted", lambda: measure_encrypted(hs, http, args, workdir), args.output
+            )
         if args.direct:
             from benchmarks.direct import measure_direct
 
-            await _phase(report, "direct", lambda: measure_direct(hs, http, args, workdir))
+            await _phase(
+                report, "direct", lambda: measure_direct(hs, http, args, workdir), args.output
+            )
         if args.presence:
             from benchmarks.presence import measure_presence
 
-            await _phase(report, "presence", lambda: measure_presence(hs, http, args, workdir))
+            await _phase(
+                report, "presence", lambda: measure_presence(hs, http, args, workdir), args.output
+            )
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -358,9 +383,12 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             report,
             "scaleout",
             lambda: scaleout.measure_scaleout(args, workdir, new_blossom, quiet),
+            args.output,
         )
     report["load"]["end"] = load_now()
     report["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    if not report.get("failed_phases"):
+        (workdir / ".ok").touch()
     return report
 
 
@@ -379,13 +407,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = asyncio.run(run(args, workdir))
     finally:
-        if cleanup:
+        # Kept after a failed part (its bots' and homeservers' logs say why).
+        failed = not (workdir / ".ok").exists()
+        if cleanup and not failed:
             shutil.rmtree(workdir, ignore_errors=True)
     report["wall_s"] = round(time.monotonic() - t0, 1)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    write_results(args.output, report)
     print(render(report) + "\n\n" + render_scaleout(report))
     print(f"\nWrote {args.output} ({report['wall_s']:.0f} s).")
+    if report.get("failed_phases"):
+        parts = ", ".join(report["failed_phases"])
+        print(f"Failed: {parts}; the work directory is kept: {workdir}")
+        return 1
     return 0
 
 

@@ -379,8 +379,12 @@ def render(report: Mapping[str, Any] | None) -> str:
     if report is None or "results" not in report:
         return NOT_MEASURED
     results = report["results"]
+    failed = report.get("failed_phases") or {}
     parts = [
-        run_line(report),
+        run_line(report)
+        + "".join(
+            f" **The {k} part failed** ({v}): not in these tables." for k, v in failed.items()
+        ),
         "#### Throughput, in pairs\n\n" + throughput_table(results) + "\n\n" + pairs_lines(results),
         "#### Last room, like for like\n\n" + last_room_table(results),
         "#### Targets\n\n"
@@ -491,6 +495,8 @@ def _machine(report: Mapping[str, Any]) -> str:
 def render_scaleout(report: Mapping[str, Any] | None) -> str:
     """The scale-out block of docs/performance.md (without its markers)."""
     s = report.get("scaleout") if report else None
+    if report and not s and "scaleout" in report.get("failed_phases", {}):
+        return f"The last run's scale-out failed: {report['failed_phases']['scaleout']}."
     if not report or not s:
         return SCALEOUT_NOT_MEASURED
     commit = report.get("source", {}).get("commit") or "unknown"

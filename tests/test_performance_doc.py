@@ -232,3 +232,27 @@ def test_the_in_flight_reading_argues_for_the_fastest_level_that_keeps_the_abort
     # Every level missing the target: the one that stops soonest.
     late = {**table, "levels": [_level(32, 52, [1500] * 5), _level(64, 58, [2500] * 5)]}
     assert safest_fast_level(read_in_flight(late, 32)).level == 32  # type: ignore[union-attr]
+
+
+async def test_a_failing_part_is_recorded_and_the_parts_before_it_are_kept(
+    tmp_path: Path,
+) -> None:
+    """The first full run lost 83 minutes of measurements to the last part's
+    timeout: nothing was written. Each part now writes the file as it ends."""
+    from benchmarks.fanout import _phase
+
+    out = tmp_path / "latest.json"
+    report: dict[str, Any] = {"phase_s": {}}
+
+    async def ok() -> list[int]:
+        return [1, 2]
+
+    async def broken() -> None:
+        raise TimeoutError("no reply to !arm crew-sharded-0")
+
+    await _phase(report, "results", ok, out)
+    await _phase(report, "scaleout", broken, out)
+    saved = json.loads(out.read_text())
+    assert saved["results"] == [1, 2]
+    assert saved["failed_phases"] == {"scaleout": "TimeoutError: no reply to !arm crew-sharded-0"}
+    assert "scale-out failed: TimeoutError" in bench_report.render_scaleout(saved)
