@@ -76,3 +76,46 @@ def notice(
 def preformatted(text: str) -> str:
     """Plain text as an escaped HTML ``<pre>`` block (tables in the control room)."""
     return f"<pre><code>{html.escape(text)}</code></pre>"
+
+
+# A Matrix event is at most 64 KiB of JSON (Synapse answers 413 M_TOO_LARGE and the
+# reply is lost: seen for a crew's !arm at 1,000 rooms). A notice carries its text
+# twice (body and HTML, which escaping makes longer), so each is kept to this.
+NOTICE_MAX_BYTES = 20_000
+
+
+def fit_notice(
+    text: str, table: str | None, max_bytes: int = NOTICE_MAX_BYTES
+) -> tuple[str, str | None]:
+    """``text`` and ``table`` cut to fit one event. Lines are cut from the middle
+    (the head says what it is about, the tail what to do: "send … confirm"), a line
+    saying how many; a single very long line (a list of rooms) is cut short. The
+    table goes first; what fits is returned unchanged."""
+    if len(text.encode()) + len((table or "").encode()) <= max_bytes:
+        return text, table
+    if table is not None and len(text.encode()) <= max_bytes // 2:
+        return text, _cut_lines(table, max_bytes - len(text.encode()))
+    return _cut_lines(text, max_bytes), None
+
+
+def _shorten(line: str, max_bytes: int) -> str:
+    raw = line.encode()
+    return line if len(raw) <= max_bytes else raw[: max_bytes - 4].decode(errors="ignore") + " …"
+
+
+def _cut_lines(text: str, max_bytes: int) -> str:
+    budget = max_bytes - 120  # for the line saying what was cut
+    lines = [_shorten(line, budget // 3) for line in text.split("\n")]
+    size = [len(line.encode()) + 1 for line in lines]
+    tail, used = len(lines), 0
+    while tail > 0 and used + size[tail - 1] <= budget // 3:
+        tail -= 1
+        used += size[tail]
+    head = 0
+    while head < tail and used + size[head] <= budget:
+        used += size[head]
+        head += 1
+    cut = tail - head
+    said = f"… {cut} line(s) cut here" if cut else "… long lines cut"
+    marker = f"{said}: a Matrix message holds at most 64 KiB."
+    return "\n".join([*lines[:head], marker, *lines[tail:]])

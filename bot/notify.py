@@ -29,7 +29,7 @@ from datetime import timedelta
 from typing import Any
 
 from bot.clock import Clock
-from bot.content import notice, preformatted
+from bot.content import fit_notice, notice, preformatted
 from bot.matrix.sender import Sender, SendFailed
 from bot.retry import RetryPolicy, retry_call
 from bot.tasks import cancel_and_wait
@@ -120,6 +120,7 @@ class Notifier:
         txn_id: str | None = None,
         voice: bool = False,
     ) -> str | None:
+        text, table = fit_notice(text, table)
         body = text if table is None else f"{text}\n{table}"
         html_text = html.escape(text).replace("\n", "<br/>")
         if table is not None:
