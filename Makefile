@@ -51,7 +51,7 @@ demo-crew: $(STAMP)
 	$(VENV)/bin/blossom demo --crew
 
 # The whole benchmark (about 80 min on 2 cores, then the crew's scale-out on two federating
-# Synapses, roughly 30 min more at 1,000 rooms; run it on a quiet machine), written to
+# Synapses, roughly 40 min more at 1,000 rooms with 5 pairs; run it on a quiet machine), written to
 # benchmarks/results/latest.json, then docs/performance.md and the README's headline
 # regenerated from that file. BENCH_ARGS passes flags (see --help; --no-scaleout leaves the
 # scale-out out, --only-scaleout measures it alone).
