@@ -387,8 +387,6 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         )
     report["load"]["end"] = load_now()
     report["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-    if not report.get("failed_phases"):
-        (workdir / ".ok").touch()
     return report
 
 
@@ -404,12 +402,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         workdir = Path(tempfile.mkdtemp(prefix="blossom-bench-"))
         cleanup = True
+    report: dict[str, Any] | None = None
     try:
         report = asyncio.run(run(args, workdir))
     finally:
         # Kept after a failed part (its bots' and homeservers' logs say why).
-        failed = not (workdir / ".ok").exists()
-        if cleanup and not failed:
+        if cleanup and report is not None and not report.get("failed_phases"):
             shutil.rmtree(workdir, ignore_errors=True)
     report["wall_s"] = round(time.monotonic() - t0, 1)
     write_results(args.output, report)

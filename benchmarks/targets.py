@@ -95,6 +95,11 @@ def judge_sizes(results: Sequence[Mapping[str, Any]]) -> list[Judged]:
     return out
 
 
+def _first_stops(row: Mapping[str, Any]) -> list[float]:
+    """One in-flight level's abort runs: ms from the command to the first room told."""
+    return [float(a["first_stop_ms"]) for a in row["aborts"]]
+
+
 def judge_abort(in_flight: Mapping[str, Any] | None, level: int) -> Judged:
     """The abort target at the in-flight level the bot runs with (``level``)."""
     where = f"{level} in flight"
@@ -103,7 +108,7 @@ def judge_abort(in_flight: Mapping[str, Any] | None, level: int) -> Judged:
         where = f"{in_flight['rooms']} rooms, {level} in flight"
         for row in in_flight["levels"]:
             if int(row["max_in_flight"]) == level:
-                values = [float(a["first_stop_ms"]) for a in row["aborts"]]
+                values = _first_stops(row)
     return Judged(
         ABORT_TARGET,
         where,
@@ -144,17 +149,16 @@ def read_in_flight(in_flight: Mapping[str, Any], bot_level: int) -> list[LevelRe
     own = rows.get(bot_level)
     out: list[LevelReading] = []
     for level, row in rows.items():
-        firsts = [float(a["first_stop_ms"]) for a in row["aborts"]]
         fan = _median(row, "fanout_server_ms")
         ratio = overlap = None
-        if own is not None and fan is not None and _median(own, "fanout_server_ms"):
-            ratio = round(fan / float(own["fanout_server_ms"]["median"]), 3)
+        if own is not None and fan is not None and (base := _median(own, "fanout_server_ms")):
+            ratio = round(fan / base, 3)
             mine, theirs = own["fanout_server_ms"], row["fanout_server_ms"]
             overlap = not (theirs["max"] < mine["min"] or theirs["min"] > mine["max"])
         out.append(
             LevelReading(
                 level,
-                verdict(firsts, ABORT_TARGET_MS, at_most=True),
+                verdict(_first_stops(row), ABORT_TARGET_MS, at_most=True),
                 _median(row, "abort_first_stop_ms"),
                 fan,
                 ratio,
