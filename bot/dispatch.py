@@ -20,6 +20,7 @@ from typing import Any
 from bot import DISPATCH_KEY
 from bot.clock import Clock
 from bot.delivery import COVERED, Message, Outcome, Release, interleave
+from bot.lane import Lane
 from bot.ledger import TERMINAL, DeliveryKey, DeliveryState
 from bot.matrix.sender import Sender, SendFailed
 from bot.retry import GiveUp, RetryPolicy, SendFailure
@@ -33,29 +34,9 @@ log = logging.getLogger(__name__)
 _KNOWN_FOR = timedelta(hours=1)
 # Room tasks started per event-loop turn when a release begins.
 _START_BATCH = 32
-# The longest the rest of a release waits for its first request's answer.
-_PILOT_WAIT = 0.05
 # Rooms whose encryption keys are shared at once during prepare: enough to keep
 # the homeserver busy, few enough that the first rooms in release order finish first.
 _SHARE_AT_ONCE = 8
-
-
-class _Lane:
-    """The slots a release's requests take, and its pilot: the release's first
-    request goes alone and the rest follow once it is answered (or after
-    ``_PILOT_WAIT``), so the first message is not queued in the homeserver
-    behind a whole burst (measured: +5-10 ms alone vs +50-250 ms among 32-128
-    concurrent requests on one Synapse)."""
-
-    def __init__(self, slots: asyncio.Semaphore) -> None:
-        self.slots = slots
-        self.pilot_taken = False
-        self.opened = asyncio.Event()
-        self._timer = asyncio.get_running_loop().call_later(_PILOT_WAIT, self.opened.set)
-
-    def open(self) -> None:
-        self.opened.set()
-        self._timer.cancel()
 
 
 class Cancelled(Exception):
@@ -205,26 +186,42 @@ class Dispatcher:
         calls, the call whose ``started`` is set first goes first: it is set once
         every room of this call has taken its place in its room's queue."""
         now = self._clock.now()
-        for r in releases:
-            if not self._known.keys() >= set(r.keys()):
-                await self._ensure(r, now)  # not prepared (or prepared long ago)
+        unprepared = [r for r in releases if not self._known.keys() >= set(r.keys())]
+        order = list(interleave(releases))
+        # Not prepared (an abort's stop messages, !release): only the first room's
+        # rows are written before its request leaves; the other rooms' tasks queue
+        # in their rooms and wait for theirs. Writing every row first (1,000 rooms,
+        # on the connection a cancelled fan-out is skipping on) held an abort's
+        # first stop message ~0.5 s behind its reply (benchmarks.fanout).
+        head = await self._ensure_first(*order[0], now) if unprepared else []
+        rows = asyncio.Event()
+        if not unprepared:
+            rows.set()
         outcomes = {id(r): Outcome(r) for r in releases}
-        lane = _Lane(self._priority_slots if priority else self._slots)
+        lane = Lane(self._priority_slots if priority else self._slots)
         # One task per room, started a batch at a time: the first requests leave
         # while later rooms' tasks are still being created.
         tasks: list[asyncio.Task[None]] = []
         self._push(1)  # until every room's task exists and is counted itself
         pushed = False
         try:
-            for i, (r, room) in enumerate(interleave(releases)):
+            for i, (r, room) in enumerate(order):
+                wait = None if i == 0 else rows
                 tasks.append(
-                    asyncio.ensure_future(self._deliver_room(r, room, outcomes[id(r)], lane))
+                    asyncio.ensure_future(self._deliver_room(r, room, outcomes[id(r)], lane, wait))
                 )
                 if i % _START_BATCH == _START_BATCH - 1:
                     await asyncio.sleep(0)
             await asyncio.sleep(0)  # every room task has run to its room's lock
             if started is not None:
                 started.set()
+            if unprepared:
+                for r in unprepared:
+                    await self._ensure(r, now)
+                for k in head:  # its task reads its own row: a copy here is stale
+                    self._known.pop(k, None)
+                rows.set()
+                await asyncio.sleep(0)  # the woken rooms count themselves (quiet())
             await lane.opened.wait()  # by then every room's task has counted itself
             self._push(-1)
             pushed = True
@@ -239,10 +236,24 @@ class Dispatcher:
                 self._push(-1)
         return [outcomes[id(r)] for r in releases]
 
+    async def _ensure_first(self, first: Release, room: str, now: datetime) -> list[DeliveryKey]:
+        """Write the first room's missing rows (its keys), for release()."""
+        keys = [first.key(room, m.part) for m in first.messages]
+        if not self._known.keys() >= set(keys):
+            await self._store.ledger.ensure_deliveries(keys, first.due_at, now)
+        return keys
+
     async def _deliver_room(
-        self, release: Release, room: str, outcome: Outcome, lane: _Lane
+        self,
+        release: Release,
+        room: str,
+        outcome: Outcome,
+        lane: Lane,
+        rows: asyncio.Event | None = None,
     ) -> None:
         async with self._room_locks[room]:
+            if rows is not None:
+                await rows.wait()  # this room's ledger rows are written
             for message in release.messages:
                 key = release.key(room, message.part)
                 try:
@@ -308,7 +319,7 @@ class Dispatcher:
                 w.cancel()
 
     async def _deliver(
-        self, release: Release, key: DeliveryKey, message: Message, lane: _Lane
+        self, release: Release, key: DeliveryKey, message: Message, lane: Lane
     ) -> tuple[DeliveryState, str]:
         row = self._known.pop(key, None)
         if row is None or row.state is not DeliveryState.PENDING:
@@ -399,7 +410,7 @@ class Dispatcher:
         key: DeliveryKey,
         event_type: str,
         content: Mapping[str, Any],
-        lane: _Lane,
+        lane: Lane,
     ) -> str | SendFailure | DeliveryState | None:
         """One request in a slot: the event id, the failure, PENDING if the bot is
         stopping, or None if the row was no longer PENDING (nothing was sent)."""
