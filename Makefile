@@ -23,9 +23,10 @@ lint: $(STAMP)
 
 # Run every suite recording what it tried (docs/reliability.json), then rewrite the
 # figures table of docs/reliability.md. BLOSSOM_FUZZ_SECONDS=600 adds an atheris run
-# (needs pip install -e '.[fuzz]').
+# (needs pip install -e '.[fuzz]'). Two workers, as make test: the rows are merged under a
+# file lock (tests/figures.py), and serially the run took 30 minutes.
 figures: $(STAMP)
-	BLOSSOM_FIGURES=docs/reliability.json $(PY) -m pytest -q
+	BLOSSOM_FIGURES=docs/reliability.json $(PY) -m pytest -q -n 2 --dist worksteal
 	$(PY) -m bot.devtools.reliability
 
 # After changing bot/i18n/messages.py: re-extract the template and merge it into every
