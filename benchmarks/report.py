@@ -362,13 +362,21 @@ def run_line(report: Mapping[str, Any]) -> str:
     if src.get("dirty"):
         commit += " with uncommitted changes to bot/ or benchmarks/"
     phases = ", ".join(f"{k} {_duration(s)}" for k, s in report.get("phase_s", {}).items())
+    # Each part writes the file as it ends: a run stopped part-way has no total
+    # and no end load, and says so instead of failing to render.
+    if "wall_s" in report:
+        took = f"{_duration(report['wall_s'])} ({phases})"
+    else:
+        took = f"**did not finish**: only the parts named here were measured ({phases})"
+    end = load.get("end")
+    at_end = f"{end['loadavg_1m']:.2f}" if end else "not recorded"
     return (
         f"Run of {report['started'][:10]}, commit {commit}: `{report['command']}`, "
-        f"{_duration(report['wall_s'])} ({phases}). {m['cores']} cores, "
+        f"{took}. {m['cores']} cores, "
         f"{m['memory_gib']:g} GiB, {m['platform']}; Python {m['python']}, Synapse "
         f"{v.get('matrix-synapse')} on SQLite, matrix-nio {v.get('matrix-nio')}; bot, "
         f"Synapse and benchmark on the same machine. Load average at the start "
-        f"{load['start']['loadavg_1m']:.2f}, at the end {load['end']['loadavg_1m']:.2f}; "
+        f"{load['start']['loadavg_1m']:.2f}, at the end {at_end}; "
         '"other load" below is what other processes used during the measurements. '
         f"The bot ran with `max_in_flight: {report['settings']['bot_max_in_flight']}`."
     )
