@@ -262,22 +262,8 @@ def test_a_run_stopped_part_way_renders_what_it_measured() -> None:
     """Each part writes the results file as it ends, so a run stopped part-way
     leaves a file without a total or an end load: the report says it did not
     finish instead of raising (seen: KeyError 'wall_s')."""
-    from benchmarks.report import run_line
-
-    report = {
-        "source": {"commit": "abc"},
-        "machine": {
-            "versions": {"matrix-synapse": "1", "matrix-nio": "2"},
-            "cores": 2,
-            "memory_gib": 4,
-            "platform": "Linux",
-            "python": "3.11",
-        },
-        "load": {"start": {"loadavg_1m": 0.1}},
-        "started": "2026-12-01T00:00:00",
-        "command": "python -m benchmarks.fanout",
-        "phase_s": {"results": 60.0},
-        "settings": {"bot_max_in_flight": 32},
-    }
-    line = run_line(report)
-    assert "did not finish" in line and "results 60 s" in line and "not recorded" in line
+    report = _report()
+    del report["wall_s"], report["load"]["end"]
+    block = bench_report.render(report)
+    assert "did not finish" in block and "results 10 min, in_flight 15 min" in block
+    assert "at the end not recorded" in block
