@@ -72,7 +72,7 @@ class ScenariosConfig(_Strict):
 class DispatchConfig(_Strict):
     """Tuning for the fan-out; the defaults suit a single Synapse."""
 
-    max_in_flight: int = Field(default=32, ge=1, le=512)
+    max_in_flight: int = Field(default=16, ge=1, le=512)
     prepare_seconds: float = Field(default=3.0, ge=0, le=300)
     # What the homeserver lets this bot send, for !arm's pre-flight check. The
     # default fits a bot exempted from rate limits on a small Synapse; a bot under

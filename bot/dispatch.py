@@ -51,7 +51,7 @@ class Dispatcher:
         clock: Clock,
         *,
         policy: RetryPolicy | None = None,
-        max_in_flight: int = 32,
+        max_in_flight: int = 16,
         rng: random.Random | None = None,
     ) -> None:
         self._store = store
@@ -161,13 +161,18 @@ class Dispatcher:
         while self._sharing:
             await asyncio.gather(*list(self._sharing), return_exceptions=True)
 
-    async def _ensure(self, release: Release, now: datetime) -> None:
-        """Create the release's missing ledger rows and remember its rows' states."""
-        await self._store.ledger.ensure_deliveries(release.keys(), release.due_at, now)
+    async def _ensure(
+        self, release: Release, now: datetime, skip: frozenset[DeliveryKey] = frozenset()
+    ) -> None:
+        """Create the release's missing ledger rows and remember its rows' states
+        (not those of ``skip``, already written and read by their own task)."""
+        missing = [k for k in release.keys() if k not in skip]  # noqa: SIM118 (a method)
+        await self._store.ledger.ensure_deliveries(missing, release.due_at, now)
         for row in await self._store.ledger.deliveries(
             release.run_id, release.city_id, release.stage_id
         ):
-            self._known[row.key] = row
+            if row.key not in skip:
+                self._known[row.key] = row
 
     # -- release -------------------------------------------------------------------
 
@@ -194,9 +199,7 @@ class Dispatcher:
         # on the connection a cancelled fan-out is skipping on) held an abort's
         # first stop message ~0.5 s behind its reply (benchmarks.fanout).
         head = await self._ensure_first(*order[0], now) if unprepared else []
-        rows = asyncio.Event()
-        if not unprepared:
-            rows.set()
+        rows = asyncio.Event()  # set once every unprepared row is written
         outcomes = {id(r): Outcome(r) for r in releases}
         lane = Lane(self._priority_slots if priority else self._slots)
         # One task per room, started a batch at a time: the first requests leave
@@ -206,7 +209,7 @@ class Dispatcher:
         pushed = False
         try:
             for i, (r, room) in enumerate(order):
-                wait = None if i == 0 else rows
+                wait = rows if unprepared and i else None
                 tasks.append(
                     asyncio.ensure_future(self._deliver_room(r, room, outcomes[id(r)], lane, wait))
                 )
@@ -217,9 +220,8 @@ class Dispatcher:
                 started.set()
             if unprepared:
                 for r in unprepared:
-                    await self._ensure(r, now)
-                for k in head:  # its task reads its own row: a copy here is stale
-                    self._known.pop(k, None)
+                    # The first room's task reads its own rows: a copy here is stale.
+                    await self._ensure(r, now, skip=frozenset(head))
                 rows.set()
                 await asyncio.sleep(0)  # the woken rooms count themselves (quiet())
             await lane.opened.wait()  # by then every room's task has counted itself

@@ -59,7 +59,7 @@ def test_good_config_and_defaults() -> None:
     assert config.storage.path == Path("/srv/blossom/data")
     assert config.scenarios.dir == Path("/srv/blossom/scenarios")
     assert config.control.min_power_level == 50
-    assert config.dispatch.max_in_flight == 32
+    assert config.dispatch.max_in_flight == 16
 
 
 def test_example_config_is_valid() -> None:

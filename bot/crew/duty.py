@@ -150,6 +150,22 @@ class CrewView:
         late = send_at - instant > grace
         return Duty(member, rank, send_at, look_first=rank > 0 or late or missed_instant)
 
+    def ahead_up(
+        self,
+        member: str,
+        *,
+        order: Sequence[str],
+        joined: Collection[str],
+        at: datetime,
+        digest: str | None = None,
+    ) -> bool:
+        """Whether a member ahead of ``member`` in a room's duty order (joined,
+        ready) is up at ``at``: it may still be sending there."""
+        if member not in order:
+            return False
+        before = order[: list(order).index(member)]
+        return bool(self.candidates(before, joined, at, digest))
+
     def heard(self, user_id: str) -> bool:
         """Whether ``user_id`` was heard since this member listens: a sighting no
         older than one crew interval before :attr:`Listening.since` (a heartbeat

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -28,7 +28,7 @@ from bot.delivery import COVERED, Outcome, Release
 from bot.ledger import DeliveryKey, DeliveryState, Part
 from bot.runs import lanes
 from bot.runs.context import RunContext
-from bot.runs.duty import CrewSide, DutySplit, Wave, split_by_duty
+from bot.runs.duty import CrewSide, DutySplit, Follow, Wave, split_by_duty
 from bot.runs.model import ArmedRun
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 NOT_SERVED = "served by another crew member"
 # Rooms read at once when a wave looks (one request each).
 _LOOK_AT_ONCE = 8
+# How often a standby looks again while the member on duty is still delivering
+# (a quarter of grace, within these bounds): each look reads the missing rooms.
+_FOLLOW_STEP_MIN = timedelta(seconds=1)
+_FOLLOW_STEP_MAX = timedelta(seconds=5)
 _CATCH_UP_STEP = timedelta(milliseconds=500)
 # The least a retry waits for federation after an outage (each wait): a
 # homeserver resumes sending to one that was down only after its backoff, and a
@@ -177,17 +181,85 @@ async def _wave(
     await armed.clock.sleep_until(wave.send_at)
     if ctx.armed.get(rel.run_id) is not armed or ctx.dispatcher.stopping:
         return []
+    missing, covered = await _look(ctx, crew, rel, rel.rooms)
+    grace = armed.scenario.failover.grace
+    follow = Follow(grace, len(rel.rooms) * len(rel.messages), rel.due_at)
+    follow = follow.seen(_count(missing), armed.clock.now())
+    step = min(max(grace / 4, _FOLLOW_STEP_MIN), _FOLLOW_STEP_MAX)
+    # An abort's stop message is covered at grace, as always: a second copy of
+    # "stop" costs nothing next to a stop that arrives a grace late.
+    while not rel.final and follow.waits(
+        armed.clock.now(), ahead_up=_ahead_up(ctx, crew, armed, rel, missing)
+    ):
+        await armed.clock.sleep_until(armed.clock.now() + step)
+        if ctx.armed.get(rel.run_id) is not armed or ctx.dispatcher.stopping:
+            return [Outcome(rel, covered=covered)]
+        still, more = await _look(ctx, crew, rel, tuple(missing))
+        left = {room: [p for p in parts if p in missing[room]] for room, parts in still.items()}
+        missing = {room: parts for room, parts in left.items() if parts}
+        covered.update(more)
+        follow = follow.seen(_count(missing), armed.clock.now())
+    log.info(
+        "run %d: %s/%s rank %d looked in %d rooms: %d already delivered by the crew",
+        rel.run_id,
+        rel.city_id,
+        rel.stage_id,
+        wave.rank,
+        len(rel.rooms),
+        len(rel.rooms) - len(missing),
+    )
+    groups: dict[tuple[Part, ...], list[str]] = {}
+    for room, parts in missing.items():
+        groups.setdefault(tuple(parts), []).append(room)
+    sends = [
+        looking(
+            replace(
+                rel, rooms=tuple(rooms), messages=tuple(m for m in rel.messages if m.part in parts)
+            )
+        )
+        for parts, rooms in groups.items()
+    ]
+    outcomes = await ctx.dispatcher.release(sends, priority=priority) if sends else []
+    outcomes.append(Outcome(rel, covered=covered))
+    return outcomes
+
+
+def _count(missing: dict[str, list[Part]]) -> int:
+    return sum(len(parts) for parts in missing.values())
+
+
+def _ahead_up(
+    ctx: RunContext, crew: CrewSide, armed: ArmedRun, rel: Release, rooms: Collection[str]
+) -> bool:
+    """Whether a member ahead of this one for one of ``rooms`` is up now
+    (heartbeats are judged on the bot's own clock, not a drill's)."""
+    view, now = crew.view(), ctx.clock.now()
+    order = crew.crew.order_for(armed.scenario.city(lanes.city_of(rel.city_id)))
+    return any(
+        view.ahead_up(
+            crew.me, order=order, joined=crew.joined(room), at=now, digest=armed.loaded.sha256
+        )
+        for room in rooms
+    )
+
+
+async def _look(
+    ctx: RunContext, crew: CrewSide, rel: Release, rooms: Sequence[str]
+) -> tuple[dict[str, list[Part]], dict[str, str]]:
+    """Read each room once: the parts no other member has delivered visibly, by
+    room (rooms with none left out), and the rooms found covered, by whom. A
+    part found is recorded SKIPPED. A room that cannot be read is all missing."""
     slots = asyncio.Semaphore(_LOOK_AT_ONCE)
 
-    async def look(room: str) -> list[object] | None:
+    async def read(room: str) -> list[object] | None:
         async with slots:
             return await crew.recent(room)
 
-    seen = await asyncio.gather(*(look(room) for room in rel.rooms))
-    groups: dict[tuple[Part, ...], list[str]] = {}
+    seen = await asyncio.gather(*(read(room) for room in rooms))
+    missing: dict[str, list[Part]] = {}
     covered: dict[str, str] = {}
-    for room, events in zip(rel.rooms, seen, strict=True):
-        missing = list(rel.messages_parts())
+    for room, events in zip(rooms, seen, strict=True):
+        parts = list(rel.messages_parts())
         if events is None:
             log.warning("run %d: could not read %s before covering; sending", rel.run_id, room)
         else:
@@ -204,31 +276,12 @@ async def _wave(
                 # dispatcher's to recognise in its ledger.
                 others = [c for c in copies if c.sender != crew.me]
                 if others and len(others) == len(copies):
-                    missing.remove(part)
+                    parts.remove(part)
                     covered[room] = others[0].sender
                     await _skip(ctx, rel, (room,), (part,), f"{COVERED} {others[0].sender}")
-        if missing:
-            groups.setdefault(tuple(missing), []).append(room)
-    log.info(
-        "run %d: %s/%s rank %d looked in %d rooms: %d already delivered by the crew",
-        rel.run_id,
-        rel.city_id,
-        rel.stage_id,
-        wave.rank,
-        len(rel.rooms),
-        len(rel.rooms) - sum(len(rooms) for rooms in groups.values()),
-    )
-    sends = [
-        looking(
-            replace(
-                rel, rooms=tuple(rooms), messages=tuple(m for m in rel.messages if m.part in parts)
-            )
-        )
-        for parts, rooms in groups.items()
-    ]
-    outcomes = await ctx.dispatcher.release(sends, priority=priority) if sends else []
-    outcomes.append(Outcome(rel, covered=covered))
-    return outcomes
+        if parts:
+            missing[room] = parts
+    return missing, covered
 
 
 async def _skip(

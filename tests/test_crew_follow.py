@@ -1,0 +1,180 @@
+"""A standby that finds the member on duty still delivering waits for it
+instead of covering beside it (bot/runs/covering.py ``_wave``,
+bot/runs/duty.py ``Follow``): it covers only what is still missing once every
+member ahead is down or no new copy has appeared for a grace. Fakes and a
+ManualClock; the sender is slower than the grace, as a replicated crew's is
+under load (benchmarks.scaleout: 2,315 rooms sent twice in 5 rounds)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from bot import DISPATCH_KEY
+from bot.clock import ManualClock
+from bot.crew import Crew
+from bot.crew.duty import CrewView
+from bot.crew.members import Member
+from bot.delivery import Message, Outcome, Release
+from bot.ledger import Part
+from bot.runs.covering import _wave
+from bot.runs.duty import Follow, Wave
+
+ON_DUTY, ME = "@blossom:north.example", "@blossom:south.example"
+T = datetime(2026, 12, 5, 17, 0, tzinfo=UTC)
+S = timedelta(seconds=1)
+GRACE = 20 * S
+ROOMS = tuple(f"!r{i}:north" for i in range(10))
+RELEASE = Release(
+    1, "sc", "hk", "call", T, ROOMS,
+    (Message(Part.TEXT, "m.room.message", {"body": "go"}),), run_key="$arm",
+)
+
+
+def test_follow_waits_while_copies_keep_appearing() -> None:
+    follow = Follow(GRACE, 10, T).seen(6, T + GRACE)
+    assert follow.waits(T + GRACE + 5 * S, ahead_up=True)
+    follow = follow.seen(3, T + GRACE + 5 * S)
+    assert follow.waits(T + GRACE + 24 * S, ahead_up=True)
+    assert not follow.waits(T + GRACE + 25 * S, ahead_up=True), "no copy for a grace: cover"
+
+
+def test_follow_covers_at_once_when_nothing_appeared_since_the_instant() -> None:
+    """The member on duty up but not delivering (cut off from the rooms, refused):
+    covered at grace, as before."""
+    assert not Follow(GRACE, 10, T).seen(10, T + GRACE).waits(T + GRACE, ahead_up=True)
+
+
+def test_follow_covers_at_once_when_every_member_ahead_is_down() -> None:
+    assert not Follow(GRACE, 10, T).seen(4, T + GRACE).waits(T + GRACE, ahead_up=False)
+
+
+def test_follow_is_done_when_nothing_is_missing() -> None:
+    assert not Follow(GRACE, 10, T).seen(0, T + GRACE).waits(T + GRACE, ahead_up=True)
+
+
+@dataclass
+class World:
+    """The member on duty delivers one room every ``every``, until ``stop_after``
+    rooms (then it stops sending; ``dies``: its heartbeats stop too)."""
+
+    clock: ManualClock
+    every: timedelta
+    stop_after: int = len(ROOMS)
+    dies: bool = False
+    crew: Crew = field(default_factory=lambda: Crew((ON_DUTY, ME), S))
+    me: str = ME
+    sent: list[str] = field(default_factory=list)  # what the standby sent
+    copies_of: Release = RELEASE  # whose copies the member on duty makes
+
+    def delivered(self) -> int:
+        return min(int((self.clock.now() - T) / self.every), self.stop_after)
+
+    def view(self) -> CrewView:
+        seen = self.clock.now()
+        if self.dies and self.delivered() >= self.stop_after:
+            seen = T + self.stop_after * self.every
+        return CrewView(self.crew, {ON_DUTY: Member(ON_DUTY, seen_at=seen)}, me=ME)
+
+    def joined(self, room_id: str) -> frozenset[str]:
+        return frozenset((ON_DUTY, ME))
+
+    async def recent(self, room_id: str) -> list[object] | None:
+        if ROOMS.index(room_id) >= self.delivered():
+            return []
+        key = self.copies_of.key(room_id, Part.TEXT)
+        return [
+            {
+                "type": "m.room.message",
+                "sender": ON_DUTY,
+                "event_id": f"$e{room_id}",
+                "origin_server_ts": 1,
+                "content": {"body": "go", DISPATCH_KEY: key.content_tag()},
+            }
+        ]
+
+    # The dispatcher and the ledger of the context.
+    stopping = False
+
+    async def release(self, releases: Sequence[Release], **_: Any) -> list[Outcome]:
+        for r in releases:
+            self.sent += r.rooms
+        return [Outcome(r, delivered=list(r.rooms)) for r in releases]
+
+    async def delivery(self, key: object) -> None:
+        return None
+
+
+def _setup(world: World) -> tuple[Any, Any]:
+    scenario = SimpleNamespace(
+        failover=SimpleNamespace(grace=GRACE), city=lambda _id: SimpleNamespace(crew=None)
+    )
+    loaded = SimpleNamespace(sha256=None)
+    armed = SimpleNamespace(clock=world.clock, scenario=scenario, loaded=loaded)
+    ctx = SimpleNamespace(
+        clock=world.clock, armed={1: armed}, dispatcher=world, store=SimpleNamespace(ledger=world)
+    )
+    return ctx, armed
+
+
+async def _run(world: World) -> list[Outcome]:
+    ctx, armed = _setup(world)
+    task = asyncio.ensure_future(
+        _wave(ctx, world, armed, Wave(T + GRACE, RELEASE, 1), lambda r: r, priority=False)
+    )
+    while not task.done():
+        await asyncio.sleep(0)
+        world.clock.advance(100 * timedelta(milliseconds=1))
+        assert world.clock.now() < T + 120 * S, "the wave never ended"
+    return task.result()
+
+
+@pytest.mark.parametrize("every_s", [3, 4])
+async def test_a_standby_does_not_send_beside_a_slow_member_on_duty(every_s: int) -> None:
+    """The member on duty needs 30-40 s for ten rooms, grace is 20 s: the
+    standby used to send the 3-5 rooms not yet delivered at grace, and the
+    member on duty sent them as well."""
+    world = World(ManualClock(T), every_s * S)
+    await _run(world)
+    assert world.sent == []
+
+
+async def test_a_standby_covers_what_a_member_that_stopped_sending_left() -> None:
+    """Seven rooms delivered, then nothing (up, but not sending): the standby
+    covers the other three a grace after the last copy appeared."""
+    world = World(ManualClock(T), 3 * S, stop_after=7)
+    await _run(world)
+    assert world.sent == list(ROOMS[7:])
+    assert world.clock.now() <= T + 21 * S + GRACE + 6 * S
+
+
+async def test_a_standby_covers_at_once_when_the_member_on_duty_dies() -> None:
+    world = World(ManualClock(T), 3 * S, stop_after=7, dies=True)
+    await _run(world)
+    assert world.sent == list(ROOMS[7:])
+    # Down three heartbeats (3 s) after its last, at 21 s: covered by the next look.
+    assert world.clock.now() <= T + 21 * S + 3 * S + 6 * S
+
+
+async def test_an_abort_is_covered_at_grace_even_beside_a_member_still_sending() -> None:
+    """A second "stop" costs nothing; a stop a grace late might."""
+    final = Release(
+        1, "sc", "hk", "!abort", T, ROOMS,
+        (Message(Part.TEXT, "m.room.message", {"body": "stop"}),), final=True, run_key="$arm",
+    )
+    world = World(ManualClock(T), 3 * S, copies_of=final)
+    ctx, armed = _setup(world)
+    task = asyncio.ensure_future(
+        _wave(ctx, world, armed, Wave(T + GRACE, final, 1), lambda r: r, priority=True)
+    )
+    while not task.done():
+        await asyncio.sleep(0)
+        world.clock.advance(100 * timedelta(milliseconds=1))
+    assert world.clock.now() < T + GRACE + S
+    assert world.sent == list(ROOMS[6:])  # the rooms without a copy yet, at once
