@@ -384,6 +384,8 @@ async def kill_once(
     return phase, at_kill.get("sent", 0)
 
 
+# About 15 s a seed alone on 2 cores; the suite's 300 s cut 20 seeds off at 16.
+@pytest.mark.timeout(120 + 30 * len(kill_seeds()))
 async def test_sigkill_at_random_points_of_a_release_to_100_rooms(
     homeserver: EmbeddedHomeserver, tmp_path: Path, clients: ClientPool
 ) -> None:
