@@ -123,10 +123,10 @@ def _setup(world: World) -> tuple[Any, Any]:
     return ctx, armed
 
 
-async def _run(world: World) -> list[Outcome]:
+async def _run(world: World, release: Release = RELEASE) -> list[Outcome]:
     ctx, armed = _setup(world)
     task = asyncio.ensure_future(
-        _wave(ctx, world, armed, Wave(T + GRACE, RELEASE, 1), lambda r: r, priority=False)
+        _wave(ctx, world, armed, Wave(T + GRACE, release, 1), lambda r: r, priority=release.final)
     )
     while not task.done():
         await asyncio.sleep(0)
@@ -169,12 +169,6 @@ async def test_an_abort_is_covered_at_grace_even_beside_a_member_still_sending()
         (Message(Part.TEXT, "m.room.message", {"body": "stop"}),), final=True, run_key="$arm",
     )
     world = World(ManualClock(T), 3 * S, copies_of=final)
-    ctx, armed = _setup(world)
-    task = asyncio.ensure_future(
-        _wave(ctx, world, armed, Wave(T + GRACE, final, 1), lambda r: r, priority=True)
-    )
-    while not task.done():
-        await asyncio.sleep(0)
-        world.clock.advance(100 * timedelta(milliseconds=1))
+    await _run(world, final)
     assert world.clock.now() < T + GRACE + S
     assert world.sent == list(ROOMS[6:])  # the rooms without a copy yet, at once
