@@ -115,6 +115,7 @@ class Bot:
             self._on_watched_command,
             interval_s=config.dispatch.control_poll_seconds,
             crew=members,
+            on_heartbeats=self._on_heartbeats if members else None,
         )
         self.sync = SyncLoop(
             client,
@@ -272,9 +273,7 @@ class Bot:
                 case BotRemoved():
                     self._queue(self._removed, ev)
                 case Heartbeats():
-                    if self.crew is not None:
-                        self.crew.roster.ingest(ev.room_id, ev.events)  # never raises
-                        self.crew.heard()
+                    self._on_heartbeats(ev)
                 case Dispatched():
                     if self.crew is not None:
                         self._queue(self.crew.on_dispatched, ev)
@@ -307,6 +306,12 @@ class Bot:
             )
 
         self._commands.put_nowait(run)
+
+    def _on_heartbeats(self, ev: Heartbeats) -> None:
+        """The crew's heartbeats, from a sync or the control watch (never raises)."""
+        if self.crew is not None:
+            self.crew.roster.ingest(ev.room_id, ev.events)
+            self.crew.heard()
 
     async def _on_watched_command(self, command: Command) -> None:
         if self.sync.taking_commands and command.room_id in self.rooms.control_rooms:

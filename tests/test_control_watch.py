@@ -102,3 +102,52 @@ async def test_a_page_nio_keeps_failing_on_ends_the_watch() -> None:
     client = ScriptedClient({"s0": TypeError("nio parser")})
     seen, returned = await run_watch(client, seconds=1)
     assert seen == [] and returned and len(client.asked) == MAX_FAILED_POLLS
+
+
+def beat(n: int, sender: str = "@crew-b:y") -> Event:
+    return Event.parse_event({
+        "type": "org.blossom.crew", "sender": sender, "state_key": sender,
+        "event_id": f"$beat{n}", "origin_server_ts": n,
+        "content": {"time": n, "interval": 5000, "version": "0.1.0", "armed": []},
+    })
+
+
+async def test_with_a_crew_the_others_heartbeats_are_handed_on_while_held() -> None:
+    """Held for a fan-out, a member that read heartbeats only from /sync saw
+    the others go down while they were sending too (benchmarks.scaleout,
+    replicated: most rooms sent twice)."""
+    client = ScriptedClient({
+        "s0": RoomMessagesResponse(ROOM, [beat(1), text(2), beat(3, BOT)], "s0", "t1"),
+        "t1": RoomMessagesResponse(ROOM, [beat(4)], "t1", "t2"),
+    })
+    commands: list[str] = []
+    beats: list[tuple[str, list[str]]] = []
+
+    async def on_command(command: Command) -> None:
+        commands.append(command.body)
+
+    watch = ControlWatch(
+        client,  # type: ignore[arg-type]
+        lambda: [ROOM],
+        on_command,
+        interval_s=0.01,
+        on_heartbeats=lambda hb: beats.append((hb.room_id, [e["event_id"] for e in hb.events])),
+    )
+    task = asyncio.ensure_future(watch.watch("s0"))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    assert commands == ["!cmd 2"], "a heartbeat is never a command"
+    # The bot's own is handed on too: the roster skips it (it knows it is up).
+    assert beats == [(ROOM, ["$beat1", "$beat3"]), (ROOM, ["$beat4"])]
+
+
+async def test_without_a_crew_heartbeats_are_not_asked_for() -> None:
+    asked: list[Any] = []
+
+    class Recording(ScriptedClient):
+        async def room_messages(self, room_id: str, start: str, **kw: Any) -> Any:
+            asked.append(kw.get("message_filter"))
+            return await super().room_messages(room_id, start)
+
+    await run_watch(Recording({}), 0.05)
+    assert asked and all("org.blossom.crew" not in f["types"] for f in asked)

@@ -13,6 +13,12 @@ holds the sender's room key. Keys arrive over /sync, so a message the bot cannot
 decrypt ends the watch, and with it the hold: the sync that follows brings the
 key and the command.
 
+With a crew, the watch also hands on the other members' heartbeats
+(``org.blossom.crew`` state events) it finds in the control rooms: held for a
+whole fan-out, a member that read them only from /sync saw every other member
+go silent — down, after three heartbeats — while they were sending too, and
+covered rooms they were about to send (benchmarks.scaleout, replicated).
+
 Pages are sanitised like /sync bodies (bot/matrix/sanitize.py): an event nio
 cannot parse is dropped, so one malformed event (another server can relay one)
 does not make the page fail. Should nio still fail on a room's page several
@@ -23,7 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
 from aiohttp import ClientError
 from nio import (
@@ -33,14 +40,16 @@ from nio import (
     RoomMessagesResponse,
 )
 
-from bot.matrix.events import Command, command_of
+from bot.crew.heartbeat import EVENT_TYPE
+from bot.matrix.events import Command, Heartbeats, command_of
 
 log = logging.getLogger(__name__)
 
 OnCommand = Callable[[Command], Awaitable[None]]
+OnHeartbeats = Callable[[Heartbeats], None]
 
 # Only messages can be commands; encrypted ones are decrypted by nio if it can.
-_FILTER = {"types": ["m.room.message", "m.room.encrypted"]}
+_MESSAGES = ["m.room.message", "m.room.encrypted"]
 _PAGE = 50
 # Pages of one room nio failed on, in a row, before the watch gives way to the sync.
 MAX_FAILED_POLLS = 3
@@ -55,11 +64,14 @@ class ControlWatch:
         *,
         interval_s: float = 0.3,
         crew: Iterable[str] = (),
+        on_heartbeats: OnHeartbeats | None = None,
     ) -> None:
         self._client = client
         self._crew = frozenset(crew)  # the crew's bots: never commands
         self._control_rooms = control_rooms
         self._on_command = on_command
+        self._on_heartbeats = on_heartbeats
+        self._filter = {"types": _MESSAGES + ([EVENT_TYPE] if on_heartbeats else [])}
         self._interval = interval_s
 
     async def watch(self, since: str) -> None:
@@ -94,20 +106,27 @@ class ControlWatch:
             await asyncio.sleep(self._interval)
 
     async def _poll(self, room_id: str, start: str) -> tuple[str, bool]:
-        """Hand new messages of one room to the handler; returns the next token
-        and whether a message could not be decrypted (stopping there)."""
+        """Hand new messages of one room to the handler (and heartbeats to
+        theirs); returns the next token and whether a message could not be
+        decrypted (stopping there)."""
         while True:
             resp = await self._client.room_messages(
                 room_id,
                 start=start,
                 direction=MessageDirection.front,
                 limit=_PAGE,
-                message_filter=_FILTER,
+                message_filter=self._filter,
             )
             if not isinstance(resp, RoomMessagesResponse):
                 return start, False
+            if self._on_heartbeats is not None:
+                # Never raises (the roster's parser is total); the next sync
+                # brings them again, taken once (by event id).
+                beats = [e.source for e in resp.chunk if _is_heartbeat(e.source)]
+                if beats:
+                    self._on_heartbeats(Heartbeats(room_id, tuple(beats)))
             for event in resp.chunk:
-                if event.sender == self._client.user_id:
+                if event.sender == self._client.user_id or _is_heartbeat(event.source):
                     continue
                 if isinstance(event, MegolmEvent):
                     # Later commands wait too: they must not overtake this one.
@@ -121,3 +140,7 @@ class ControlWatch:
             start = resp.end
             if len(resp.chunk) < _PAGE:
                 return start, False
+
+
+def _is_heartbeat(source: Mapping[str, Any]) -> bool:
+    return source.get("type") == EVENT_TYPE and "state_key" in source
