@@ -198,7 +198,7 @@ class Dispatcher:
         # in their rooms and wait for theirs. Writing every row first (1,000 rooms,
         # on the connection a cancelled fan-out is skipping on) held an abort's
         # first stop message ~0.5 s behind its reply (benchmarks.fanout).
-        head = await self._ensure_first(*order[0], now) if unprepared else []
+        head = frozenset(await self._ensure_first(*order[0], now) if unprepared else ())
         rows = asyncio.Event()  # set once every unprepared row is written
         outcomes = {id(r): Outcome(r) for r in releases}
         lane = Lane(self._priority_slots if priority else self._slots)
@@ -221,7 +221,7 @@ class Dispatcher:
             if unprepared:
                 for r in unprepared:
                     # The first room's task reads its own rows: a copy here is stale.
-                    await self._ensure(r, now, skip=frozenset(head))
+                    await self._ensure(r, now, skip=head)
                 rows.set()
                 await asyncio.sleep(0)  # the woken rooms count themselves (quiet())
             await lane.opened.wait()  # by then every room's task has counted itself

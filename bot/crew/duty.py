@@ -144,8 +144,7 @@ class CrewView:
         """
         if member not in order or member not in joined:
             return Duty(member, None)
-        before = order[: list(order).index(member)]
-        rank = len(self.candidates(before, joined, instant, digest))
+        rank = len(self._ahead(member, order, joined, instant, digest))
         send_at = max(instant + rank * grace, now)
         late = send_at - instant > grace
         return Duty(member, rank, send_at, look_first=rank > 0 or late or missed_instant)
@@ -161,10 +160,18 @@ class CrewView:
     ) -> bool:
         """Whether a member ahead of ``member`` in a room's duty order (joined,
         ready) is up at ``at``: it may still be sending there."""
-        if member not in order:
-            return False
-        before = order[: list(order).index(member)]
-        return bool(self.candidates(before, joined, at, digest))
+        return member in order and bool(self._ahead(member, order, joined, at, digest))
+
+    def _ahead(
+        self,
+        member: str,
+        order: Sequence[str],
+        joined: Collection[str],
+        at: datetime,
+        digest: str | None,
+    ) -> tuple[str, ...]:
+        """The ready joined members before ``member`` (in ``order``) in duty order."""
+        return self.candidates(order[: list(order).index(member)], joined, at, digest)
 
     def heard(self, user_id: str) -> bool:
         """Whether ``user_id`` was heard since this member listens: a sighting no
