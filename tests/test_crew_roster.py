@@ -359,6 +359,31 @@ async def test_load_reads_room_state_bounded_and_never_raises(
     assert time.monotonic() - started < 1
 
 
+async def test_refresh_reads_the_state_afresh_as_a_sync_would(
+    clock: ManualClock, port: FakePort
+) -> None:
+    """Before counting a member down while following it, a standby whose sync
+    lags (held for its own fan-out, or the long sync after it) reads the
+    control rooms' state: a heartbeat made just now counts from its arrival; the
+    same one read again is not taken again; a room that cannot be read changes
+    nothing and raises nothing."""
+    r = roster(clock, port, rooms=(R1, R2))
+    r.start()
+    await settle()
+    r.ingest(R1, [beat_event(B, T, event_id="$b1")])
+    clock.advance(4 * BASE)
+    assert r.view().is_down(B, clock.now())
+    port.state[R1] = [beat_event(B, clock.now() - S, event_id="$b2")]
+    port.read_failure[R2] = SendFailure(502)
+    await r.refresh()
+    assert not r.view().is_down(B, clock.now())
+    assert r.view().members[B].seen_at == clock.now()
+    clock.advance(4 * BASE)
+    await r.refresh()
+    assert r.view().is_down(B, clock.now()), "an old heartbeat read again is not news"
+    await r.halt()
+
+
 # -- no power to write the heartbeat, and retries -------------------------------------------
 
 

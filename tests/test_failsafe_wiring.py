@@ -94,6 +94,9 @@ class Duty:
     async def learn_members(self, room_ids: Sequence[str]) -> None:
         return None
 
+    async def refresh(self) -> None:
+        return None
+
     def warm(self, room_ids: Sequence[str]) -> None:
         return None
 

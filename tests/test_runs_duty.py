@@ -151,6 +151,9 @@ class FakeCrew:
     async def learn_members(self, room_ids: Sequence[str]) -> None:
         return None
 
+    async def refresh(self) -> None:
+        return None
+
     def warm(self, room_ids: Sequence[str]) -> None:
         self.warmed.append(tuple(room_ids))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -32,6 +33,9 @@ _WARM_AT_ONCE = 4
 # Longer than a look's 10 s: nothing waits on it, and a backfill cut short
 # would leave the look to wait for it again.
 _WARM_TIMEOUT_S = 60.0
+# The control rooms' state is read afresh (``refresh``) at most this often:
+# several waves of one release ask at once.
+_REFRESH_EVERY_S = 1.0
 
 
 class CrewLink:
@@ -43,6 +47,8 @@ class CrewLink:
         self._warm: set[str] = set()  # rooms read once already (bot/runs/warmup.py)
         self._warming: dict[str, asyncio.Task[None]] = {}
         self._warm_slots = asyncio.Semaphore(_WARM_AT_ONCE)  # across calls
+        self._refreshing = asyncio.Lock()
+        self._refreshed = -math.inf  # the event loop's clock: real seconds
 
     @property
     def crew(self) -> Crew:
@@ -67,6 +73,13 @@ class CrewLink:
             if beat is not None and beat.time > at:
                 return True
         return False
+
+    async def refresh(self) -> None:
+        async with self._refreshing:
+            loop = asyncio.get_running_loop()
+            if loop.time() - self._refreshed >= _REFRESH_EVERY_S:
+                await self.roster.refresh()
+                self._refreshed = loop.time()
 
     def joined(self, room_id: str) -> frozenset[str]:
         return self._matrix.joined_among(room_id, self.crew.members)

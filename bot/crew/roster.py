@@ -215,22 +215,32 @@ class Roster:
         members are read from the next sync instead (whose first is full-state).
         """
         for room in self.rooms:
-            try:
-                async with asyncio.timeout(timeout_s):
-                    events = await self._port.heartbeats(room)
-            except HeartbeatFailed as err:
-                log.warning("could not read crew heartbeats in %s: %s", room, err)
-                continue
-            except TimeoutError:
-                log.warning("could not read crew heartbeats in %s: timed out", room)
-                continue
-            except Exception as err:  # start-up goes on; the first sync reads them too
-                log.warning(
-                    "could not read crew heartbeats in %s: %s", room, err.__class__.__name__
-                )
-                continue
-            for event in events:
+            for event in await self._state(room, timeout_s):
                 self._take(room, event, baseline=True)
+
+    async def refresh(self, *, timeout_s: float = 5.0) -> None:
+        """Read the others' heartbeats from each control room's state now, taken
+        as if a sync had brought them (one made long before it arrives still
+        counts from its own time). For a decision that counts a member down
+        while this bot's own sync may lag: a sync held for a fan-out, or the
+        long sync after it. Bounded and never raises; an event already taken
+        is not taken again."""
+        for room in self.rooms:
+            self.ingest(room, await self._state(room, timeout_s))
+
+    async def _state(self, room: str, timeout_s: float) -> list[object]:
+        """The heartbeats in ``room``'s state; none (logged) if it cannot be read."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self._port.heartbeats(room)
+        except HeartbeatFailed as err:
+            why = str(err)
+        except TimeoutError:
+            why = "timed out"
+        except Exception as err:  # the caller goes on; the next sync reads them too
+            why = err.__class__.__name__
+        log.warning("could not read crew heartbeats in %s: %s", room, why)
+        return []
 
     def view(self) -> CrewView:
         """The crew as this bot sees it now, for :mod:`bot.crew.duty`."""

@@ -188,8 +188,12 @@ async def _wave(
     step = min(max(grace / 4, _FOLLOW_STEP_MIN), _FOLLOW_STEP_MAX)
     # An abort's stop message is covered at grace, as always: a second copy of
     # "stop" costs nothing next to a stop that arrives a grace late.
-    while not rel.final and follow.waits(
-        armed.clock.now(), ahead_up=_ahead_up(ctx, crew, armed, rel, missing)
+    # ``patient`` first: the members ahead are asked about (perhaps a read)
+    # only while waiting is still an option.
+    while (
+        not rel.final
+        and follow.patient(armed.clock.now())
+        and await _ahead_up(ctx, crew, armed, rel, missing)
     ):
         await armed.clock.sleep_until(armed.clock.now() + step)
         if ctx.armed.get(rel.run_id) is not armed or ctx.dispatcher.stopping:
@@ -228,19 +232,29 @@ def _count(missing: dict[str, list[Part]]) -> int:
     return sum(len(parts) for parts in missing.values())
 
 
-def _ahead_up(
+async def _ahead_up(
     ctx: RunContext, crew: CrewSide, armed: ArmedRun, rel: Release, rooms: Collection[str]
 ) -> bool:
     """Whether a member ahead of this one for one of ``rooms`` is up now
-    (heartbeats are judged on the bot's own clock, not a drill's)."""
-    view, now = crew.view(), ctx.clock.now()
-    order = crew.crew.order_for(armed.scenario.city(lanes.city_of(rel.city_id)))
-    return any(
-        view.ahead_up(
-            crew.me, order=order, joined=crew.joined(room), at=now, digest=armed.loaded.sha256
+    (heartbeats are judged on the bot's own clock, not a drill's). When none
+    seems up, the control rooms are read once more first: this bot's sync may
+    lag behind their heartbeats (held for its own fan-out, or the long sync
+    after it; benchmarks.scaleout), and a member counted down by mistake has
+    the rooms it is still sending to sent twice."""
+
+    def seen_up() -> bool:
+        view, now = crew.view(), ctx.clock.now()
+        order = crew.crew.order_for(armed.scenario.city(lanes.city_of(rel.city_id)))
+        digest = armed.loaded.sha256
+        return any(
+            view.ahead_up(crew.me, order=order, joined=crew.joined(room), at=now, digest=digest)
+            for room in rooms
         )
-        for room in rooms
-    )
+
+    if seen_up():
+        return True
+    await crew.refresh()
+    return seen_up()
 
 
 async def _look(

@@ -52,6 +52,12 @@ class CrewSide(Protocol):
         moment after ``at`` (they may be accepted again by now)."""
         ...
 
+    async def refresh(self) -> None:
+        """Read the others' heartbeats from the control rooms' state now (one
+        bounded request per control room, at most once a second; never
+        raises): this bot's sync may lag behind them."""
+        ...
+
     def heard_since(self, at: datetime) -> bool:
         """Whether a heartbeat another member made after ``at`` has been read."""
         ...
@@ -179,7 +185,7 @@ class Follow:
             return replace(self, missing=missing, progress_at=now)
         return replace(self, missing=missing)
 
-    def waits(self, now: datetime, *, ahead_up: bool) -> bool:
-        """Whether to look again later instead of covering now."""
-        return self.missing > 0 and ahead_up and now - self.progress_at < self.stall
-
+    def patient(self, now: datetime) -> bool:
+        """Whether to look again later instead of covering now, if a member
+        ahead is up: something is missing and a copy appeared within ``stall``."""
+        return self.missing > 0 and now - self.progress_at < self.stall
