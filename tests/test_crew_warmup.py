@@ -26,6 +26,10 @@ class WatchedCrew(FakeCrew):
     """Says when it was asked to read ahead."""
 
     asked: asyncio.Event = field(default_factory=asyncio.Event)
+    learned: list[tuple[str, ...]] = field(default_factory=list)
+
+    async def learn_members(self, room_ids: Sequence[str]) -> None:
+        self.learned.append(tuple(room_ids))
 
     def warm(self, room_ids: Sequence[str]) -> None:
         super().warm(room_ids)
@@ -49,6 +53,9 @@ async def test_a_standby_reads_its_rooms_ahead_at_arming_and_at_preparation(
         await k.arm("cs")
         await k.idle()
         assert [sorted(w) for w in k.crew.warmed] == [[R1, R2]]  # at !arm
+        # Member lists too, so the preparation just before the instant finds
+        # them loaded (it waits for them: a fresh process's first room was late).
+        assert [sorted(m) for m in k.crew.learned] == [[R1, R2]]
         k.clock.set(T0 - PREPARE)
         firing = asyncio.ensure_future(k.timers.fire_due())
         await asked(k.crew, 2)

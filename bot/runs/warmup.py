@@ -31,7 +31,12 @@ log = logging.getLogger(__name__)
 
 
 async def at_arming(ctx: RunContext, crew: CrewSide, armed: ArmedRun) -> None:
-    """Start reading every room of the run this member is joined to."""
+    """Load the member list of every room of the run this member is joined to,
+    then start reading each. Each stage's preparation needs the member lists
+    before its instant (who else is joined decides duty) and waits for them:
+    a fresh process (a restart, a standby just started) loaded them there, one
+    request per room, and on a loaded pair its first room went out seconds
+    after the instant (benchmarks.scaleout: 1,000 rooms, 4.3 s)."""
     rooms: list[str] = []
     try:
         for city in armed.scenario.cities:
@@ -42,6 +47,7 @@ async def at_arming(ctx: RunContext, crew: CrewSide, armed: ArmedRun) -> None:
     except Exception:  # only logged: each stage's preparation reads them anyway
         log.exception("run %d: could not list its rooms to read ahead", armed.run.id)
         return
+    await crew.learn_members(rooms)  # bounded per room; a room not loaded is loaded again later
     crew.warm(rooms)
 
 
