@@ -59,14 +59,15 @@ def test_follow_is_done_when_nothing_is_missing() -> None:
 class World:
     """The member on duty delivers one room every ``every``, until ``stop_after``
     rooms (then it stops sending; ``dies``: its heartbeats stop too).
-    ``lagging``: this bot's view holds its heartbeats only as of the instant
-    (its sync held for its own fan-out), until ``refresh`` reads the rooms."""
+    ``heard_until``: this bot's view holds its heartbeats only as of then (its
+    sync held for its own fan-out), until ``refresh`` reads the rooms."""
 
     clock: ManualClock
     every: timedelta
     stop_after: int = len(ROOMS)
     dies: bool = False
-    lagging: bool = False
+    heard_until: datetime | None = None
+    deaf: bool = False  # and reading the rooms again does not help
     crew: Crew = field(default_factory=lambda: Crew((ON_DUTY, ME), S))
     me: str = ME
     sent: list[str] = field(default_factory=list)  # what the standby sent
@@ -77,13 +78,16 @@ class World:
         return min(int((self.clock.now() - T) / self.every), self.stop_after)
 
     def view(self) -> CrewView:
-        seen = max([T, *self.refreshed]) if self.lagging else self.clock.now()
+        seen = self.clock.now()
+        if self.heard_until is not None:
+            seen = max([self.heard_until, *self.refreshed])
         if self.dies:
             seen = min(seen, T + self.stop_after * self.every)
         return CrewView(self.crew, {ON_DUTY: Member(ON_DUTY, seen_at=seen)}, me=ME)
 
     async def refresh(self) -> None:
-        self.refreshed.append(self.clock.now())
+        if not self.deaf:
+            self.refreshed.append(self.clock.now())
 
     def joined(self, room_id: str) -> frozenset[str]:
         return frozenset((ON_DUTY, ME))
@@ -153,10 +157,23 @@ async def test_a_standby_whose_view_lags_reads_the_heartbeats_again_before_cover
     duty down while it was still sending: the standby covered the rooms it had
     not reached yet, and both copies landed (benchmarks.scaleout, replicated:
     60 of 1,000 rooms twice after the control watch read heartbeats too)."""
-    world = World(ManualClock(T), 3 * S, lagging=True)
+    # One room every 6 s, a look every 5 s: some looks find nothing new, and
+    # then only the heartbeats (read again) say it is still up.
+    world = World(ManualClock(T), 6 * S, heard_until=T)
     await _run(world)
     assert world.sent == []
     assert world.refreshed, "the control rooms were read again"
+
+
+async def test_copies_still_arriving_keep_a_standby_waiting_whatever_the_heartbeats_say() -> None:
+    """Heartbeats crossing a loaded federation 6-9 s late at 5 s heartbeats:
+    the member on duty looked down even in the control rooms' state while its
+    copies kept arriving, and the standby covered its last 16 rooms
+    (benchmarks.scaleout, replicated, 1 round of 5)."""
+    # Up at the standby's first look, then its heartbeats stop reaching it.
+    world = World(ManualClock(T), 3 * S, heard_until=T + GRACE, deaf=True)
+    await _run(world)
+    assert world.sent == []
 
 
 async def test_a_standby_asks_nothing_more_of_a_member_it_sees_up() -> None:
@@ -178,8 +195,9 @@ async def test_a_standby_covers_at_once_when_the_member_on_duty_dies() -> None:
     world = World(ManualClock(T), 3 * S, stop_after=7, dies=True)
     await _run(world)
     assert world.sent == list(ROOMS[7:])
-    # Down three heartbeats (3 s) after its last, at 21 s: covered by the next look.
-    assert world.clock.now() <= T + 21 * S + 3 * S + 6 * S
+    # Down three heartbeats (3 s) after its last, at 21 s; its last copy seen at
+    # the look of 25 s: covered at the first look that finds nothing new (30 s).
+    assert world.clock.now() <= T + 21 * S + 3 * S + 6 * S + S
 
 
 async def test_an_abort_is_covered_at_grace_even_beside_a_member_still_sending() -> None:

@@ -189,11 +189,11 @@ async def _wave(
     # An abort's stop message is covered at grace, as always: a second copy of
     # "stop" costs nothing next to a stop that arrives a grace late.
     # ``patient`` first: the members ahead are asked about (perhaps a read)
-    # only while waiting is still an option.
+    # only while waiting is still an option, and not while copies keep coming.
     while (
         not rel.final
         and follow.patient(armed.clock.now())
-        and await _ahead_up(ctx, crew, armed, rel, missing)
+        and (follow.moved or await _ahead_up(ctx, crew, armed, rel, missing))
     ):
         await armed.clock.sleep_until(armed.clock.now() + step)
         if ctx.armed.get(rel.run_id) is not armed or ctx.dispatcher.stopping:

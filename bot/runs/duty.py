@@ -165,12 +165,15 @@ class Follow:
     fan-out that takes longer than grace (a loaded homeserver, a replicated crew
     whose every event also federates). Covering then sends the rooms the member
     on duty is about to send too: both copies land (measured: 2,315 rooms twice
-    in 5 rounds of 1,000 rooms, benchmarks.scaleout). So it waits while a
-    member ahead is up *and* copies keep appearing; it covers what is missing
-    once every member ahead is down, or once no new copy has appeared for
-    ``stall`` (the scenario's grace: a member up but not delivering, or cut off
-    from the rooms' servers, is covered as promptly as before). Not for an
-    abort's stop messages: those are covered at grace, doubles or not.
+    in 5 rounds of 1,000 rooms, benchmarks.scaleout). So it waits while copies
+    keep appearing, look after look, or while a member ahead is up; it covers
+    what is missing once a look finds nothing new and every member ahead is
+    down, or once no new copy has appeared for ``stall`` (the scenario's grace:
+    a member up but not delivering, or cut off from the rooms' servers, is
+    covered as promptly as before). Copies count as a sign of life because
+    heartbeats cross a loaded federation late (seen: 8 s, at 5 s heartbeats;
+    a member then looks down while it sends). Not for an abort's stop
+    messages: those are covered at grace, doubles or not.
     """
 
     stall: timedelta
@@ -178,12 +181,19 @@ class Follow:
     """Parts still missing at the last look (at first: every part of the wave)."""
     progress_at: datetime
     """When a new copy was last seen (at first: the instant)."""
+    moved: bool = False
+    """The last look found copies the one before it had not: the member ahead
+    is still delivering, whatever its heartbeats (late across a loaded
+    federation, say). Not after the first look: what it finds may be all that
+    a member that died had sent."""
+    looks: int = 0
 
     def seen(self, missing: int, now: datetime) -> Follow:
         """After a look that found ``missing`` parts still missing."""
+        looks = self.looks + 1
         if missing < self.missing:
-            return replace(self, missing=missing, progress_at=now)
-        return replace(self, missing=missing)
+            return replace(self, missing=missing, progress_at=now, moved=looks > 1, looks=looks)
+        return replace(self, missing=missing, moved=False, looks=looks)
 
     def patient(self, now: datetime) -> bool:
         """Whether to look again later instead of covering now, if a member
